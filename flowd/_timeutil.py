@@ -1,0 +1,32 @@
+"""Public times are float seconds or timedelta; milliseconds only at the Redis boundary."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from .errors import ConfigurationError
+
+Seconds = float | int | timedelta
+
+
+def to_seconds(value: Seconds, name: str, *, allow_zero: bool = False) -> float:
+    """Normalise a duration argument, rejecting negative or non-numeric values."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be seconds (int or float) or a timedelta, "
+                                 f"not {type(value).__name__}")
+    else:
+        seconds = float(value)
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be {bound} seconds, not {value!r}")
+    return seconds
+
+
+def to_ms(seconds: float) -> int:
+    """Seconds to whole milliseconds for Redis, never rounding a positive time to 0."""
+    ms = int(seconds * 1000)
+    return ms if ms > 0 or seconds <= 0 else 1

@@ -1,0 +1,74 @@
+"""Every exception flowd raises.
+
+::
+
+    FlowdError                            base: catch everything flowd raises
+    ├── ConfigurationError (ValueError)   bad Queue/Claimer/Producer arguments, at construction
+    ├── RedisVersionError                 the server is older than 6.2; names the version found
+    ├── DecodeError                       a stream entry could not be mapped to its Job
+    ├── EncodeError (TypeError)           a Job value does not fit its annotation (at enqueue)
+    └── HandleStateError (RuntimeError)   a queue or handle used in the wrong state
+
+A worker that raises is not a flowd error: its message stays pending and is
+retried or dead-lettered by the claimer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class FlowdError(Exception):
+    """Base class of every flowd exception."""
+
+
+class ConfigurationError(FlowdError, ValueError):
+    """A Queue, Claimer or Producer was given an invalid argument."""
+
+
+class RedisVersionError(FlowdError):
+    """The Redis server is too old for flowd (XAUTOCLAIM needs 6.2)."""
+
+    def __init__(self, found: str, required: str = "6.2.0") -> None:
+        self.found = found
+        self.required = required
+        super().__init__(f"flowd needs Redis >= {required}, but the server reports {found}")
+
+
+class DecodeError(FlowdError):
+    """A stream entry could not be mapped to its Job class."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        message_id: str | None = None,
+        fields: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        self.reason = reason
+        self.field = field
+        self.message_id = message_id
+        self.fields = dict(fields) if fields is not None else None
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        where = []
+        if self.message_id is not None:
+            where.append(f"message {self.message_id}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.reason}" if prefix else self.reason
+
+    def with_message_id(self, message_id: str, fields: Mapping[bytes, bytes]) -> DecodeError:
+        """The same error, naming the stream entry it came from."""
+        return DecodeError(self.reason, field=self.field, message_id=message_id, fields=fields)
+
+
+class EncodeError(FlowdError, TypeError):
+    """A Job field holds a value that does not fit its annotation."""
+
+
+class HandleStateError(FlowdError, RuntimeError):
+    """A Queue or QueueHandle was used in a state that does not allow it."""

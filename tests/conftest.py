@@ -1,0 +1,81 @@
+"""Fixtures: a private redis-server per session, clients, unique stream names."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of the Redis the suite talks to: FLOWD_TEST_REDIS_URL, else a private server."""
+    external = os.environ.get("FLOWD_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_version(redis_url: str) -> tuple[int, ...]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return tuple(int(p) for p in str(client.info("server")["redis_version"]).split("."))
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
+def any_client(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
+    """A client with and without decode_responses=True."""
+    client = redis.Redis.from_url(redis_url, decode_responses=request.param)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def stream(request: pytest.FixtureRequest) -> str:
+    """A stream name no other test uses; the server is never flushed."""
+    return f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, with AOF on, that the test may kill and restart."""
+    server = RedisServer(appendonly=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a flowd thread running."""
+    yield
+    leftover = [t.name for t in threading.enumerate() if t.name.startswith("flowd-")]
+    for t in threading.enumerate():
+        if t.name.startswith("flowd-"):
+            t.join(timeout=5)
+    leftover = [t.name for t in threading.enumerate() if t.name.startswith("flowd-")]
+    assert not leftover, f"flowd threads still alive after the test: {leftover}"
