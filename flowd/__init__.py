@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .claimer import Claimer, DeadLetterWorker
 from .errors import (
     ConfigurationError,
     DecodeError,
@@ -12,14 +13,18 @@ from .errors import (
     HandleStateError,
     RedisVersionError,
 )
+from .handle import QueueHandle, QueueStats
 from .job import Job, Mapper, field
 from .producer import Producer
+from .queue import Queue, WorkerFn
 from .task import Task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Claimer",
     "ConfigurationError",
+    "DeadLetterWorker",
     "DecodeError",
     "EncodeError",
     "FlowdError",
@@ -27,8 +32,12 @@ __all__ = [
     "Job",
     "Mapper",
     "Producer",
+    "Queue",
+    "QueueHandle",
+    "QueueStats",
     "RedisVersionError",
     "Task",
+    "WorkerFn",
     "__version__",
     "field",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from .errors import ConfigurationError
@@ -14,8 +15,9 @@ def to_seconds(value: Seconds, name: str, *, allow_zero: bool = False) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be seconds (int or float) or a timedelta, "
-                                 f"not {type(value).__name__}")
+        raise ConfigurationError(
+            f"{name} must be seconds (int or float) or a timedelta, not {type(value).__name__}"
+        )
     else:
         seconds = float(value)
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
@@ -30,3 +32,10 @@ def to_ms(seconds: float) -> int:
     """Seconds to whole milliseconds for Redis, never rounding a positive time to 0."""
     ms = int(seconds * 1000)
     return ms if ms > 0 or seconds <= 0 else 1
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until a ``time.monotonic()`` deadline (None: no deadline), never negative."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())

@@ -61,6 +61,10 @@ class DecodeError(FlowdError):
         prefix = ", ".join(where)
         return f"{prefix}: {self.reason}" if prefix else self.reason
 
+    def reason_text(self) -> str:
+        """The text the dead-letter path records for this error."""
+        return f"DecodeError: {self}"
+
     def with_message_id(self, message_id: str, fields: Mapping[bytes, bytes]) -> DecodeError:
         """The same error, naming the stream entry it came from."""
         return DecodeError(self.reason, field=self.field, message_id=message_id, fields=fields)

@@ -133,9 +133,7 @@ def _encode_bytes(value: bytes | bytearray) -> bytes:
 _SCALARS: dict[type[Any], _Codec] = {
     str: _Codec("str", lambda v: isinstance(v, str), lambda v: v, _text),
     bool: _Codec("bool", lambda v: isinstance(v, bool), _encode_bool, _decode_bool),
-    int: _Codec(
-        "int", lambda v: isinstance(v, int) and not isinstance(v, bool), str, _decode_int
-    ),
+    int: _Codec("int", lambda v: isinstance(v, int) and not isinstance(v, bool), str, _decode_int),
     float: _Codec(
         "float",
         lambda v: isinstance(v, int | float) and not isinstance(v, bool),
@@ -200,14 +198,15 @@ def _json_codec(tp: Any, owner: str, name: str) -> _Codec:
     origin = typing.get_origin(tp) or tp
 
     def encode(value: Any) -> str:
-        as_dict = wrapper(value).to_dict(encode_json=True)  # type: ignore[attr-defined]
+        as_dict = wrapper(value).to_dict(encode_json=True)
         return json.dumps(as_dict["v"], separators=(",", ":"), ensure_ascii=False)
 
     def decode(raw: bytes) -> Any:
         return wrapper.from_dict({"v": json.loads(raw)}).v  # type: ignore[attr-defined]
 
-    return _Codec(getattr(origin, "__name__", str(origin)), lambda v: isinstance(v, origin),
-                  encode, decode)
+    return _Codec(
+        getattr(origin, "__name__", str(origin)), lambda v: isinstance(v, origin), encode, decode
+    )
 
 
 def _codec_for(tp: Any, owner: str, name: str) -> _Codec:
@@ -238,8 +237,9 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
 
 def _mapper_codec(mapper: Any, owner: str, name: str) -> _Codec:
     if not isinstance(mapper, Mapper):
-        raise ConfigurationError(f"{owner}.{name}: mapper must be a flowd.Mapper, "
-                                 f"not {type(mapper).__name__}")
+        raise ConfigurationError(
+            f"{owner}.{name}: mapper must be a flowd.Mapper, not {type(mapper).__name__}"
+        )
     return _Codec("a value its mapper accepts", lambda v: True, mapper.encode, mapper.decode)
 
 
@@ -267,9 +267,7 @@ def _build_plan(cls: type[Any]) -> _Plan:
         has_default = (
             f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         )
-        plans.append(
-            _FieldPlan(f.name, f.name.encode("utf-8"), codec, optional, not has_default)
-        )
+        plans.append(_FieldPlan(f.name, f.name.encode("utf-8"), codec, optional, not has_default))
     return _Plan(cls, tuple(plans))
 
 
@@ -311,17 +309,21 @@ def encode_job(job: Any) -> dict[str, Encoded]:
         if value is None:
             if fp.optional:
                 continue
-            raise EncodeError(f"{plan.cls.__name__}.{fp.name}: None given for a field "
-                              f"that is not Optional")
+            raise EncodeError(
+                f"{plan.cls.__name__}.{fp.name}: None given for a field that is not Optional"
+            )
         codec = fp.codec
         if not codec.check(value):
-            raise EncodeError(f"{plan.cls.__name__}.{fp.name}: expected {codec.expected}, "
-                              f"got {type(value).__name__} ({_shorten(value)})")
+            raise EncodeError(
+                f"{plan.cls.__name__}.{fp.name}: expected {codec.expected}, "
+                f"got {type(value).__name__} ({_shorten(value)})"
+            )
         try:
             out[fp.name] = codec.encode(value)
         except Exception as exc:
-            raise EncodeError(f"{plan.cls.__name__}.{fp.name}: cannot encode "
-                              f"{_shorten(value)}: {exc}") from exc
+            raise EncodeError(
+                f"{plan.cls.__name__}.{fp.name}: cannot encode {_shorten(value)}: {exc}"
+            ) from exc
     return out
 
 
@@ -334,8 +336,7 @@ def decode_job(cls: type[V], fields: Mapping[Any, Any], message_id: str | None =
         value = raw.get(fp.key)
         if value is None:
             if fp.required and not fp.optional:
-                raise DecodeError("missing required field", field=fp.name,
-                                  message_id=message_id)
+                raise DecodeError("missing required field", field=fp.name, message_id=message_id)
             if fp.required:
                 kwargs[fp.name] = None
             continue
@@ -351,8 +352,10 @@ def decode_job(cls: type[V], fields: Mapping[Any, Any], message_id: str | None =
     try:
         return cls(**kwargs)
     except Exception as exc:
-        raise DecodeError(f"{cls.__name__}(...) raised {type(exc).__name__}: "
-                          f"{_shorten_text(str(exc))}", message_id=message_id) from exc
+        raise DecodeError(
+            f"{cls.__name__}(...) raised {type(exc).__name__}: {_shorten_text(str(exc))}",
+            message_id=message_id,
+        ) from exc
 
 
 def _shorten_text(text: str) -> str:

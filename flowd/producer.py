@@ -56,8 +56,9 @@ class Producer:
             raise ConfigurationError(
                 f"client must be a redis.Redis client, not {type(client).__name__}"
             )
-        if maxlen is not None and (isinstance(maxlen, bool) or not isinstance(maxlen, int)
-                                   or maxlen < 1):
+        if maxlen is not None and (
+            isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1
+        ):
             raise ConfigurationError(f"maxlen must be a positive int or None, not {maxlen!r}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigurationError(f"chunk_size must be a positive int, not {chunk_size!r}")
@@ -106,8 +107,10 @@ class Producer:
             except EncodeError as exc:
                 exc.enqueued = ids  # type: ignore[attr-defined]
                 if ids:
-                    exc.args = (f"{exc.args[0]} ({len(ids)} jobs of earlier chunks "
-                                "were already enqueued; see .enqueued)",)
+                    exc.args = (
+                        f"{exc.args[0]} ({len(ids)} jobs of earlier chunks "
+                        "were already enqueued; see .enqueued)",
+                    )
                 raise
             with self.client.pipeline(transaction=False) as pipe:
                 for command in commands:

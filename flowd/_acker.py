@@ -1,0 +1,136 @@
+"""Acker: batches XACKs from worker threads into pipelined round trips."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+from ._redis import Session, is_nogroup
+from ._threads import Backoff
+
+logger = logging.getLogger(__name__)
+
+#: ids per XACK command; several commands go in one pipelined round trip.
+ACK_CHUNK = 1000
+
+
+class Acker:
+    """Acknowledges finished messages in batches on a thread of its own.
+
+    ``add`` is cheap and thread-safe (a deque append). The thread flushes as
+    soon as it is woken, so a batch is whatever finished during the previous
+    round trip: no added latency when idle, large batches under load. A
+    failed flush is retried with backoff and never dropped; ``close`` flushes
+    what is left, and whatever it cannot write stays pending in Redis, to be
+    delivered again.
+    """
+
+    def __init__(self, client: Any, stream: str, group: str, errors_key: str) -> None:
+        self.stream = stream
+        self.group = group
+        self.errors_key = errors_key
+        self._ids: collections.deque[str] = collections.deque()
+        self._retried: collections.deque[str] = collections.deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._deadline: float | None = None
+        self._session = Session(client)
+        self.unwritten = 0
+        self.thread = threading.Thread(name=f"flowd-acker-{stream}", target=self._run)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def add(self, msg_id: str, *, retried: bool = False) -> None:
+        """Queue one id for XACK; ``retried`` also clears its recorded failure reason."""
+        if retried:
+            self._retried.append(msg_id)
+        self._ids.append(msg_id)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def close(self, deadline: float | None) -> None:
+        """Ask the thread to flush what is queued and exit (retrying until ``deadline``)."""
+        self._deadline = deadline
+        self._closing = True
+        self._wake.set()
+
+    def _take(self, queue: collections.deque[str]) -> list[str]:
+        out: list[str] = []
+        try:
+            while True:
+                out.append(queue.popleft())
+        except IndexError:
+            return out
+
+    def _run(self) -> None:
+        backoff = Backoff(f"acker for {self.stream}/{self.group}")
+        ids: list[str] = []
+        retried: list[str] = []
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                ids += self._take(self._ids)
+                retried += self._take(self._retried)
+                while ids or retried:
+                    try:
+                        self._flush(ids, retried)
+                    except Exception as exc:
+                        if self._past_deadline():
+                            break
+                        delay = backoff.failed(exc)
+                        time.sleep(min(delay, self._remaining()))
+                        continue
+                    backoff.succeeded()
+                    ids, retried = self._take(self._ids), self._take(self._retried)
+                if self._closing and (not self._ids or self._past_deadline()):
+                    break
+        finally:
+            ids += self._take(self._ids)
+            self.unwritten = len(ids)
+            if ids:
+                logger.warning(
+                    "%d acks for %s/%s could not be written; those messages stay "
+                    "pending and will be delivered again",
+                    len(ids),
+                    self.stream,
+                    self.group,
+                )
+            self._session.close()
+
+    def _remaining(self) -> float:
+        if self._deadline is None:
+            return float("inf")
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _past_deadline(self) -> bool:
+        return self._closing and self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _flush(self, ids: list[str], retried: list[str]) -> None:
+        commands: list[tuple[Any, ...]] = [
+            ("XACK", self.stream, self.group, *ids[i : i + ACK_CHUNK])
+            for i in range(0, len(ids), ACK_CHUNK)
+        ]
+        if retried:
+            commands.append(("HDEL", self.errors_key, *retried))
+        replies = self._session.call_many(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if is_nogroup(reply):
+                    # The group is gone with its pending entries: nothing is left to ack.
+                    logger.warning(
+                        "acker: group %s on %s is gone; dropping %d acks",
+                        self.group,
+                        self.stream,
+                        len(ids),
+                    )
+                    continue
+                raise reply
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("acked %d messages on %s/%s", len(ids), self.stream, self.group)
+        ids.clear()
+        retried.clear()

@@ -1,0 +1,142 @@
+"""The reader: XREADGROUP for new messages, never more than there are free permits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ._redis import Entry, Session, parse_xpending_range, parse_xreadgroup
+from ._timeutil import to_ms
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+#: How long one permit wait lasts before the reader looks at the stop signal again.
+_PERMIT_POLL = 0.25
+
+
+def block_seconds(requested: float, socket_timeout: float | None) -> float:
+    """The BLOCK time to use: a read must return before the client's socket times out."""
+    if socket_timeout is None:
+        return requested
+    return max(0.001, min(requested, socket_timeout / 2))
+
+
+def start_entries(
+    runtime: Runtime,
+    entries: list[Entry],
+    deliveries: dict[str, int] | None,
+    *,
+    first_permit_taken: bool = False,
+) -> int:
+    """Dispatch entries that were read, taking one permit each; returns how many started.
+
+    Entries read are already delivered to this consumer, so they start even
+    while stopping, as long as a permit frees up before the stop deadline;
+    any left over stay pending, for the claimer or a later drain.
+    """
+    started = 0
+    for index, (msg_id, fields) in enumerate(entries):
+        if not (first_permit_taken and index == 0) and not _take_permit(runtime):
+            left = len(entries) - index
+            logger.warning(
+                "stopping: %d read messages on %s/%s were not started and stay pending",
+                left,
+                runtime.stream,
+                runtime.group,
+            )
+            break
+        count = deliveries.get(msg_id, 1) if deliveries is not None else 1
+        runtime.dispatch(msg_id, fields, count)
+        started += 1
+    return started
+
+
+def _take_permit(runtime: Runtime) -> bool:
+    permits = runtime.permits
+    if permits.try_acquire(1):
+        return True
+    while True:
+        deadline = runtime.deadline
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            return permits.acquire(timeout=remaining)
+        if permits.acquire(timeout=_PERMIT_POLL):
+            return True
+
+
+class Reader:
+    """One step of the reader loop; the LoopThread calls ``step`` until stopped."""
+
+    def __init__(self, runtime: Runtime, session: Session, block: float) -> None:
+        self.runtime = runtime
+        self.session = session
+        self.block_ms = to_ms(block_seconds(block, session.socket_timeout))
+        self._poll = block
+
+    def step(self) -> None:
+        runtime = self.runtime
+        free = runtime.permits.wait_free(timeout=self._poll)
+        if free <= 0 or runtime.stop_event.is_set():
+            return
+        reply = self.session.call(
+            "XREADGROUP",
+            "GROUP",
+            runtime.group,
+            runtime.consumer,
+            "COUNT",
+            free,
+            "BLOCK",
+            self.block_ms,
+            "STREAMS",
+            runtime.stream,
+            ">",
+        )
+        entries = parse_xreadgroup(reply)
+        if entries:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "read %d messages from %s/%s", len(entries), runtime.stream, runtime.group
+                )
+            start_entries(runtime, entries, None)
+
+
+def read_own_pending(
+    runtime: Runtime, session: Session, count: int, after: str
+) -> tuple[list[Entry], dict[str, int]]:
+    """This consumer's pending entries after ``after``, with their delivery counts.
+
+    Reading history (XREADGROUP with an id) counts as a delivery, so the
+    counts are read from XPENDING after the read and include this one.
+    """
+    reply = session.call(
+        "XREADGROUP",
+        "GROUP",
+        runtime.group,
+        runtime.consumer,
+        "COUNT",
+        count,
+        "STREAMS",
+        runtime.stream,
+        after,
+    )
+    entries = parse_xreadgroup(reply)
+    if not entries:
+        return [], {}
+    pending = parse_xpending_range(
+        session.call(
+            "XPENDING",
+            runtime.stream,
+            runtime.group,
+            entries[0][0],
+            entries[-1][0],
+            len(entries),
+            runtime.consumer,
+        )
+    )
+    return entries, {msg_id: info[2] for msg_id, info in pending.items()}

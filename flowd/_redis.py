@@ -1,0 +1,236 @@
+"""Narrow, typed access to the Redis commands flowd's loops use.
+
+Loops talk to Redis through a :class:`Session`: one pooled connection of
+their own, taken lazily in the thread that uses it, with no client-level
+retry (flowd's loops own their retries) and raw, undecoded replies that are
+parsed here, so ``decode_responses`` and RESP2/RESP3 clients behave alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.exceptions
+
+from .errors import RedisVersionError
+
+logger = logging.getLogger(__name__)
+
+MIN_VERSION = (6, 2, 0)
+
+Fields = dict[bytes, bytes]
+#: One stream entry: its id and its fields, or None for an entry deleted while pending.
+Entry = tuple[str, Fields | None]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_version(text: str) -> None:
+    """Raise RedisVersionError for a server older than 6.2."""
+    if parse_version(text) < MIN_VERSION:
+        raise RedisVersionError(text)
+
+
+def is_busygroup(exc: BaseException) -> bool:
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("BUSYGROUP")
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("NOGROUP")
+
+
+#: Server replies that mean "not now" rather than "wrong": retried with backoff.
+_TRANSIENT_PREFIXES = (
+    "LOADING",
+    "READONLY",
+    "OOM",
+    "MASTERDOWN",
+    "BUSY ",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+    "MOVED",
+    "ASK",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A connection problem or a server state that passes (LOADING, READONLY, OOM...)."""
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return True
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return str(exc).startswith(_TRANSIENT_PREFIXES)
+    return isinstance(exc, OSError)
+
+
+class Session:
+    """A connection of one loop thread's own, borrowed from the client's pool.
+
+    Not thread-safe: each thread owns one. Any error drops the connection,
+    so the next call starts on a fresh one.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._conn: Any = None
+        self.client_id: int | None = None
+        self.server_version: str | None = None
+        timeout = self._pool.connection_kwargs.get("socket_timeout")
+        #: The socket timeout of the client's connections (None: no timeout).
+        self.socket_timeout: float | None = float(timeout) if timeout else None
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            conn = self._pool.get_connection()
+            self._conn = conn
+            try:
+                conn.send_command("CLIENT", "ID")
+                self.client_id = int(conn.read_response(disable_decoding=True))
+                conn.send_command("INFO", "server")
+                info = _text(conn.read_response(disable_decoding=True))
+            except BaseException:
+                self.close(broken=True)
+                raise
+            version = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in info.splitlines()
+                    if line.startswith("redis_version:")
+                ),
+                "0",
+            )
+            self.server_version = version
+            if parse_version(version) < MIN_VERSION:
+                self.close()
+                raise RedisVersionError(version)
+        return self._conn
+
+    def call(self, *args: Any) -> Any:
+        """Send one command and return its raw reply; raises ResponseError for error replies."""
+        conn = self._connection()
+        try:
+            conn.send_command(*args)
+            reply = conn.read_response(disable_decoding=True)
+        except redis.exceptions.ResponseError:
+            raise
+        except BaseException:
+            self.close(broken=True)
+            raise
+        return reply
+
+    def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Pipeline several commands in one round trip; error replies are returned, not raised."""
+        conn = self._connection()
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response(disable_decoding=True))
+                except redis.exceptions.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            self.close(broken=True)
+            raise
+        return replies
+
+    def close(self, *, broken: bool = False) -> None:
+        """Give the connection back to the pool (disconnected first if it may be out of step)."""
+        conn, self._conn = self._conn, None
+        self.client_id = None
+        if conn is None:
+            return
+        if broken:
+            try:
+                conn.disconnect()
+            except Exception:  # the socket is already unusable; nothing to report
+                logger.debug("disconnect of a broken connection failed", exc_info=True)
+        self._pool.release(conn)
+
+
+def ensure_group(session: Session, stream: str, group: str) -> None:
+    """Create the group (and the stream) if missing; jobs already in the stream are kept."""
+    try:
+        session.call("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+    except redis.exceptions.ResponseError as exc:
+        if not is_busygroup(exc):
+            raise
+    else:
+        logger.info("created consumer group %s on stream %s", group, stream)
+
+
+def _entry(raw: Any) -> Entry:
+    msg_id, flat = raw[0], raw[1]
+    if flat is None:
+        return _text(msg_id), None
+    if isinstance(flat, dict):
+        return _text(msg_id), {_bytes(k): _bytes(v) for k, v in flat.items()}
+    it = iter(flat)
+    return _text(msg_id), {_bytes(k): _bytes(v) for k, v in zip(it, it, strict=True)}
+
+
+def parse_entries(raw: Iterable[Any] | None) -> list[Entry]:
+    if not raw:
+        return []
+    return [_entry(item) for item in raw]
+
+
+def parse_xreadgroup(reply: Any) -> list[Entry]:
+    """Entries of a one-stream XREADGROUP reply (RESP2 list or RESP3 map; None on timeout)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        streams = list(reply.values())
+    else:
+        streams = [item[1] for item in reply]
+    entries: list[Entry] = []
+    for raw_entries in streams:
+        entries.extend(parse_entries(raw_entries))
+    return entries
+
+
+def parse_xautoclaim(reply: Any) -> tuple[str, list[Entry], list[str]]:
+    """(next cursor, claimed entries, deleted ids) for Redis 6.2 and 7.x.
+
+    7.x lists ids deleted from the stream as a third element; 6.2 returns
+    them among the entries with nil fields. Both come back as deleted ids.
+    """
+    cursor = _text(reply[0])
+    claimed: list[Entry] = []
+    deleted: list[str] = []
+    for entry in parse_entries(reply[1]):
+        if entry[1] is None:
+            deleted.append(entry[0])
+        else:
+            claimed.append(entry)
+    if len(reply) > 2 and reply[2]:
+        deleted.extend(_text(i) for i in reply[2])
+    return cursor, claimed, deleted
+
+
+def parse_xpending_range(reply: Any) -> dict[str, tuple[str, int, int]]:
+    """XPENDING extended form: id -> (consumer, idle ms, deliveries)."""
+    out: dict[str, tuple[str, int, int]] = {}
+    for item in reply or ():
+        out[_text(item[0])] = (_text(item[1]), int(item[2]), int(item[3]))
+    return out
+
+
+def ids_text(ids: Iterable[bytes | str]) -> list[str]:
+    return [_text(i) for i in ids]

@@ -1,0 +1,199 @@
+"""QueueHandle: the running queue's threads, its stop and its counters."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from ._runtime import QueueStats
+from ._timeutil import remaining
+
+if TYPE_CHECKING:
+    from ._redis import Session
+    from ._runtime import Runtime
+    from ._threads import LoopThread
+
+__all__ = ["QueueHandle", "QueueStats"]
+
+logger = logging.getLogger(__name__)
+
+#: How often stop() repeats CLIENT UNBLOCK while the reader has not returned yet.
+_UNBLOCK_EVERY = 0.05
+
+
+class _State(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class QueueHandle:
+    """A running queue, returned by ``Queue.run()``.
+
+    Thread-safe. ``stop`` may be called from any thread, more than once, and
+    from a signal handler. Used as a context manager, it stops on exit::
+
+        with queue.run() as handle:
+            ...
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        reader: LoopThread,
+        reader_session: Session,
+        claimer: LoopThread | None,
+        lease: LoopThread | None,
+    ) -> None:
+        self._runtime = runtime
+        self._reader = reader
+        self._reader_session = reader_session
+        self._claimer = claimer
+        self._lease = lease
+        self._state = _State.RUNNING
+        self._state_lock = threading.Lock()
+        self._stopper: threading.Thread | None = None
+        self._done = threading.Event()
+        self._clean = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<QueueHandle stream={self._runtime.stream!r} group={self._runtime.group!r} "
+            f"{self._state.value}>"
+        )
+
+    @property
+    def is_running(self) -> bool:
+        """True until stop() begins or a fatal error ends the queue."""
+        return self._state is _State.RUNNING and not self._runtime.stop_event.is_set()
+
+    @property
+    def consumer(self) -> str:
+        """This queue's consumer name in the group."""
+        return self._runtime.consumer
+
+    def stats(self) -> QueueStats:
+        """A snapshot of this run's counters."""
+        return self._runtime.stats()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the queue has stopped (by ``stop()`` elsewhere or a fatal error).
+
+        Returns True once stopped, False if ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._runtime.stop_event.wait(timeout):
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self._state is _State.RUNNING:
+            # Ended by a fatal error, not by stop(): wind the rest down.
+            return self.stop(remaining) or not self.is_running
+        return self._done.wait(remaining)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop reading, let running jobs finish, flush acks and join every thread.
+
+        Reading stops at once (a blocked XREADGROUP is interrupted with
+        CLIENT UNBLOCK). Jobs already running finish and are acked; messages
+        not started stay pending in Redis for the claimer. One deadline of
+        ``timeout`` seconds (None: no limit) covers every step.
+
+        :returns: True if everything finished within the timeout. Otherwise
+            False, after a WARNING naming the jobs still running; no thread
+            reads any more, and the unfinished messages stay pending.
+        """
+        current = threading.current_thread()
+        with self._state_lock:
+            first = self._stopper is None
+            if first:
+                self._stopper = current
+                self._state = _State.STOPPING
+        if not first:
+            self._runtime.stop_event.set()
+            if self._stopper is current:
+                return False  # re-entered (a signal handler during stop): the outer call finishes
+            return self._done.wait(timeout) and self._clean
+        try:
+            self._clean = self._stop(timeout)
+        finally:
+            self._state = _State.STOPPED
+            self._done.set()
+        return self._clean
+
+    def _stop(self, timeout: float | None) -> bool:
+        runtime = self._runtime
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        runtime.deadline = deadline
+        runtime.stop_event.set()
+        runtime.permits.wake()
+        self._interrupt_reader(deadline)
+        if self._claimer is not None:
+            self._claimer.join(remaining(deadline))
+        finished = runtime.permits.wait_all_free(remaining(deadline))
+        runtime.lease_stop.set()
+        if self._lease is not None:
+            self._lease.join(remaining(deadline))
+        runtime.acker.close(deadline)
+        runtime.acker.thread.join(remaining(deadline))
+        runtime.executor.shutdown(wait=finished, cancel_futures=True)
+        alive = [t.name for t in self._threads() if t.is_alive()]
+        clean = finished and not alive and runtime.acker.unwritten == 0
+        stats = runtime.stats()
+        if not clean:
+            logger.warning(
+                "queue %s/%s did not stop cleanly within %ss: still running: %s; live "
+                "threads: %s; unfinished messages stay pending",
+                runtime.stream,
+                runtime.group,
+                timeout,
+                runtime.running_report() or "none",
+                ", ".join(alive) or "none",
+            )
+        logger.info(
+            "queue %s/%s stopped (consumer %s): processed=%d failed=%d retried=%d "
+            "dead_lettered=%d deleted=%d",
+            runtime.stream,
+            runtime.group,
+            runtime.consumer,
+            stats.processed,
+            stats.failed,
+            stats.retried,
+            stats.dead_lettered,
+            stats.deleted,
+        )
+        return clean
+
+    def _threads(self) -> list[threading.Thread]:
+        threads: list[threading.Thread] = [self._reader, self._runtime.acker.thread]
+        threads += [t for t in (self._claimer, self._lease) if t is not None]
+        return threads
+
+    def _interrupt_reader(self, deadline: float | None) -> None:
+        """End a blocked XREADGROUP now instead of after its block time."""
+        reader = self._reader
+        client = self._runtime.client
+        while reader.is_alive():
+            client_id = self._reader_session.client_id
+            if client_id is not None:
+                try:
+                    client.execute_command("CLIENT", "UNBLOCK", client_id)
+                except Exception as exc:
+                    logger.debug("CLIENT UNBLOCK failed (%s); the read ends at its block time", exc)
+            reader.join(min(_UNBLOCK_EVERY, remaining(deadline) or _UNBLOCK_EVERY))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

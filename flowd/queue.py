@@ -1,0 +1,356 @@
+"""Queue: consume a stream with a consumer group, in threads or as a cron-style drain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import redis.exceptions
+
+from ._reader import Reader, read_own_pending, start_entries
+from ._redis import Session, ensure_group, is_transient, parse_xreadgroup
+from ._runtime import Runtime
+from ._threads import LoopThread
+from ._timeutil import Seconds, remaining, to_seconds
+from .claimer import Claimer, ClaimLoop, LeaseLoop
+from .errors import ConfigurationError, HandleStateError
+from .handle import QueueHandle
+from .job import Job, plan_of
+from .task import Task
+
+__all__ = ["Queue", "WorkerFn"]
+
+logger = logging.getLogger(__name__)
+
+J = TypeVar("J", bound=Job)
+
+#: A worker: returning means success (the message is acked); raising means failure.
+WorkerFn = Callable[[Task[J]], None]
+
+
+def default_consumer_name() -> str:
+    """A consumer name unique to this process: ``host-pid-random``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _check_name(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty str, not {value!r}")
+    return value
+
+
+def _check_client(value: object, name: str) -> Any:
+    if not hasattr(value, "connection_pool") or not hasattr(value, "execute_command"):
+        raise ConfigurationError(f"{name} must be a redis.Redis client, not {type(value).__name__}")
+    return value
+
+
+class Queue(Generic[J]):
+    """Consumes ``stream`` as consumer ``consumer`` of ``group`` and runs ``worker`` per job.
+
+    ``run()`` starts a reader thread (blocking XREADGROUP), a pool of
+    ``concurrency`` worker threads, an acker thread and, with a ``claimer``, a
+    claimer and a lease thread, and returns a :class:`QueueHandle` at once.
+    ``drain()`` instead processes the backlog in the calling thread's time and
+    returns (cron mode).
+
+    Delivery is at least once. A worker that returns has succeeded: its
+    message is acked (acks are batched). A worker that raises has failed: the
+    error is logged with its traceback and counted, and the message stays
+    pending, to be retried by the claimer after ``claimer.min_idle_time`` and
+    dead-lettered after ``claimer.max_retries`` retries. Without a claimer,
+    failed messages are never retried. A message that cannot be decoded into
+    ``job`` never reaches the worker: it goes to the dead-letter path.
+
+    :param client: a ``redis.Redis`` client; one is enough, since the blocking
+        read holds a pooled connection of its own. Any ``socket_timeout`` works:
+        reads block for at most half of it.
+    :param stream: the stream key; created with the group if missing.
+    :param group: the consumer group; created at id 0, so jobs enqueued before
+        the first worker started are processed.
+    :param job: the Job dataclass of the stream's messages.
+    :param worker: called with a ``Task[job]`` on a worker thread.
+    :param concurrency: most jobs running at once, for reader and claimer together.
+    :param claimer: a :class:`Claimer` to retry failed and stuck messages.
+    :param consumer: this consumer's name; defaults to a unique ``host-pid-random``.
+    :param read_client: an optional separate client for the blocking reads.
+    :param block: seconds one XREADGROUP blocks while the stream is empty.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        stream: str,
+        group: str,
+        job: type[J],
+        worker: WorkerFn[J],
+        concurrency: int = 8,
+        claimer: Claimer | None = None,
+        consumer: str | None = None,
+        read_client: Any = None,
+        block: Seconds = 2.0,
+    ) -> None:
+        self.client = _check_client(client, "client")
+        self.read_client = (
+            None if read_client is None else _check_client(read_client, "read_client")
+        )
+        self.stream = _check_name(stream, "stream")
+        self.group = _check_name(group, "group")
+        self.consumer = (
+            default_consumer_name() if consumer is None else _check_name(consumer, "consumer")
+        )
+        if not isinstance(job, type) or not issubclass(job, Job):
+            raise ConfigurationError(f"job must be a flowd.Job dataclass, not {job!r}")
+        plan_of(job)  # an unsupported annotation fails here, not on the first message
+        self.job = job
+        if not callable(worker):
+            raise ConfigurationError(f"worker must be callable, not {worker!r}")
+        self.worker = worker
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an int >= 1, not {concurrency!r}")
+        self.concurrency = concurrency
+        if claimer is not None and not isinstance(claimer, Claimer):
+            raise ConfigurationError(f"claimer must be a flowd.Claimer, not {claimer!r}")
+        self.claimer = claimer
+        self.block = to_seconds(block, "block")
+        self._handle: QueueHandle | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"Queue(stream={self.stream!r}, group={self.group!r}, "
+            f"consumer={self.consumer!r}, job={self.job.__name__})"
+        )
+
+    def _preflight(self, *, must_connect: bool) -> None:
+        """Check the server version and create the group, if Redis can be reached now."""
+        session = Session(self.client)
+        try:
+            ensure_group(session, self.stream, self.group)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if must_connect:
+                raise
+            logger.warning(
+                "Redis is not reachable yet (%s); queue %s/%s keeps trying",
+                exc,
+                self.stream,
+                self.group,
+            )
+        except redis.exceptions.ResponseError as exc:
+            if must_connect or not is_transient(exc):
+                raise
+            logger.warning(
+                "Redis is not ready yet (%s); queue %s/%s keeps trying",
+                exc,
+                self.stream,
+                self.group,
+            )
+        finally:
+            session.close()
+
+    def _claim_check(self) -> None:
+        if self.claimer is None:
+            logger.warning(
+                "queue %s/%s has no claimer: failed jobs are never retried and "
+                "messages of crashed consumers are never recovered",
+                self.stream,
+                self.group,
+            )
+
+    def run(self) -> QueueHandle:
+        """Start consuming in background threads; returns the handle at once.
+
+        Redis being down is not an error here: the threads keep retrying.
+
+        :raises RedisVersionError: the server is older than 6.2.
+        :raises HandleStateError: this queue is already running.
+        """
+        with self._lock:
+            if self._handle is not None and self._handle.is_running:
+                raise HandleStateError(f"{self!r} is already running; stop its handle first")
+            self._preflight(must_connect=False)
+            self._claim_check()
+            runtime = Runtime(self)
+            handle = self._start(runtime)
+            self._handle = handle
+        logger.info(
+            "queue %s/%s started: consumer %s, concurrency %d, claimer %s",
+            self.stream,
+            self.group,
+            self.consumer,
+            self.concurrency,
+            self.claimer,
+        )
+        return handle
+
+    def _loop_thread(
+        self,
+        runtime: Runtime,
+        role: str,
+        step: Callable[[], None],
+        session: Session,
+        stop: threading.Event,
+    ) -> LoopThread:
+        def recreate_group() -> None:
+            ensure_group(session, self.stream, self.group)
+
+        def fatal(exc: BaseException) -> None:
+            runtime.stop_event.set()
+
+        return LoopThread(
+            f"flowd-{role}-{self.stream}",
+            f"{role} of {self.stream}/{self.group}",
+            step,
+            stop,
+            on_nogroup=recreate_group,
+            on_fatal=fatal,
+            on_exit=session.close,
+        )
+
+    def _start(self, runtime: Runtime) -> QueueHandle:
+        reader_session = Session(self.read_client or self.client)
+        reader = self._loop_thread(
+            runtime,
+            "reader",
+            Reader(runtime, reader_session, self.block).step,
+            reader_session,
+            runtime.stop_event,
+        )
+        claimer = lease = None
+        if self.claimer is not None:
+            claim_session, lease_session = Session(self.client), Session(self.client)
+            claimer = self._loop_thread(
+                runtime,
+                "claimer",
+                ClaimLoop(runtime, claim_session, self.claimer).step,
+                claim_session,
+                runtime.stop_event,
+            )
+            lease = self._loop_thread(
+                runtime,
+                "lease",
+                LeaseLoop(runtime, lease_session, self.claimer).step,
+                lease_session,
+                runtime.lease_stop,
+            )
+        runtime.acker.start()
+        for thread in (reader, claimer, lease):
+            if thread is not None:
+                thread.start()
+        return QueueHandle(runtime, reader, reader_session, claimer, lease)
+
+    def drain(self, timeout: Seconds | None = None) -> int:
+        """Process the backlog, then return how many jobs succeeded (cron mode).
+
+        Runs this consumer's own pending messages (left by an earlier run
+        under the same ``consumer`` name), then new messages until the stream
+        has none, then, with a claimer, one sweep of messages idle longer than
+        ``min_idle_time``. Jobs run on ``concurrency`` worker threads, as in
+        ``run()``. Failed jobs stay pending and are not retried within the call.
+
+        :param timeout: seconds for the whole call; once past, no more messages
+            are read, running jobs get no extra time, and the count so far is
+            returned (their messages stay pending).
+        :raises redis.exceptions.ConnectionError: Redis is unreachable.
+        """
+        with self._lock:
+            if self._handle is not None and self._handle.is_running:
+                raise HandleStateError(f"{self!r} is running; stop its handle before drain()")
+            limit = None if timeout is None else to_seconds(timeout, "timeout", allow_zero=True)
+            self._preflight(must_connect=True)
+            self._claim_check()
+            return self._drain(limit)
+
+    def _drain(self, limit: float | None) -> int:
+        deadline = None if limit is None else time.monotonic() + limit
+        runtime = Runtime(self)
+        runtime.acker.start()
+        session = Session(self.client)
+        lease = None
+        if self.claimer is not None:
+            lease_session = Session(self.client)
+            lease = self._loop_thread(
+                runtime,
+                "lease",
+                LeaseLoop(runtime, lease_session, self.claimer).step,
+                lease_session,
+                runtime.lease_stop,
+            )
+            lease.start()
+        finished = False
+        try:
+            self._drain_reads(runtime, session, deadline)
+            finished = runtime.permits.wait_all_free(remaining(deadline))
+        finally:
+            runtime.deadline = deadline
+            runtime.stop_event.set()
+            runtime.lease_stop.set()
+            if lease is not None:
+                lease.join(remaining(deadline))
+            runtime.acker.close(deadline if deadline is not None else time.monotonic() + 30)
+            runtime.acker.thread.join(remaining(deadline))
+            runtime.executor.shutdown(wait=finished, cancel_futures=True)
+            session.close()
+        if not finished:
+            logger.warning(
+                "drain of %s/%s timed out; still running: %s",
+                self.stream,
+                self.group,
+                runtime.running_report() or "none",
+            )
+        stats = runtime.stats()
+        logger.info(
+            "drain of %s/%s done: processed=%d failed=%d dead_lettered=%d",
+            self.stream,
+            self.group,
+            stats.processed,
+            stats.failed,
+            stats.dead_lettered,
+        )
+        return stats.processed
+
+    def _drain_reads(self, runtime: Runtime, session: Session, deadline: float | None) -> None:
+        permits = runtime.permits
+        after = "0"
+        while remaining(deadline) != 0.0:
+            free = permits.wait_free(remaining(deadline))
+            if free <= 0:
+                continue
+            entries, counts = read_own_pending(runtime, session, free, after)
+            if not entries:
+                break
+            after = entries[-1][0]
+            start_entries(runtime, entries, counts)
+        while remaining(deadline) != 0.0:
+            free = permits.wait_free(remaining(deadline))
+            if free <= 0:
+                continue
+            entries = parse_xreadgroup(
+                session.call(
+                    "XREADGROUP",
+                    "GROUP",
+                    self.group,
+                    self.consumer,
+                    "COUNT",
+                    free,
+                    "STREAMS",
+                    self.stream,
+                    ">",
+                )
+            )
+            if not entries:
+                break
+            start_entries(runtime, entries, None)
+        if self.claimer is not None:
+            sweep = ClaimLoop(runtime, session, self.claimer)
+            while remaining(deadline) != 0.0:
+                permits.wait_free(remaining(deadline))
+                if sweep.claim_batch() == "done":
+                    break
