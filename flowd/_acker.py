@@ -35,6 +35,7 @@ class Acker:
         self._ids: collections.deque[str] = collections.deque()
         self._retried: collections.deque[str] = collections.deque()
         self._wake = threading.Event()
+        self._sleeping = False
         self._closing = False
         self._deadline: float | None = None
         self._session = Session(client)
@@ -44,12 +45,13 @@ class Acker:
     def start(self) -> None:
         self.thread.start()
 
-    def add(self, msg_id: str, *, retried: bool = False) -> None:
+    def add(self, msg_id: str, retried: bool = False) -> None:
         """Queue one id for XACK; ``retried`` also clears its recorded failure reason."""
         if retried:
             self._retried.append(msg_id)
         self._ids.append(msg_id)
-        if not self._wake.is_set():
+        # Under load the thread is busy flushing and needs no wake-up (a costly Event.set).
+        if self._sleeping:
             self._wake.set()
 
     def close(self, deadline: float | None) -> None:
@@ -72,8 +74,12 @@ class Acker:
         retried: list[str] = []
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
+                if not self._ids and not self._closing:
+                    self._sleeping = True
+                    if not self._ids:  # re-check: an add() may have come before the flag
+                        self._wake.wait()
+                    self._sleeping = False
+                    self._wake.clear()
                 ids += self._take(self._ids)
                 retried += self._take(self._retried)
                 while ids or retried:

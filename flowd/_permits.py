@@ -13,6 +13,10 @@ class Permits:
     permits while it blocks in XREADGROUP leaves them to the claimer (an idle
     reader must not starve claimed work). Releasing more than was taken raises
     ValueError, as ``threading.BoundedSemaphore`` does.
+
+    Waiters say how many free permits they need, and a release wakes them only
+    once that many are free: a wake-up is a thread switch, the costliest step
+    of handing a short job from the reader to the pool.
     """
 
     def __init__(self, size: int) -> None:
@@ -20,6 +24,7 @@ class Permits:
         self._free = size
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
+        self._needs: list[int] = []  # what each current waiter waits for
 
     @property
     def free(self) -> int:
@@ -29,18 +34,27 @@ class Permits:
     def in_use(self) -> int:
         return self.size - self._free
 
+    def _wait(self, need: int, timeout: float | None) -> bool:
+        """Wait (lock held) until ``need`` permits are free or closed; False on timeout."""
+        need = min(need, self.size)
+        if self._free >= need or self._closed:
+            return True
+        self._needs.append(need)
+        try:
+            return self._cond.wait_for(lambda: self._free >= need or self._closed, timeout)
+        finally:
+            self._needs.remove(need)
+
     def wait_free(self, timeout: float | None = None) -> int:
-        """Wait until a permit is free (or close()); return how many are free now."""
+        """Wait until a permit is free; return how many are free (0 on timeout or close)."""
         with self._cond:
-            if self._free <= 0 and not self._closed:
-                self._cond.wait_for(lambda: self._free > 0 or self._closed, timeout)
+            self._wait(1, timeout)
             return 0 if self._closed else self._free
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take one permit; False on timeout or once closed."""
         with self._cond:
-            if self._free <= 0 and not self._closed:
-                self._cond.wait_for(lambda: self._free > 0 or self._closed, timeout)
+            self._wait(1, timeout)
             if self._closed or self._free <= 0:
                 return False
             self._free -= 1
@@ -57,15 +71,17 @@ class Permits:
 
     def release(self, n: int = 1) -> None:
         with self._cond:
-            if self._free + n > self.size:
+            free = self._free + n
+            if free > self.size:
                 raise ValueError("Permits released too many times")
-            self._free += n
-            self._cond.notify_all()
+            self._free = free
+            if self._needs and free >= min(self._needs):
+                self._cond.notify_all()
 
     def wait_all_free(self, timeout: float | None) -> bool:
         """Wait until no permit is taken (all work finished); False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._free >= self.size, timeout)
+            return self._wait(self.size, timeout) and self._free >= self.size
 
     def wake(self) -> None:
         """Wake every waiter so it can look at its stop signal."""

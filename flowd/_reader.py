@@ -25,47 +25,37 @@ def block_seconds(requested: float, socket_timeout: float | None) -> float:
     return max(0.001, min(requested, socket_timeout / 2))
 
 
-def start_entries(
-    runtime: Runtime,
-    entries: list[Entry],
-    deliveries: dict[str, int] | None,
-    *,
-    first_permit_taken: bool = False,
-) -> int:
+def start_entries(runtime: Runtime, entries: list[Entry], deliveries: dict[str, int] | None) -> int:
     """Dispatch entries that were read, taking one permit each; returns how many started.
 
     Entries read are already delivered to this consumer, so they start even
     while stopping, as long as a permit frees up before the stop deadline;
     any left over stay pending, for the claimer or a later drain.
     """
-    started = 0
+    held = runtime.permits.try_acquire(len(entries))  # usually all of them, in one step
+    dispatch = runtime.dispatch
     for index, (msg_id, fields) in enumerate(entries):
-        if not (first_permit_taken and index == 0) and not _take_permit(runtime):
-            left = len(entries) - index
+        if held:
+            held -= 1
+        elif not _take_permit(runtime):
             logger.warning(
                 "stopping: %d read messages on %s/%s were not started and stay pending",
-                left,
+                len(entries) - index,
                 runtime.stream,
                 runtime.group,
             )
-            break
-        count = deliveries.get(msg_id, 1) if deliveries is not None else 1
-        runtime.dispatch(msg_id, fields, count)
-        started += 1
-    return started
+            return index
+        dispatch(msg_id, fields, 1 if deliveries is None else deliveries.get(msg_id, 1))
+    return len(entries)
 
 
 def _take_permit(runtime: Runtime) -> bool:
+    """Wait for one permit, until the stop deadline if there is one."""
     permits = runtime.permits
-    if permits.try_acquire(1):
-        return True
     while True:
         deadline = runtime.deadline
         if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            return permits.acquire(timeout=remaining)
+            return permits.acquire(timeout=max(0.0, deadline - time.monotonic()))
         if permits.acquire(timeout=_PERMIT_POLL):
             return True
 
@@ -81,7 +71,7 @@ class Reader:
 
     def step(self) -> None:
         runtime = self.runtime
-        free = runtime.permits.wait_free(timeout=self._poll)
+        free = runtime.permits.wait_free(self._poll)
         if free <= 0 or runtime.stop_event.is_set():
             return
         reply = self.session.call(

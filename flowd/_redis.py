@@ -186,9 +186,17 @@ def _entry(raw: Any) -> Entry:
 
 
 def parse_entries(raw: Iterable[Any] | None) -> list[Entry]:
+    """Stream entries of a raw reply; Session replies are undecoded lists: the fast path."""
     if not raw:
         return []
-    return [_entry(item) for item in raw]
+    out: list[Entry] = []
+    for item in raw:
+        msg_id, flat = item[0], item[1]
+        if type(msg_id) is bytes and type(flat) is list and not len(flat) % 2:
+            out.append((msg_id.decode(), dict(zip(flat[::2], flat[1::2], strict=True))))
+        else:
+            out.append(_entry(item))
+    return out
 
 
 def parse_xreadgroup(reply: Any) -> list[Entry]:

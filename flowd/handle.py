@@ -139,7 +139,7 @@ class QueueHandle:
             self._lease.join(remaining(deadline))
         runtime.acker.close(deadline)
         runtime.acker.thread.join(remaining(deadline))
-        runtime.executor.shutdown(wait=finished, cancel_futures=True)
+        runtime.shutdown(wait=finished)
         alive = [t.name for t in self._threads() if t.is_alive()]
         clean = finished and not alive and runtime.acker.unwritten == 0
         stats = runtime.stats()

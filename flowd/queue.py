@@ -296,7 +296,7 @@ class Queue(Generic[J]):
                 lease.join(remaining(deadline))
             runtime.acker.close(deadline if deadline is not None else time.monotonic() + 30)
             runtime.acker.thread.join(remaining(deadline))
-            runtime.executor.shutdown(wait=finished, cancel_futures=True)
+            runtime.shutdown(wait=finished)
             session.close()
         if not finished:
             logger.warning(
