@@ -6,18 +6,30 @@ queue live in one slot and multi-key steps work on Redis Cluster.
 
 from __future__ import annotations
 
+from .errors import ConfigurationError
+
 
 def hash_tag(stream: str) -> str:
     """The ``{tag}`` that decides the stream's cluster slot.
 
     A stream that already has a non-empty ``{...}`` tag keeps it; any other
-    name becomes its own tag.
+    name becomes its own tag. A name with a ``}`` but no tag cannot be its own
+    tag (the tag would end at that ``}``, in another slot), so it is refused.
+
+    :raises ConfigurationError: for such a name.
     """
     start = stream.find("{")
     if start != -1:
         end = stream.find("}", start + 1)
         if end > start + 1:
             return stream[start : end + 1]
+    if "}" in stream:
+        raise ConfigurationError(
+            f"stream name {stream!r} has a '}}' but no hash tag, so flowd cannot name its "
+            f"other keys in the same cluster slot; give it a tag, e.g. "
+            f"'{{{stream.replace('}', '')}}}'"
+            ", or avoid '}' in the name"
+        )
     return "{" + stream + "}"
 
 

@@ -19,7 +19,10 @@ def to_seconds(value: Seconds, name: str, *, allow_zero: bool = False) -> float:
             f"{name} must be seconds (int or float) or a timedelta, not {type(value).__name__}"
         )
     else:
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ConfigurationError(f"{name} is too large: {value!r}") from None
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         raise ConfigurationError(f"{name} must be a finite number of seconds, not {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):

@@ -98,6 +98,12 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8")
 
 
+def _encode_str(value: str) -> str:
+    if not value.isascii():
+        value.encode("utf-8")  # a lone surrogate fails here, at enqueue, not inside redis-py
+    return value
+
+
 def _encode_bool(value: bool) -> str:
     return "true" if value else "false"
 
@@ -131,7 +137,7 @@ def _encode_bytes(value: bytes | bytearray) -> bytes:
 
 
 _SCALARS: dict[type[Any], _Codec] = {
-    str: _Codec("str", lambda v: isinstance(v, str), lambda v: v, _text),
+    str: _Codec("str", lambda v: isinstance(v, str), _encode_str, _text),
     bool: _Codec("bool", lambda v: isinstance(v, bool), _encode_bool, _decode_bool),
     int: _Codec("int", lambda v: isinstance(v, int) and not isinstance(v, bool), str, _decode_int),
     float: _Codec(
@@ -171,10 +177,14 @@ def _enum_codec(enum_cls: type[enum.Enum]) -> _Codec:
     for member in enum_cls:
         by_text.setdefault(_enum_text(member).encode("utf-8"), member)
 
+    is_flag = issubclass(enum_cls, enum.Flag)
+
     def decode(raw: bytes) -> enum.Enum:
         try:
             return by_text[raw]
         except KeyError:
+            if is_flag:  # a combination of flags is written as its integer value
+                return enum_cls(int(raw))
             raise ValueError(f"{_shorten(raw)} is not a value of {enum_cls.__name__}") from None
 
     return _Codec(
@@ -196,13 +206,22 @@ def _json_codec(tp: Any, owner: str, name: str) -> _Codec:
         f"_{owner}_{name}_json", [("v", tp)], bases=(DataClassJsonMixin,)
     )
     origin = typing.get_origin(tp) or tp
+    # dataclasses-json coerces rather than checks ("ab" as list[str] gives ["a", "b"]; null
+    # only warns), so the JSON value's own shape is checked first.
+    json_shape: type[Any] = list if origin in (list, tuple, set, frozenset) else dict
 
     def encode(value: Any) -> str:
         as_dict = wrapper(value).to_dict(encode_json=True)
         return json.dumps(as_dict["v"], separators=(",", ":"), ensure_ascii=False)
 
     def decode(raw: bytes) -> Any:
-        return wrapper.from_dict({"v": json.loads(raw)}).v  # type: ignore[attr-defined]
+        value = json.loads(raw)
+        if not isinstance(value, json_shape):
+            raise ValueError(
+                f"expected a JSON {'array' if json_shape is list else 'object'}, "
+                f"got {_shorten(value)}"
+            )
+        return wrapper.from_dict({"v": value}).v  # type: ignore[attr-defined]
 
     return _Codec(
         getattr(origin, "__name__", str(origin)), lambda v: isinstance(v, origin), encode, decode
@@ -248,7 +267,13 @@ def _build_plan(cls: type[Any]) -> _Plan:
         raise ConfigurationError(
             f"{cls.__name__} must be a dataclass: decorate it with @dataclasses.dataclass"
         )
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{cls.__name__}: cannot resolve its annotations ({type(exc).__name__}: {exc}); "
+            f"define the types it names at module level"
+        ) from exc
     plans = []
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -281,7 +306,10 @@ def plan_of(cls: type[Any]) -> _Plan:
 
 
 def _shorten(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an int with more digits than str() allows
+        return f"<{type(value).__name__} too large to show>"
     return text if len(text) <= _REASON_LIMIT else text[:_REASON_LIMIT] + "..."
 
 
@@ -335,10 +363,10 @@ def decode_job(cls: type[V], fields: Mapping[Any, Any], message_id: str | None =
     for fp in plan.fields:
         value = raw.get(fp.key)
         if value is None:
-            if fp.required and not fp.optional:
+            if fp.optional:
+                kwargs[fp.name] = None  # None is written as no field, so no field means None
+            elif fp.required:
                 raise DecodeError("missing required field", field=fp.name, message_id=message_id)
-            if fp.required:
-                kwargs[fp.name] = None
             continue
         try:
             kwargs[fp.name] = fp.codec.decode(_as_bytes(value))

@@ -6,12 +6,16 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+import redis.client
+
 from .errors import ConfigurationError, EncodeError
 from .job import Job, encode_job
 
 __all__ = ["Producer"]
 
 _DEFAULT_CHUNK = 1000
+#: Written for a job with no field to write (no fields, or only None ones).
+EMPTY_JOB_FIELD = ("flowd:empty", "1")
 
 
 def _as_str(reply: bytes | str) -> str:
@@ -52,7 +56,12 @@ class Producer:
     ) -> None:
         if not isinstance(stream, str) or not stream:
             raise ConfigurationError(f"stream must be a non-empty str, not {stream!r}")
-        if not hasattr(client, "pipeline") or not hasattr(client, "execute_command"):
+        if (
+            isinstance(client, type)
+            or isinstance(client, redis.client.Pipeline)
+            or not hasattr(client, "pipeline")
+            or not hasattr(client, "execute_command")
+        ):
             raise ConfigurationError(
                 f"client must be a redis.Redis client, not {type(client).__name__}"
             )
@@ -82,6 +91,9 @@ class Producer:
         for key, value in encode_job(job).items():
             args.append(key)
             args.append(value)
+        if len(args) == len(self._prefix):
+            # A stream entry needs a field; decoding ignores fields the class does not know.
+            args += EMPTY_JOB_FIELD
         return tuple(args)
 
     def enqueue(self, job: Job) -> str:

@@ -51,8 +51,13 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server child process; restartable on the same port and data dir."""
 
-    def __init__(self, *, appendonly: bool = False, binary: str | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        binary: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.binary = binary or find_redis_server()
         self.appendonly = appendonly
         self.extra_args = extra_args
@@ -68,22 +73,35 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", self.dir, "--save", "", "--logfile", str(self.log),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--logfile",
+            str(self.log),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(Path(self.dir) / "stderr.log", "ab") as stderr:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + timeout
         probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0)
         try:
             while True:
                 if self.proc.poll() is not None:
-                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                    err = (Path(self.dir) / "stderr.log").read_text(errors="replace")
                     log = self.log.read_text(errors="replace") if self.log.exists() else ""
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}: "
-                                       f"{err}{log[-2000:]}")
+                    raise RuntimeError(
+                        f"redis-server exited with {self.proc.returncode}: {err}{log[-2000:]}"
+                    )
                 try:
                     if probe.ping():
                         return
