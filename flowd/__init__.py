@@ -14,6 +14,7 @@ from .errors import (
     RedisVersionError,
 )
 from .handle import QueueHandle, QueueStats
+from .housekeeping import Housekeeping, TrimResult, remove_idle_consumers, trim_stream
 from .job import Job, Mapper, field
 from .producer import Producer
 from .queue import Queue, WorkerFn
@@ -29,6 +30,7 @@ __all__ = [
     "EncodeError",
     "FlowdError",
     "HandleStateError",
+    "Housekeeping",
     "Job",
     "Mapper",
     "Producer",
@@ -37,9 +39,12 @@ __all__ = [
     "QueueStats",
     "RedisVersionError",
     "Task",
+    "TrimResult",
     "WorkerFn",
     "__version__",
     "field",
+    "remove_idle_consumers",
+    "trim_stream",
 ]
 
 logging.getLogger("flowd").addHandler(logging.NullHandler())

@@ -46,13 +46,13 @@ class QueueHandle:
         runtime: Runtime,
         reader: LoopThread,
         reader_session: Session,
-        claimer: LoopThread | None,
+        background: list[LoopThread],
         lease: LoopThread | None,
     ) -> None:
         self._runtime = runtime
         self._reader = reader
         self._reader_session = reader_session
-        self._claimer = claimer
+        self._background = background  # claimer, housekeeping: they end with the reader
         self._lease = lease
         self._state = _State.RUNNING
         self._state_lock = threading.Lock()
@@ -131,8 +131,8 @@ class QueueHandle:
         runtime.stop_event.set()
         runtime.permits.wake()
         self._interrupt_reader(deadline)
-        if self._claimer is not None:
-            self._claimer.join(remaining(deadline))
+        for thread in self._background:
+            thread.join(remaining(deadline))
         finished = runtime.permits.wait_all_free(remaining(deadline))
         runtime.lease_stop.set()
         if self._lease is not None:
@@ -169,7 +169,9 @@ class QueueHandle:
 
     def _threads(self) -> list[threading.Thread]:
         threads: list[threading.Thread] = [self._reader, self._runtime.acker.thread]
-        threads += [t for t in (self._claimer, self._lease) if t is not None]
+        threads += self._background
+        if self._lease is not None:
+            threads.append(self._lease)
         return threads
 
     def _interrupt_reader(self, deadline: float | None) -> None:

@@ -21,6 +21,7 @@ from ._timeutil import Seconds, remaining, to_seconds
 from .claimer import Claimer, ClaimLoop, LeaseLoop
 from .errors import ConfigurationError, HandleStateError
 from .handle import QueueHandle
+from .housekeeping import Housekeeping, HousekeepingLoop
 from .job import Job, plan_of
 from .task import Task
 
@@ -80,6 +81,10 @@ class Queue(Generic[J]):
     :param claimer: a :class:`Claimer` to retry failed and stuck messages.
     :param consumer: this consumer's name; defaults to a unique ``host-pid-random``.
     :param read_client: an optional separate client for the blocking reads.
+    :param housekeeping: on by default: trims entries every group has consumed
+        and removes long-idle consumers without pending entries, once per
+        interval for the whole stream (see :class:`Housekeeping`); ``False``
+        turns it off.
     :param block: seconds one XREADGROUP blocks while the stream is empty.
     """
 
@@ -93,6 +98,7 @@ class Queue(Generic[J]):
         worker: WorkerFn[J],
         concurrency: int = 8,
         claimer: Claimer | None = None,
+        housekeeping: Housekeeping | bool = True,
         consumer: str | None = None,
         read_client: Any = None,
         block: Seconds = 2.0,
@@ -119,6 +125,13 @@ class Queue(Generic[J]):
         if claimer is not None and not isinstance(claimer, Claimer):
             raise ConfigurationError(f"claimer must be a flowd.Claimer, not {claimer!r}")
         self.claimer = claimer
+        if housekeeping is True:
+            housekeeping = Housekeeping()
+        elif housekeeping is not False and not isinstance(housekeeping, Housekeeping):
+            raise ConfigurationError(
+                f"housekeeping must be a flowd.Housekeeping, True or False, not {housekeeping!r}"
+            )
+        self.housekeeping: Housekeeping | None = housekeeping or None
         self.block = to_seconds(block, "block")
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
@@ -223,15 +236,18 @@ class Queue(Generic[J]):
             reader_session,
             runtime.stop_event,
         )
-        claimer = lease = None
+        background: list[LoopThread] = []  # stopped together with the reader
+        lease = None
         if self.claimer is not None:
             claim_session, lease_session = Session(self.client), Session(self.client)
-            claimer = self._loop_thread(
-                runtime,
-                "claimer",
-                ClaimLoop(runtime, claim_session, self.claimer).step,
-                claim_session,
-                runtime.stop_event,
+            background.append(
+                self._loop_thread(
+                    runtime,
+                    "claimer",
+                    ClaimLoop(runtime, claim_session, self.claimer).step,
+                    claim_session,
+                    runtime.stop_event,
+                )
             )
             lease = self._loop_thread(
                 runtime,
@@ -240,11 +256,20 @@ class Queue(Generic[J]):
                 lease_session,
                 runtime.lease_stop,
             )
+        if self.housekeeping is not None:
+            background.append(
+                LoopThread(
+                    f"flowd-housekeeping-{self.stream}",
+                    f"housekeeping of {self.stream}/{self.group}",
+                    HousekeepingLoop(runtime, self.housekeeping).step,
+                    runtime.stop_event,
+                )
+            )
         runtime.acker.start()
-        for thread in (reader, claimer, lease):
+        for thread in (reader, *background, lease):
             if thread is not None:
                 thread.start()
-        return QueueHandle(runtime, reader, reader_session, claimer, lease)
+        return QueueHandle(runtime, reader, reader_session, background, lease)
 
     def drain(self, timeout: Seconds | None = None) -> int:
         """Process the backlog, then return how many jobs succeeded (cron mode).

@@ -1,0 +1,204 @@
+"""Housekeeping: trim consumed entries and remove idle consumers, safely and cheaply.
+
+Both steps are Lua scripts, so each is atomic with respect to every other
+client of the stream: no group can deliver, ack or move between the check
+and the change. Queues run them on a thread of their own, at most once per
+``interval`` for the whole stream (a ``SET NX PX`` lease decides which
+consumer does it), and apps can call :func:`trim_stream` and
+:func:`remove_idle_consumers` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._keys import derived_key
+from ._timeutil import Seconds, to_ms, to_seconds
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["Housekeeping", "TrimResult", "remove_idle_consumers", "trim_stream"]
+
+logger = logging.getLogger(__name__)
+
+# Compares stream ids as numbers of any length ("ms-seq"), without float rounding.
+_CMP_LUA = """
+local function cmp(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if #am ~= #bm then return #am < #bm and -1 or 1 end
+  if am ~= bm then return am < bm and -1 or 1 end
+  if #as ~= #bs then return #as < #bs and -1 or 1 end
+  if as ~= bs then return as < bs and -1 or 1 end
+  return 0
+end
+"""
+
+# The lowest id any group still needs is its oldest pending id, or, with none
+# pending, its last-delivered id (entries after it are not read yet). Entries
+# below the lowest of those, over all groups, are consumed by every group.
+_TRIM_LUA = (
+    _CMP_LUA
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', 0} end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return {'', 0} end
+local minid = nil
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local needed = info['last-delivered-id']
+  if info['pending'] > 0 then
+    needed = redis.call('XPENDING', KEYS[1], info['name'])[2]
+  end
+  if minid == nil or cmp(needed, minid) < 0 then minid = needed end
+end
+if minid == '0-0' then return {minid, 0} end
+return {minid, redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1], minid)}
+"""
+)
+
+# Removes consumers idle for at least ARGV[2] ms that own no pending entry.
+_REMOVE_IDLE_LUA = """
+local removed = {}
+local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+for _, c in ipairs(consumers) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  local keep = false
+  for k = 3, #ARGV do
+    if ARGV[k] == info['name'] then keep = true end
+  end
+  if not keep and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    table.insert(removed, info['name'])
+  end
+end
+return removed
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TrimResult:
+    """What one trim did: the lowest id kept (``""`` if nothing could be trimmed) and
+    how many entries were removed."""
+
+    min_id: str
+    removed: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def trim_stream(client: Any, stream: str, *, exact: bool = False) -> TrimResult:
+    """Delete the entries of ``stream`` that every consumer group has consumed.
+
+    An entry is kept while any group has it pending or has not read it yet,
+    whatever other groups or programs share the stream. A stream with no
+    group is left alone. Trimming is approximate by default (``XTRIM MINID
+    ~``: whole internal nodes only, which is much cheaper); ``exact=True``
+    trims to the entry.
+    """
+    reply = client.eval(_TRIM_LUA, 1, stream, "=" if exact else "~")
+    return TrimResult(_text(reply[0]), int(reply[1]))
+
+
+def remove_idle_consumers(
+    client: Any, stream: str, group: str, idle: Seconds, *, keep: tuple[str, ...] = ()
+) -> list[str]:
+    """Remove consumers of ``group`` idle for ``idle`` seconds or more that own no
+    pending entry; returns their names. Consumers with pending entries are never
+    removed (XGROUP DELCONSUMER would drop those entries)."""
+    idle_ms = to_ms(to_seconds(idle, "idle"))
+    reply = client.eval(_REMOVE_IDLE_LUA, 1, stream, group, idle_ms, *keep)
+    return [_text(name) for name in reply]
+
+
+class Housekeeping:
+    """Settings of a queue's housekeeping thread (on by default; ``housekeeping=False``
+    on the Queue turns it off).
+
+    :param interval: seconds between runs for the whole stream: each consumer
+        tries every ``interval``, and a lease in Redis lets only one of them work.
+    :param trim: delete entries every group has consumed (see :func:`trim_stream`).
+    :param consumer_ttl: remove consumers of the queue's group idle this long
+        that own no pending entry; ``None`` keeps them.
+    """
+
+    __slots__ = ("consumer_ttl", "interval", "trim")
+
+    def __init__(
+        self, interval: Seconds = 60.0, trim: bool = True, consumer_ttl: Seconds | None = 3600.0
+    ) -> None:
+        self.interval = to_seconds(interval, "interval")
+        if not isinstance(trim, bool):
+            raise ConfigurationError(f"trim must be True or False, not {trim!r}")
+        self.trim = trim
+        self.consumer_ttl = (
+            None if consumer_ttl is None else to_seconds(consumer_ttl, "consumer_ttl")
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Housekeeping(interval={self.interval}, trim={self.trim}, "
+            f"consumer_ttl={self.consumer_ttl})"
+        )
+
+
+class HousekeepingLoop:
+    """One step of the housekeeping thread."""
+
+    def __init__(self, runtime: Runtime, settings: Housekeeping) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.lease_key = derived_key(runtime.stream, "housekeeping")
+        self._first = True
+
+    def step(self) -> None:
+        runtime = self.runtime
+        wait = self.settings.interval
+        if self._first:  # spread consumers that start together
+            wait *= random.random()
+            self._first = False
+        if runtime.stop_event.wait(wait):
+            return
+        self.run_once()
+
+    def run_once(self) -> bool:
+        """Do the work if no other consumer did in this interval; True if it ran."""
+        runtime, settings = self.runtime, self.settings
+        client = runtime.client
+        if not client.set(self.lease_key, runtime.consumer, nx=True, px=to_ms(settings.interval)):
+            return False
+        if settings.trim:
+            result = trim_stream(client, runtime.stream)
+            if result.removed:
+                logger.debug(
+                    "trimmed %d consumed entries of %s below %s",
+                    result.removed,
+                    runtime.stream,
+                    result.min_id,
+                )
+        if settings.consumer_ttl is not None:
+            removed = remove_idle_consumers(
+                client,
+                runtime.stream,
+                runtime.group,
+                settings.consumer_ttl,
+                keep=(runtime.consumer,),
+            )
+            if removed:
+                logger.info(
+                    "removed %d idle consumers of %s/%s: %s",
+                    len(removed),
+                    runtime.stream,
+                    runtime.group,
+                    ", ".join(removed),
+                )
+        return True
