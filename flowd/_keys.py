@@ -41,3 +41,25 @@ def derived_key(stream: str, suffix: str) -> str:
 def dead_letter_stream(stream: str) -> str:
     """The default dead-letter stream: ``{emails}:dead`` for ``emails``."""
     return derived_key(stream, "dead")
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the checksum Redis Cluster uses for key slots."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key`` (its ``{tag}`` only, when it has one)."""
+    raw = key.encode("utf-8")
+    start = raw.find(b"{")
+    if start != -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return _crc16(raw) % 16384

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import RedisVersionError
 
@@ -52,7 +54,10 @@ def is_busygroup(exc: BaseException) -> bool:
 
 
 def is_nogroup(exc: BaseException) -> bool:
-    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("NOGROUP")
+    """The group is gone: NOGROUP, or (Redis 7) a blocked read ended by the stream's deletion."""
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
+        ("NOGROUP", "UNBLOCKED the stream key no longer exists")
+    )
 
 
 #: Server replies that mean "not now" rather than "wrong": retried with backoff.
@@ -79,25 +84,48 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
-class Session:
-    """A connection of one loop thread's own, borrowed from the client's pool.
+#: Pool settings that are redis-py internals of the pool, not connection options.
+_POOL_INTERNAL_PREFIXES = ("maint_notifications", "orig_", "himport_registry", "oss_cluster")
 
-    Not thread-safe: each thread owns one. Any error drops the connection,
-    so the next call starts on a fresh one.
+
+def connection_options(client: Any) -> dict[str, Any]:
+    """Options for a connection like the client's own, minus pool internals and retries.
+
+    flowd's loops own their retries: redis-py 8's default policy would retry a
+    connect or a timed-out command for seconds inside one call, where a stop
+    cannot interrupt it, and could re-send a command whose reply was lost.
+    """
+    options = {
+        key: value
+        for key, value in client.connection_pool.connection_kwargs.items()
+        if not key.startswith(_POOL_INTERNAL_PREFIXES)
+    }
+    options["retry"] = Retry(NoBackoff(), 0)
+    return options
+
+
+class Session:
+    """A connection of one thread's own, made like the client's but outside its pool.
+
+    Not thread-safe: each thread owns one. The connection is made on first
+    use, in the thread that uses it, so a Redis that is down at start is only
+    a failed call, retried by the loop. Any error drops the connection, so the
+    next call starts on a fresh one.
     """
 
     def __init__(self, client: Any) -> None:
-        self._pool = client.connection_pool
+        self._connection_class = client.connection_pool.connection_class
+        self._options = connection_options(client)
         self._conn: Any = None
         self.client_id: int | None = None
         self.server_version: str | None = None
-        timeout = self._pool.connection_kwargs.get("socket_timeout")
+        timeout = self._options.get("socket_timeout")
         #: The socket timeout of the client's connections (None: no timeout).
         self.socket_timeout: float | None = float(timeout) if timeout else None
 
     def _connection(self) -> Any:
         if self._conn is None:
-            conn = self._pool.get_connection()
+            conn = self._connection_class(**self._options)
             self._conn = conn
             try:
                 conn.send_command("CLIENT", "ID")
@@ -105,7 +133,7 @@ class Session:
                 conn.send_command("INFO", "server")
                 info = _text(conn.read_response(disable_decoding=True))
             except BaseException:
-                self.close(broken=True)
+                self.close()
                 raise
             version = next(
                 (
@@ -130,7 +158,7 @@ class Session:
         except redis.exceptions.ResponseError:
             raise
         except BaseException:
-            self.close(broken=True)
+            self.close()
             raise
         return reply
 
@@ -146,22 +174,19 @@ class Session:
                 except redis.exceptions.ResponseError as exc:
                     replies.append(exc)
         except BaseException:
-            self.close(broken=True)
+            self.close()
             raise
         return replies
 
-    def close(self, *, broken: bool = False) -> None:
-        """Give the connection back to the pool (disconnected first if it may be out of step)."""
+    def close(self) -> None:
+        """Close the connection (the next call opens a new one)."""
         conn, self._conn = self._conn, None
         self.client_id = None
-        if conn is None:
-            return
-        if broken:
+        if conn is not None:
             try:
                 conn.disconnect()
-            except Exception:  # the socket is already unusable; nothing to report
-                logger.debug("disconnect of a broken connection failed", exc_info=True)
-        self._pool.release(conn)
+            except Exception:  # the socket may already be unusable; nothing to report
+                logger.debug("disconnect failed", exc_info=True)
 
 
 def ensure_group(session: Session, stream: str, group: str) -> None:
@@ -216,13 +241,15 @@ def parse_xreadgroup(reply: Any) -> list[Entry]:
 def parse_xautoclaim(reply: Any) -> tuple[str, list[Entry], list[str]]:
     """(next cursor, claimed entries, deleted ids) for Redis 6.2 and 7.x.
 
-    7.x lists ids deleted from the stream as a third element; 6.2 returns
-    them among the entries with nil fields. Both come back as deleted ids.
+    7.x lists ids deleted from the stream as a third element and drops them
+    from the PEL. 6.2 sends a bare nil in place of a deleted entry, without
+    its id, and leaves it pending under the claiming consumer: such entries
+    are skipped here (see :func:`unnamed_deleted`), and the claimer finds them.
     """
     cursor = _text(reply[0])
     claimed: list[Entry] = []
     deleted: list[str] = []
-    for entry in parse_entries(reply[1]):
+    for entry in parse_entries([item for item in reply[1] or () if item is not None]):
         if entry[1] is None:
             deleted.append(entry[0])
         else:
@@ -230,6 +257,11 @@ def parse_xautoclaim(reply: Any) -> tuple[str, list[Entry], list[str]]:
     if len(reply) > 2 and reply[2]:
         deleted.extend(_text(i) for i in reply[2])
     return cursor, claimed, deleted
+
+
+def unnamed_deleted(reply: Any) -> int:
+    """How many deleted entries a 6.2 XAUTOCLAIM reply left unnamed (bare nils)."""
+    return sum(1 for item in reply[1] or () if item is None)
 
 
 def parse_xpending_range(reply: Any) -> dict[str, tuple[str, int, int]]:

@@ -96,6 +96,7 @@ class Runtime:
         #: When stop() must be done by (monotonic), once stopping.
         self.deadline: float | None = None
         self._counts: list[_Counts] = []
+        self._worker_threads: set[threading.Thread] = set()
         self._dispatch_counts = self._new_counts()  # written by reader/claimer under a lock
         self._dispatch_lock = threading.Lock()
         self._tasks: queue_module.SimpleQueue[Task[Any] | _DeadLetter | None] = (
@@ -169,8 +170,13 @@ class Runtime:
 
     # -- executor side
 
+    def is_worker_thread(self, thread: threading.Thread) -> bool:
+        """True for the executor threads of this runtime."""
+        return thread in self._worker_threads
+
     def _worker_loop(self) -> None:
         # The hot path: names bound once, counters private to this thread.
+        self._worker_threads.add(threading.current_thread())
         counts = self._new_counts()
         get, running, release = self._tasks.get, self.running, self.permits.release
         worker, ack, monotonic = self.queue.worker, self.acker.add, time.monotonic
@@ -210,6 +216,8 @@ class Runtime:
 
     def _run_dead_letter(self, task: Task[Any], counts: _Counts) -> None:
         assert self.dead_letters is not None
+        # Leased like a running job, so a slow dlq_worker is not reclaimed meanwhile.
+        self.running[task.id] = (task, time.monotonic())
         try:
             if self.dead_letters.handle(task):
                 counts.dead_lettered += 1
@@ -222,6 +230,7 @@ class Runtime:
                 self.group,
             )
         finally:
+            self.running.pop(task.id, None)
             self.permits.release()
 
     def shutdown(self, *, wait: bool) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._keys import dead_letter_stream
-from ._redis import Session, parse_xautoclaim, parse_xpending_range
+from ._redis import Session, parse_xautoclaim, parse_xpending_range, unnamed_deleted
 from ._timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError
 from .task import Task
@@ -127,44 +127,76 @@ class ClaimLoop:
         taken = permits.try_acquire(self.claimer.batch)
         if taken == 0:
             return "done"  # every permit is busy: claimed work could not start anyway
+        handed = 0  # permits passed on with an entry; the rest go back, whatever fails
         try:
+            start = self.cursor
             reply = self.session.call(
                 "XAUTOCLAIM",
                 runtime.stream,
                 runtime.group,
                 runtime.consumer,
                 self.min_idle_ms,
-                self.cursor,
+                start,
                 "COUNT",
                 taken,
             )
-        except BaseException:
-            permits.release(taken)
-            raise
-        cursor, claimed, deleted = parse_xautoclaim(reply)
-        permits.release(taken - len(claimed))
-        self.cursor = cursor
-        for msg_id in deleted:
-            runtime.ack_deleted(msg_id)
-        if claimed:
-            self._start(claimed)
+            cursor, claimed, deleted = parse_xautoclaim(reply)
+            self.cursor = cursor
+            for msg_id in deleted:
+                runtime.ack_deleted(msg_id)
+            if unnamed_deleted(reply):
+                self._ack_unnamed_deleted(start, {msg_id for msg_id, _ in claimed})
+            if claimed:
+                deliveries = self._deliveries([msg_id for msg_id, _ in claimed])
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "claimed %d messages on %s/%s", len(claimed), runtime.stream, runtime.group
+                    )
+                limit = self.claimer.max_retries + 1
+                for msg_id, fields in claimed:
+                    assert fields is not None
+                    count = deliveries.get(msg_id, 2)
+                    handed += 1
+                    if count > limit:
+                        runtime.exhausted(msg_id, fields, count)
+                    else:
+                        runtime.dispatch(msg_id, fields, count)
+        finally:
+            permits.release(taken - handed)
         return "done" if cursor in ("0-0", "0") else "more"
 
-    def _start(self, claimed: list[tuple[str, dict[bytes, bytes] | None]]) -> None:
+    def _ack_unnamed_deleted(self, start: str, claimed: set[str]) -> None:
+        """Redis 6.2 claimed deleted entries without naming them: find and ack them.
+
+        They are now pending under this consumer; any of this consumer's pending
+        entries from ``start`` on whose stream entry is gone is acked (no job
+        could ever run for it).
+        """
         runtime = self.runtime
-        deliveries = self._deliveries([msg_id for msg_id, _ in claimed])
-        limit = self.claimer.max_retries + 1
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "claimed %d messages on %s/%s", len(claimed), runtime.stream, runtime.group
+        pending = parse_xpending_range(
+            self.session.call(
+                "XPENDING",
+                runtime.stream,
+                runtime.group,
+                start,
+                "+",
+                10 * self.claimer.batch,
+                runtime.consumer,
             )
-        for msg_id, fields in claimed:
-            assert fields is not None
-            count = deliveries.get(msg_id, 2)
-            if count > limit:
-                runtime.exhausted(msg_id, fields, count)
-            else:
-                runtime.dispatch(msg_id, fields, count)
+        )
+        candidates = [
+            msg_id for msg_id in pending if msg_id not in claimed and msg_id not in runtime.running
+        ]
+        if not candidates:
+            return
+        replies = self.session.call_many(
+            [("XRANGE", runtime.stream, msg_id, msg_id) for msg_id in candidates]
+        )
+        for msg_id, reply in zip(candidates, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            if not reply:
+                runtime.ack_deleted(msg_id)
 
     def _deliveries(self, ids: list[str]) -> dict[str, int]:
         """Delivery counts (XPENDING extended form), one pipelined round trip."""

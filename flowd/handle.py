@@ -9,11 +9,11 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from ._redis import Session
 from ._runtime import QueueStats
 from ._timeutil import remaining
 
 if TYPE_CHECKING:
-    from ._redis import Session
     from ._runtime import Runtime
     from ._threads import LoopThread
 
@@ -102,11 +102,18 @@ class QueueHandle:
         not started stay pending in Redis for the claimer. One deadline of
         ``timeout`` seconds (None: no limit) covers every step.
 
+        Called from inside one of this queue's jobs, it cannot wait for that
+        job: it stops reading, leaves the rest to a ``flowd-stopper`` thread
+        and returns False at once; ``join()`` waits for the end.
+
         :returns: True if everything finished within the timeout. Otherwise
             False, after a WARNING naming the jobs still running; no thread
             reads any more, and the unfinished messages stay pending.
         """
         current = threading.current_thread()
+        if self._runtime.is_worker_thread(current):
+            self._stop_in_background(timeout)
+            return False
         with self._state_lock:
             first = self._stopper is None
             if first:
@@ -114,15 +121,33 @@ class QueueHandle:
                 self._state = _State.STOPPING
         if not first:
             self._runtime.stop_event.set()
+            if self._done.is_set():
+                return self._clean
             if self._stopper is current:
                 return False  # re-entered (a signal handler during stop): the outer call finishes
             return self._done.wait(timeout) and self._clean
+        return self._perform_stop(timeout)
+
+    def _perform_stop(self, timeout: float | None) -> bool:
         try:
             self._clean = self._stop(timeout)
         finally:
             self._state = _State.STOPPED
             self._done.set()
         return self._clean
+
+    def _stop_in_background(self, timeout: float | None) -> None:
+        self._runtime.stop_event.set()
+        with self._state_lock:
+            if self._stopper is not None:
+                return
+            self._state = _State.STOPPING
+            self._stopper = threading.Thread(
+                name=f"flowd-stopper-{self._runtime.stream}",
+                target=self._perform_stop,
+                args=(timeout,),
+            )
+            self._stopper.start()
 
     def _stop(self, timeout: float | None) -> bool:
         runtime = self._runtime
@@ -177,17 +202,22 @@ class QueueHandle:
     def _interrupt_reader(self, deadline: float | None) -> None:
         """End a blocked XREADGROUP now instead of after its block time."""
         reader = self._reader
-        client = self._runtime.client
-        while reader.is_alive():
-            client_id = self._reader_session.client_id
-            if client_id is not None:
-                try:
-                    client.execute_command("CLIENT", "UNBLOCK", client_id)
-                except Exception as exc:
-                    logger.debug("CLIENT UNBLOCK failed (%s); the read ends at its block time", exc)
-            reader.join(min(_UNBLOCK_EVERY, remaining(deadline) or _UNBLOCK_EVERY))
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        session = Session(self._runtime.client)  # no client retries: a stop must not stall
+        try:
+            while reader.is_alive():
+                client_id = self._reader_session.client_id
+                if client_id is not None:
+                    try:
+                        session.call("CLIENT", "UNBLOCK", client_id)
+                    except Exception as exc:
+                        logger.debug(
+                            "CLIENT UNBLOCK failed (%s); the read ends at its block time", exc
+                        )
+                reader.join(min(_UNBLOCK_EVERY, remaining(deadline) or _UNBLOCK_EVERY))
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            session.close()
 
     def __enter__(self) -> Self:
         return self

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import redis.exceptions
 
+from ._keys import dead_letter_stream, key_slot
 from ._reader import Reader, read_own_pending, start_entries
 from ._redis import Session, ensure_group, is_transient, parse_xreadgroup
 from ._runtime import Runtime
@@ -50,6 +51,25 @@ def _check_client(value: object, name: str) -> Any:
     if not hasattr(value, "connection_pool") or not hasattr(value, "execute_command"):
         raise ConfigurationError(f"{name} must be a redis.Redis client, not {type(value).__name__}")
     return value
+
+
+def _check_dead_letter_stream(stream: str, claimer: Claimer | None) -> None:
+    dlq = claimer.dead_letter_stream(stream) if claimer is not None else None
+    if dlq is None:
+        return
+    if dlq == stream:
+        raise ConfigurationError(
+            f"the dead-letter stream cannot be the queue's own stream {stream!r}: dead "
+            "messages would be delivered again, forever"
+        )
+    if key_slot(dlq) != key_slot(stream):
+        logger.warning(
+            "dead-letter stream %s is not in the cluster slot of %s: fine on one Redis, "
+            "but on Redis Cluster the atomic move fails; name it like %s",
+            dlq,
+            stream,
+            dead_letter_stream(stream),
+        )
 
 
 class Queue(Generic[J]):
@@ -124,6 +144,7 @@ class Queue(Generic[J]):
         self.concurrency = concurrency
         if claimer is not None and not isinstance(claimer, Claimer):
             raise ConfigurationError(f"claimer must be a flowd.Claimer, not {claimer!r}")
+        _check_dead_letter_stream(stream, claimer)
         self.claimer = claimer
         if housekeeping is True:
             housekeeping = Housekeeping()
