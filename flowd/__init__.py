@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from .claimer import Claimer, DeadLetterWorker
+from .deadletters import DeadLetter, DeadLetters
 from .errors import (
     ConfigurationError,
     DecodeError,
@@ -15,6 +16,7 @@ from .errors import (
 )
 from .handle import QueueHandle, QueueStats
 from .housekeeping import Housekeeping, TrimResult, remove_idle_consumers, trim_stream
+from .info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
 from .job import Job, Mapper, field
 from .producer import Producer
 from .queue import Queue, WorkerFn
@@ -25,10 +27,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Claimer",
     "ConfigurationError",
+    "ConsumerInfo",
+    "DeadLetter",
     "DeadLetterWorker",
+    "DeadLetters",
     "DecodeError",
     "EncodeError",
     "FlowdError",
+    "GroupInfo",
     "HandleStateError",
     "Housekeeping",
     "Job",
@@ -38,12 +44,14 @@ __all__ = [
     "QueueHandle",
     "QueueStats",
     "RedisVersionError",
+    "StreamInfo",
     "Task",
     "TrimResult",
     "WorkerFn",
     "__version__",
     "field",
     "remove_idle_consumers",
+    "stream_info",
     "trim_stream",
 ]
 
