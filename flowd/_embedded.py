@@ -57,9 +57,11 @@ class RedisServer:
         appendonly: bool = False,
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
         self.binary = binary or find_redis_server()
         self.appendonly = appendonly
+        self.password = password
         self.extra_args = extra_args
         self.port = free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix="flowd-redis-")
@@ -69,7 +71,9 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The server's URL (with its password, if any: keep it out of logs)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         args = [
@@ -88,12 +92,16 @@ class RedisServer:
             "yes" if self.appendonly else "no",
             "--appendfsync",
             "always",
+            *(("--requirepass", self.password) if self.password else ()),
             *self.extra_args,
         ]
         with open(Path(self.dir) / "stderr.log", "ab") as stderr:
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + timeout
-        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0)
+        probe = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1.0
+        )
+        started = False
         try:
             while True:
                 if self.proc.poll() is not None:
@@ -104,6 +112,7 @@ class RedisServer:
                     )
                 try:
                     if probe.ping():
+                        started = True
                         return
                 except redis.exceptions.BusyLoadingError:
                     pass
@@ -114,6 +123,8 @@ class RedisServer:
                 time.sleep(0.02)
         finally:
             probe.close()
+            if not started:
+                self.stop(kill=True)
 
     def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
         """Stop the process (SIGTERM, or SIGKILL with ``kill=True``) and reap it."""
@@ -138,7 +149,7 @@ class RedisServer:
         self._tmp.cleanup()
 
     def version(self) -> tuple[int, ...]:
-        client = redis.Redis(host="127.0.0.1", port=self.port)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
         try:
             text = client.info("server")["redis_version"]
         finally:
