@@ -22,6 +22,7 @@ from types import FrameType
 logger = logging.getLogger("flowd.supervisor")
 
 _POLL = 0.2
+_EXIT_USAGE = 2
 _RESTART_BACKOFF_MAX = 30.0
 #: Extra seconds a child gets beyond its own shutdown timeout before it is killed.
 _KILL_MARGIN = 5.0
@@ -88,7 +89,12 @@ def supervise(
         for child in children:
             child.start()
         while not stop.wait(_POLL):
-            _tend(children, burst)
+            if _tend(children, burst) == _EXIT_USAGE:
+                logger.error(
+                    "a worker process exited with status 2 (bad usage or target); stopping all"
+                )
+                _stop_all(children, shutdown_timeout)
+                return _EXIT_USAGE
             if burst and all(child.done for child in children):
                 return 0
         return _stop_all(children, shutdown_timeout)
@@ -97,8 +103,12 @@ def supervise(
             signal.signal(signum, handler)
 
 
-def _tend(children: list[_Child], burst: bool) -> None:
-    """Restart children that died (with backoff); mark finished burst children."""
+def _tend(children: list[_Child], burst: bool) -> int | None:
+    """Restart children that died (with backoff); mark finished burst children.
+
+    Returns 2 when a child exited with status 2: a bad target or usage, which
+    a restart cannot fix.
+    """
     now = time.monotonic()
     for child in children:
         if child.done:
@@ -113,6 +123,8 @@ def _tend(children: list[_Child], burst: bool) -> None:
         if burst and code == 0:
             child.done = True
             continue
+        if code == _EXIT_USAGE:
+            return _EXIT_USAGE
         child.proc = None
         child.restarts += 1
         child.next_start = now + child.backoff
@@ -124,6 +136,7 @@ def _tend(children: list[_Child], burst: bool) -> None:
             child.restarts,
         )
         child.backoff = min(child.backoff * 2, _RESTART_BACKOFF_MAX)
+    return None
 
 
 def _stop_all(children: list[_Child], shutdown_timeout: float) -> int:

@@ -151,15 +151,18 @@ def run_worker(queue: Queue[Any], *, burst: bool, shutdown_timeout: float) -> in
     """Run one queue in the foreground until a signal (or, with ``burst``, the backlog ends)."""
     with _StopSignals() as signals:
         if burst:
-            processed = queue.drain()
+            processed = queue.drain(stop=signals.requested)
             logger.info("burst done: %d jobs processed", processed)
             return EXIT_OK
         handle = queue.run()
+        ended_on_its_own = False
         while not signals.requested.wait(0.5):
             if not handle.is_running:
-                logger.error("the queue ended on its own (see the errors above)")
+                ended_on_its_own = True
                 break
         clean = handle.stop(timeout=shutdown_timeout)
+    if ended_on_its_own:
+        raise CommandError("the queue ended on its own (see the errors above)")
     if not clean:
         raise CommandError(
             f"unclean stop: jobs still running after {shutdown_timeout}s "
@@ -171,6 +174,8 @@ def run_worker(queue: Queue[Any], *, burst: bool, shutdown_timeout: float) -> in
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.url:
         os.environ["FLOWD_REDIS_URL"] = args.url  # for apps that build their client from it
+    if args.processes < 1:
+        raise CommandError(f"--processes must be at least 1, not {args.processes}", EXIT_USAGE)
     if args.processes > 1:
         from ._supervisor import supervise
 

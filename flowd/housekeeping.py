@@ -59,7 +59,11 @@ for _, g in ipairs(groups) do
   if minid == nil or cmp(needed, minid) < 0 then minid = needed end
 end
 if minid == '0-0' then return {minid, 0} end
-return {minid, redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1], minid)}
+if ARGV[1] == '~' then
+  -- LIMIT 0: without it an approximate trim stops after 100 nodes (10,000 entries)
+  return {minid, redis.call('XTRIM', KEYS[1], 'MINID', '~', minid, 'LIMIT', 0)}
+end
+return {minid, redis.call('XTRIM', KEYS[1], 'MINID', '=', minid)}
 """
 )
 

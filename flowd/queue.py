@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 import redis.exceptions
 
 from ._keys import dead_letter_stream, key_slot
+from ._permits import Permits
 from ._reader import Reader, read_own_pending, start_entries
 from ._redis import Session, ensure_group, is_transient, parse_xreadgroup
 from ._runtime import Runtime
@@ -51,6 +52,27 @@ def _check_client(value: object, name: str) -> Any:
     if not hasattr(value, "connection_pool") or not hasattr(value, "execute_command"):
         raise ConfigurationError(f"{name} must be a redis.Redis client, not {type(value).__name__}")
     return value
+
+
+class _DrainLimit:
+    """When a drain must stop reading: its deadline or its stop event."""
+
+    _POLL = 0.25  # how often a wait for permits looks at the stop event
+
+    def __init__(self, deadline: float | None, stop: threading.Event) -> None:
+        self.deadline = deadline
+        self.stop = stop
+
+    def free_permits(self, permits: Permits) -> int:
+        """Wait for a free permit; 0 once the drain must stop reading."""
+        while not self.stop.is_set():
+            left = remaining(self.deadline)
+            if left == 0.0:
+                return 0
+            free = permits.wait_free(self._POLL if left is None else min(left, self._POLL))
+            if free:
+                return free
+        return 0
 
 
 def _check_dead_letter_stream(stream: str, claimer: Claimer | None) -> None:
@@ -292,7 +314,7 @@ class Queue(Generic[J]):
                 thread.start()
         return QueueHandle(runtime, reader, reader_session, background, lease)
 
-    def drain(self, timeout: Seconds | None = None) -> int:
+    def drain(self, timeout: Seconds | None = None, *, stop: threading.Event | None = None) -> int:
         """Process the backlog, then return how many jobs succeeded (cron mode).
 
         Runs this consumer's own pending messages (left by an earlier run
@@ -304,6 +326,8 @@ class Queue(Generic[J]):
         :param timeout: seconds for the whole call; once past, no more messages
             are read, running jobs get no extra time, and the count so far is
             returned (their messages stay pending).
+        :param stop: an event that ends the drain early (e.g. set by a signal
+            handler): no more messages are read, and running jobs finish.
         :raises redis.exceptions.ConnectionError: Redis is unreachable.
         """
         with self._lock:
@@ -312,9 +336,9 @@ class Queue(Generic[J]):
             limit = None if timeout is None else to_seconds(timeout, "timeout", allow_zero=True)
             self._preflight(must_connect=True)
             self._claim_check()
-            return self._drain(limit)
+            return self._drain(limit, stop or threading.Event())
 
-    def _drain(self, limit: float | None) -> int:
+    def _drain(self, limit: float | None, stop: threading.Event) -> int:
         deadline = None if limit is None else time.monotonic() + limit
         runtime = Runtime(self)
         runtime.acker.start()
@@ -332,7 +356,7 @@ class Queue(Generic[J]):
             lease.start()
         finished = False
         try:
-            self._drain_reads(runtime, session, deadline)
+            self._drain_reads(runtime, session, _DrainLimit(deadline, stop))
             finished = runtime.permits.wait_all_free(remaining(deadline))
         finally:
             runtime.deadline = deadline
@@ -362,22 +386,15 @@ class Queue(Generic[J]):
         )
         return stats.processed
 
-    def _drain_reads(self, runtime: Runtime, session: Session, deadline: float | None) -> None:
-        permits = runtime.permits
+    def _drain_reads(self, runtime: Runtime, session: Session, limit: _DrainLimit) -> None:
         after = "0"
-        while remaining(deadline) != 0.0:
-            free = permits.wait_free(remaining(deadline))
-            if free <= 0:
-                continue
+        while free := limit.free_permits(runtime.permits):
             entries, counts = read_own_pending(runtime, session, free, after)
             if not entries:
                 break
             after = entries[-1][0]
             start_entries(runtime, entries, counts)
-        while remaining(deadline) != 0.0:
-            free = permits.wait_free(remaining(deadline))
-            if free <= 0:
-                continue
+        while free := limit.free_permits(runtime.permits):
             entries = parse_xreadgroup(
                 session.call(
                     "XREADGROUP",
@@ -396,7 +413,6 @@ class Queue(Generic[J]):
             start_entries(runtime, entries, None)
         if self.claimer is not None:
             sweep = ClaimLoop(runtime, session, self.claimer)
-            while remaining(deadline) != 0.0:
-                permits.wait_free(remaining(deadline))
+            while limit.free_permits(runtime.permits):
                 if sweep.claim_batch() == "done":
                     break
