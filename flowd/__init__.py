@@ -15,6 +15,7 @@ from .errors import (
     RedisVersionError,
 )
 from .handle import QueueHandle, QueueStats
+from .hooks import Hooks, LogHooks
 from .housekeeping import Housekeeping, TrimResult, remove_idle_consumers, trim_stream
 from .info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
 from .job import Job, Mapper, field
@@ -36,8 +37,10 @@ __all__ = [
     "FlowdError",
     "GroupInfo",
     "HandleStateError",
+    "Hooks",
     "Housekeeping",
     "Job",
+    "LogHooks",
     "Mapper",
     "Producer",
     "Queue",

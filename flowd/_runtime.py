@@ -22,6 +22,7 @@ from ._deadletter import DeadLetterPath
 from ._keys import derived_key
 from ._permits import Permits
 from .errors import DecodeError
+from .hooks import HookSet, LogHooks, call_hooks
 from .job import decode_job
 from .task import Task
 
@@ -95,6 +96,7 @@ class Runtime:
         self.running: dict[str, tuple[Task[Any], float]] = {}
         #: When stop() must be done by (monotonic), once stopping.
         self.deadline: float | None = None
+        self.hooks = HookSet([LogHooks(), *queue.hooks])
         self._counts: list[_Counts] = []
         self._worker_threads: set[threading.Thread] = set()
         self._dispatch_counts = self._new_counts()  # written by reader/claimer under a lock
@@ -114,7 +116,9 @@ class Runtime:
 
     # -- entry points for the reader and the claimer (caller holds one permit per entry)
 
-    def dispatch(self, msg_id: str, fields: Fields | None, deliveries: int) -> None:
+    def dispatch(
+        self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
+    ) -> None:
         """Queue one entry to run, or route it to the dead-letter path."""
         if fields is None:
             self.ack_deleted(msg_id)
@@ -125,7 +129,10 @@ class Runtime:
         except DecodeError as exc:
             self.dead_letter(msg_id, fields, deliveries, None, exc.reason_text())
             return
-        self._tasks.put(Task(msg_id, job, deliveries, self.stream, fields))
+        task = Task(msg_id, job, deliveries, self.stream, fields)
+        if claimed and self.hooks.on_claim:
+            call_hooks(self.hooks.on_claim, task)
+        self._tasks.put(task)
 
     def dead_letter(
         self, msg_id: str, fields: Fields, deliveries: int, job: Any, reason: str
@@ -180,6 +187,8 @@ class Runtime:
         counts = self._new_counts()
         get, running, release = self._tasks.get, self.running, self.permits.release
         worker, ack, monotonic = self.queue.worker, self.acker.add, time.monotonic
+        hooks = self.hooks
+        before, success = hooks.before_job, hooks.after_success
         while (item := get()) is not None:
             if type(item) is _DeadLetter:
                 self._run_dead_letter(item.task, counts)
@@ -187,30 +196,28 @@ class Runtime:
             task: Task[Any] = item  # type: ignore[assignment]
             msg_id = task.id
             retried = task.deliveries > 1
-            running[msg_id] = (task, monotonic())
+            started = monotonic()
+            running[msg_id] = (task, started)
             try:
+                if before:
+                    call_hooks(before, task)
                 worker(task)
             except BaseException as exc:
                 counts.failed += 1
-                self._failed(task, exc)
+                self._failed(task, exc, monotonic() - started)
             else:
                 ack(msg_id, retried)
                 counts.processed += 1
+                if success:
+                    call_hooks(success, task, monotonic() - started)
             finally:
                 if retried:
                     counts.retried += 1
                 running.pop(msg_id, None)
                 release()
 
-    def _failed(self, task: Task[Any], exc: BaseException) -> None:
-        logger.error(
-            "job %s on %s/%s failed (delivery %d); it stays pending",
-            task.id,
-            self.stream,
-            self.group,
-            task.deliveries,
-            exc_info=exc,
-        )
+    def _failed(self, task: Task[Any], exc: BaseException, duration: float) -> None:
+        call_hooks(self.hooks.after_failure, task, exc, duration)
         if self.dead_letters is not None:
             self.dead_letters.record_failure(task.id, exc)
 
@@ -221,6 +228,7 @@ class Runtime:
         try:
             if self.dead_letters.handle(task):
                 counts.dead_lettered += 1
+                call_hooks(self.hooks.on_dead_letter, task)
         except BaseException:
             logger.exception(
                 "dead-letter handling of %s on %s/%s failed; it stays pending "

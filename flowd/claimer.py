@@ -160,7 +160,7 @@ class ClaimLoop:
                     if count > limit:
                         runtime.exhausted(msg_id, fields, count)
                     else:
-                        runtime.dispatch(msg_id, fields, count)
+                        runtime.dispatch(msg_id, fields, count, claimed=True)
         finally:
             permits.release(taken - handed)
         return "done" if cursor in ("0-0", "0") else "more"

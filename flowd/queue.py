@@ -8,7 +8,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import redis.exceptions
@@ -23,6 +23,7 @@ from ._timeutil import Seconds, remaining, to_seconds
 from .claimer import Claimer, ClaimLoop, LeaseLoop
 from .errors import ConfigurationError, HandleStateError
 from .handle import QueueHandle
+from .hooks import Hooks
 from .housekeeping import Housekeeping, HousekeepingLoop
 from .job import Job, plan_of
 from .task import Task
@@ -127,6 +128,8 @@ class Queue(Generic[J]):
         and removes long-idle consumers without pending entries, once per
         interval for the whole stream (see :class:`Housekeeping`); ``False``
         turns it off.
+    :param hooks: :class:`Hooks` to observe jobs (metrics, tracing); only the
+        methods they override are called.
     :param block: seconds one XREADGROUP blocks while the stream is empty.
     """
 
@@ -141,6 +144,7 @@ class Queue(Generic[J]):
         concurrency: int = 8,
         claimer: Claimer | None = None,
         housekeeping: Housekeeping | bool = True,
+        hooks: Sequence[Hooks] = (),
         consumer: str | None = None,
         read_client: Any = None,
         block: Seconds = 2.0,
@@ -175,6 +179,9 @@ class Queue(Generic[J]):
                 f"housekeeping must be a flowd.Housekeeping, True or False, not {housekeeping!r}"
             )
         self.housekeeping: Housekeeping | None = housekeeping or None
+        if isinstance(hooks, Hooks) or not all(isinstance(h, Hooks) for h in hooks):
+            raise ConfigurationError(f"hooks must be a list of flowd.Hooks, not {hooks!r}")
+        self.hooks: tuple[Hooks, ...] = tuple(hooks)
         self.block = to_seconds(block, "block")
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
