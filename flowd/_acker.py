@@ -38,7 +38,7 @@ class Acker:
         self._sleeping = False
         self._closing = False
         self._deadline: float | None = None
-        self._session = Session(client)
+        self._session = Session(client, stream)
         self.unwritten = 0
         self.thread = threading.Thread(name=f"flowd-acker-{stream}", target=self._run)
 

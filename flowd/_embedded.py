@@ -58,12 +58,13 @@ class RedisServer:
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
         password: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.binary = binary or find_redis_server()
         self.appendonly = appendonly
         self.password = password
         self.extra_args = extra_args
-        self.port = free_port()
+        self.port = port or free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix="flowd-redis-")
         self.dir = self._tmp.name
         self.proc: subprocess.Popen[bytes] | None = None

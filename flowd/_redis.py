@@ -12,11 +12,13 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import redis.client
+import redis.cluster
 import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import RedisVersionError
+from .errors import ConfigurationError, RedisVersionError
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,34 @@ def is_transient(exc: BaseException) -> bool:
 #: Pool settings that are redis-py internals of the pool, not connection options.
 _POOL_INTERNAL_PREFIXES = ("maint_notifications", "orig_", "himport_registry", "oss_cluster")
 
+#: Replies after which the connection may point at the wrong server (a demoted
+#: master, a moved slot): the session reconnects, re-resolving the server.
+_RECONNECT_PREFIXES = ("READONLY", "MASTERDOWN", "LOADING", "MOVED", "CLUSTERDOWN")
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a redis-py RedisCluster client."""
+    return isinstance(client, redis.cluster.RedisCluster)
+
+
+def check_client(value: object, name: str = "client") -> Any:
+    """``value`` if it is a redis-py client flowd can use (Redis, Sentinel-made or cluster)."""
+    usable = (hasattr(value, "connection_pool") or is_cluster(value)) and hasattr(
+        value, "execute_command"
+    )
+    if not usable or isinstance(value, type) or isinstance(value, redis.client.Pipeline):
+        raise ConfigurationError(
+            f"{name} must be a redis.Redis or redis.cluster.RedisCluster client, "
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
+def _pool_of(client: Any) -> Any:
+    if is_cluster(client):
+        return client.get_default_node().redis_connection.connection_pool
+    return client.connection_pool
+
 
 def connection_options(client: Any) -> dict[str, Any]:
     """Options for a connection like the client's own, minus pool internals and retries.
@@ -97,11 +127,20 @@ def connection_options(client: Any) -> dict[str, Any]:
     """
     options = {
         key: value
-        for key, value in client.connection_pool.connection_kwargs.items()
+        for key, value in _pool_of(client).connection_kwargs.items()
         if not key.startswith(_POOL_INTERNAL_PREFIXES)
     }
     options["retry"] = Retry(NoBackoff(), 0)
     return options
+
+
+def _redirect_address(exc: BaseException) -> tuple[str, int] | None:
+    """The node named by a MOVED or ASK error reply ("MOVED 3999 127.0.0.1:6381")."""
+    parts = str(exc).split()
+    if len(parts) != 3 or parts[0] not in ("MOVED", "ASK"):
+        return None
+    host, _, port = parts[2].rpartition(":")
+    return (host or "127.0.0.1"), int(port)
 
 
 class Session:
@@ -111,11 +150,24 @@ class Session:
     use, in the thread that uses it, so a Redis that is down at start is only
     a failed call, retried by the loop. Any error drops the connection, so the
     next call starts on a fresh one.
+
+    With a RedisCluster client, the session talks to the node that serves
+    ``key``: MOVED switches to the named node and re-sends the command (it
+    did not run), ASK sends it once to the named node after ASKING. With a
+    Sentinel client, each new connection asks the sentinels for the master.
     """
 
-    def __init__(self, client: Any) -> None:
-        self._connection_class = client.connection_pool.connection_class
+    def __init__(
+        self, client: Any, key: str | None = None, *, address: tuple[str, int] | None = None
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._cluster = is_cluster(client)
+        if self._cluster and key is None and address is None:
+            raise ValueError("a cluster session needs the key it serves")
+        self._connection_class = _pool_of(client).connection_class
         self._options = connection_options(client)
+        self._address = address
         self._conn: Any = None
         self.client_id: int | None = None
         self.server_version: str | None = None
@@ -123,9 +175,23 @@ class Session:
         #: The socket timeout of the client's connections (None: no timeout).
         self.socket_timeout: float | None = float(timeout) if timeout else None
 
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of a cluster session's node; None for other clients."""
+        return self._address
+
+    def _new_connection(self, address: tuple[str, int] | None) -> Any:
+        options = self._options
+        if address is not None:
+            options = {**options, "host": address[0], "port": address[1]}
+        return self._connection_class(**options)
+
     def _connection(self) -> Any:
         if self._conn is None:
-            conn = self._connection_class(**self._options)
+            if self._cluster and self._address is None:
+                node = self._client.get_node_from_key(self._key)
+                self._address = (node.host, int(node.port))
+            conn = self._new_connection(self._address)
             self._conn = conn
             try:
                 conn.send_command("CLIENT", "ID")
@@ -149,18 +215,44 @@ class Session:
                 raise RedisVersionError(version)
         return self._conn
 
+    def _on_error_reply(self, exc: redis.exceptions.ResponseError) -> None:
+        """Reconnect after replies that mean this is no longer the right server."""
+        if str(exc).startswith(_RECONNECT_PREFIXES):
+            redirect = _redirect_address(exc)
+            self.close()
+            if self._cluster:
+                # MOVED names the new owner; otherwise ask the client's slot map again.
+                self._address = redirect
+
     def call(self, *args: Any) -> Any:
         """Send one command and return its raw reply; raises ResponseError for error replies."""
-        conn = self._connection()
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.send_command(*args)
+                return conn.read_response(disable_decoding=True)
+            except redis.exceptions.ResponseError as exc:
+                if self._cluster and str(exc).startswith("ASK "):
+                    return self._ask(exc, args)
+                self._on_error_reply(exc)
+                if attempt == 1 and self._cluster and str(exc).startswith("MOVED "):
+                    continue  # the command did not run; send it to the slot's new owner
+                raise
+            except BaseException:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def _ask(self, exc: redis.exceptions.ResponseError, args: tuple[Any, ...]) -> Any:
+        """The slot is migrating and the key is already on the target: ask there, once."""
+        conn = self._new_connection(_redirect_address(exc))
         try:
+            conn.send_command("ASKING")
+            conn.read_response(disable_decoding=True)
             conn.send_command(*args)
-            reply = conn.read_response(disable_decoding=True)
-        except redis.exceptions.ResponseError:
-            raise
-        except BaseException:
-            self.close()
-            raise
-        return reply
+            return conn.read_response(disable_decoding=True)
+        finally:
+            conn.disconnect()
 
     def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Pipeline several commands in one round trip; error replies are returned, not raised."""
@@ -176,6 +268,10 @@ class Session:
         except BaseException:
             self.close()
             raise
+        for reply in replies:
+            if isinstance(reply, redis.exceptions.ResponseError):
+                self._on_error_reply(reply)
+                break
         return replies
 
     def close(self) -> None:

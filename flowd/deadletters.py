@@ -20,7 +20,7 @@ from typing import Any
 import redis.exceptions
 
 from ._keys import dead_letter_stream
-from ._redis import Fields, Session, parse_entries
+from ._redis import Fields, Session, check_client, parse_entries
 from .errors import ConfigurationError
 
 __all__ = ["DeadLetter", "DeadLetters"]
@@ -221,10 +221,7 @@ class DeadLetters:
     """
 
     def __init__(self, client: Any, stream: str, *, dlq_stream: str | None = None) -> None:
-        if not hasattr(client, "connection_pool") or not hasattr(client, "register_script"):
-            raise ConfigurationError(
-                f"client must be a redis.Redis client, not {type(client).__name__}"
-            )
+        check_client(client)
         if not isinstance(stream, str) or not stream:
             raise ConfigurationError(f"stream must be a non-empty str, not {stream!r}")
         if dlq_stream is None:
@@ -243,7 +240,7 @@ class DeadLetters:
 
     def count(self) -> int:
         """How many entries the dead-letter stream holds (XLEN)."""
-        session = Session(self.client)
+        session = Session(self.client, self.dlq_stream)
         try:
             return int(session.call("XLEN", self.dlq_stream))
         finally:
@@ -262,7 +259,7 @@ class DeadLetters:
             raise ConfigurationError(
                 f"start must be '-', a stream id or '(' and a stream id, not {start!r}"
             )
-        session = Session(self.client)
+        session = Session(self.client, self.dlq_stream)
         try:
             reply = session.call("XRANGE", self.dlq_stream, start, "+", "COUNT", limit)
         finally:
@@ -289,7 +286,7 @@ class DeadLetters:
         checked = _check_ids(ids)
         if not checked:
             return []
-        session = Session(self.client)
+        session = Session(self.client, self.dlq_stream)
         try:
             moved: builtins.list[str] = []
             for chunk in _chunks(checked, _SCRIPT_BATCH):
@@ -315,7 +312,7 @@ class DeadLetters:
         :raises ConfigurationError: for a ``batch`` below 1.
         """
         batch = _check_positive(batch, "batch")
-        session = Session(self.client)
+        session = Session(self.client, self.dlq_stream)
         count = 0
         try:
             last = parse_entries(session.call("XREVRANGE", self.dlq_stream, "+", "-", "COUNT", 1))
@@ -344,7 +341,7 @@ class DeadLetters:
 
         :raises ConfigurationError: for an id that is not a full stream id.
         """
-        session = Session(self.client)
+        session = Session(self.client, self.dlq_stream)
         try:
             if ids is None:
                 replies = session.call_many(

@@ -202,7 +202,10 @@ class QueueHandle:
     def _interrupt_reader(self, deadline: float | None) -> None:
         """End a blocked XREADGROUP now instead of after its block time."""
         reader = self._reader
-        session = Session(self._runtime.client)  # no client retries: a stop must not stall
+        # No client retries (a stop must not stall), and the reader's own node on a cluster.
+        session = Session(
+            self._runtime.client, self._runtime.stream, address=self._reader_session.address
+        )
         try:
             while reader.is_alive():
                 client_id = self._reader_session.client_id

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._keys import dead_letter_stream
-from ._redis import Session, is_nogroup, parse_entries
+from ._redis import Session, check_client, is_nogroup, parse_entries
 from .errors import ConfigurationError
 
 __all__ = ["ConsumerInfo", "GroupInfo", "StreamInfo", "stream_info"]
@@ -200,10 +200,7 @@ def stream_info(
     :raises ConfigurationError: for an empty name or a bad ``lag_scan_limit``.
     :raises RedisVersionError: the server is older than 6.2.
     """
-    if not hasattr(client, "connection_pool"):
-        raise ConfigurationError(
-            f"client must be a redis.Redis client, not {type(client).__name__}"
-        )
+    check_client(client)
     _check_name(stream, "stream")
     if group is not None:
         _check_name(group, "group")
@@ -216,7 +213,7 @@ def stream_info(
     ):
         raise ConfigurationError(f"lag_scan_limit must be a positive int, not {lag_scan_limit!r}")
     dlq = dead_letter_stream(stream) if dlq_stream is None else dlq_stream
-    session = Session(client)
+    session = Session(client, stream)
     try:
         return _read(session, stream, group, dlq, lag_scan_limit)
     finally:

@@ -16,7 +16,7 @@ import redis.exceptions
 from ._keys import dead_letter_stream, key_slot
 from ._permits import Permits
 from ._reader import Reader, read_own_pending, start_entries
-from ._redis import Session, ensure_group, is_transient, parse_xreadgroup
+from ._redis import Session, check_client, ensure_group, is_transient, parse_xreadgroup
 from ._runtime import Runtime
 from ._threads import LoopThread
 from ._timeutil import Seconds, remaining, to_seconds
@@ -46,12 +46,6 @@ def default_consumer_name() -> str:
 def _check_name(value: object, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{name} must be a non-empty str, not {value!r}")
-    return value
-
-
-def _check_client(value: object, name: str) -> Any:
-    if not hasattr(value, "connection_pool") or not hasattr(value, "execute_command"):
-        raise ConfigurationError(f"{name} must be a redis.Redis client, not {type(value).__name__}")
     return value
 
 
@@ -149,10 +143,8 @@ class Queue(Generic[J]):
         read_client: Any = None,
         block: Seconds = 2.0,
     ) -> None:
-        self.client = _check_client(client, "client")
-        self.read_client = (
-            None if read_client is None else _check_client(read_client, "read_client")
-        )
+        self.client = check_client(client, "client")
+        self.read_client = None if read_client is None else check_client(read_client, "read_client")
         self.stream = _check_name(stream, "stream")
         self.group = _check_name(group, "group")
         self.consumer = (
@@ -194,7 +186,7 @@ class Queue(Generic[J]):
 
     def _preflight(self, *, must_connect: bool) -> None:
         """Check the server version and create the group, if Redis can be reached now."""
-        session = Session(self.client)
+        session = Session(self.client, self.stream)
         try:
             ensure_group(session, self.stream, self.group)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -278,7 +270,7 @@ class Queue(Generic[J]):
         )
 
     def _start(self, runtime: Runtime) -> QueueHandle:
-        reader_session = Session(self.read_client or self.client)
+        reader_session = Session(self.read_client or self.client, self.stream)
         reader = self._loop_thread(
             runtime,
             "reader",
@@ -289,7 +281,10 @@ class Queue(Generic[J]):
         background: list[LoopThread] = []  # stopped together with the reader
         lease = None
         if self.claimer is not None:
-            claim_session, lease_session = Session(self.client), Session(self.client)
+            claim_session, lease_session = (
+                Session(self.client, self.stream),
+                Session(self.client, self.stream),
+            )
             background.append(
                 self._loop_thread(
                     runtime,
@@ -349,10 +344,10 @@ class Queue(Generic[J]):
         deadline = None if limit is None else time.monotonic() + limit
         runtime = Runtime(self)
         runtime.acker.start()
-        session = Session(self.client)
+        session = Session(self.client, self.stream)
         lease = None
         if self.claimer is not None:
-            lease_session = Session(self.client)
+            lease_session = Session(self.client, self.stream)
             lease = self._loop_thread(
                 runtime,
                 "lease",
