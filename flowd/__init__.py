@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ._keys import partition_streams
 from .claimer import Claimer, DeadLetterWorker
 from .deadletters import DeadLetter, DeadLetters
 from .errors import (
@@ -13,6 +14,7 @@ from .errors import (
     FlowdError,
     HandleStateError,
     RedisVersionError,
+    ReplicationError,
 )
 from .handle import QueueHandle, QueueStats
 from .hooks import Hooks, LogHooks
@@ -47,12 +49,14 @@ __all__ = [
     "QueueHandle",
     "QueueStats",
     "RedisVersionError",
+    "ReplicationError",
     "StreamInfo",
     "Task",
     "TrimResult",
     "WorkerFn",
     "__version__",
     "field",
+    "partition_streams",
     "remove_idle_consumers",
     "stream_info",
     "trim_stream",

@@ -63,3 +63,44 @@ def key_slot(key: str) -> int:
         if end > start + 1:
             raw = raw[start + 1 : end]
     return _crc16(raw) % 16384
+
+
+#: Most partitions of one queue: naming searches tags, about P tries each.
+MAX_PARTITIONS = 64
+_SLOTS = 16384
+
+
+def partition_streams(stream: str, partitions: int) -> list[str]:
+    """The streams of a queue spread over ``partitions`` (just ``[stream]`` for 1).
+
+    Partition ``i`` is ``{stream:i}`` (or ``{stream:i:k}``), with a hash tag
+    chosen so that its slot lies in the i-th of ``partitions`` equal slices of
+    the slot space: ``redis-cli --cluster create`` gives each master such a
+    slice, so partitions land on different masters. Producers and consumers
+    compute the same names.
+    """
+    if (
+        isinstance(partitions, bool)
+        or not isinstance(partitions, int)
+        or not (1 <= partitions <= MAX_PARTITIONS)
+    ):
+        raise ConfigurationError(
+            f"partitions must be an int from 1 to {MAX_PARTITIONS}, not {partitions!r}"
+        )
+    if partitions == 1:
+        return [stream]
+    if "{" in stream or "}" in stream:
+        raise ConfigurationError(
+            f"a partitioned stream name cannot contain braces: {stream!r} (each partition "
+            "gets a hash tag of its own)"
+        )
+    names = []
+    for i in range(partitions):
+        low, high = i * _SLOTS // partitions, (i + 1) * _SLOTS // partitions
+        k = 0
+        name = f"{{{stream}:{i}}}"
+        while not low <= key_slot(name) < high:
+            k += 1
+            name = f"{{{stream}:{i}:{k}}}"
+        names.append(name)
+    return names

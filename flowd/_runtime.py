@@ -1,4 +1,9 @@
-"""Runtime: what one run (or drain) of a Queue shares between its threads.
+"""What one run (or drain) of a Queue shares between its threads.
+
+A :class:`WorkerPool` is shared by every stream of the queue (one, or one per
+partition): the permits that bound concurrency, the executor and its worker
+loops, the counters and the jobs running now. A :class:`Runtime` is one
+stream's part: its acker and its dead-letter path.
 
 The reader and the claimer hand entries to :meth:`Runtime.dispatch` while
 holding one permit per entry. Each of the executor's ``concurrency`` threads
@@ -53,7 +58,7 @@ class QueueStats:
 
 
 class _Counts:
-    """Counters written by one thread only, so they need no lock; stats() sums them."""
+    """Counters written by one thread only (or under a lock); stats() sums them."""
 
     __slots__ = ("dead_lettered", "deleted", "failed", "processed", "retried")
 
@@ -70,38 +75,27 @@ class _DeadLetter:
         self.task = task
 
 
-class Runtime:
-    """Executor, permits, acker and counters for one run of a queue."""
+class WorkerPool:
+    """Permits, executor, counters and running jobs shared by a queue's streams."""
 
     def __init__(self, queue: Queue[Any]) -> None:
         self.queue = queue
-        self.client = queue.client
-        self.stream = queue.stream
-        self.group = queue.group
-        self.consumer = queue.consumer
         self.stop_event = threading.Event()
         #: Lease renewal outlives stop_event: running jobs stay leased until they finish.
         self.lease_stop = threading.Event()
         self.permits = Permits(queue.concurrency)
-        errors_key = derived_key(queue.stream, f"errors:{queue.group}")
-        self.acker = Acker(queue.client, queue.stream, queue.group, errors_key)
-        self.dead_letters = (
-            None
-            if queue.claimer is None
-            else DeadLetterPath(
-                queue.client, queue.stream, queue.group, queue.consumer, errors_key, queue.claimer
-            )
-        )
-        #: message id -> (task, monotonic start) of every job running now.
-        self.running: dict[str, tuple[Task[Any], float]] = {}
+        #: (stream, message id) -> (task, monotonic start) of every job running now.
+        self.running: dict[tuple[str, str], tuple[Task[Any], float]] = {}
         #: When stop() must be done by (monotonic), once stopping.
         self.deadline: float | None = None
         self.hooks = HookSet([LogHooks(), *queue.hooks])
+        #: stream -> its Runtime; filled by Runtime() before any job runs.
+        self.streams: dict[str, Runtime] = {}
         self._counts: list[_Counts] = []
         self._worker_threads: set[threading.Thread] = set()
-        self._dispatch_counts = self._new_counts()  # written by reader/claimer under a lock
-        self._dispatch_lock = threading.Lock()
-        self._tasks: queue_module.SimpleQueue[Task[Any] | _DeadLetter | None] = (
+        self.dispatch_counts = self._new_counts()  # written under dispatch_lock
+        self.dispatch_lock = threading.Lock()
+        self.tasks: queue_module.SimpleQueue[Task[Any] | _DeadLetter | None] = (
             queue_module.SimpleQueue()
         )
         self.executor = ThreadPoolExecutor(
@@ -114,90 +108,27 @@ class Runtime:
         self._counts.append(counts)
         return counts
 
-    # -- entry points for the reader and the claimer (caller holds one permit per entry)
-
-    def dispatch(
-        self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
-    ) -> None:
-        """Queue one entry to run, or route it to the dead-letter path."""
-        if fields is None:
-            self.ack_deleted(msg_id)
-            self.permits.release()
-            return
-        try:
-            job = decode_job(self.queue.job, fields, msg_id)
-        except DecodeError as exc:
-            self.dead_letter(msg_id, fields, deliveries, None, exc.reason_text())
-            return
-        task = Task(msg_id, job, deliveries, self.stream, fields)
-        if claimed and self.hooks.on_claim:
-            call_hooks(self.hooks.on_claim, task)
-        self._tasks.put(task)
-
-    def dead_letter(
-        self, msg_id: str, fields: Fields, deliveries: int, job: Any, reason: str
-    ) -> None:
-        """Queue one entry for the dead-letter path (it does not run)."""
-        if self.dead_letters is None:
-            logger.error(
-                "message %s on %s/%s cannot be processed (%s); no claimer is "
-                "configured, so it stays pending",
-                msg_id,
-                self.stream,
-                self.group,
-                reason,
-            )
-            self.permits.release()
-            return
-        self._tasks.put(_DeadLetter(Task(msg_id, job, deliveries, self.stream, fields, reason)))
-
-    def exhausted(self, msg_id: str, fields: Fields, deliveries: int) -> None:
-        """A claimed message past max_retries: dead-letter it with its last failure."""
-        assert self.dead_letters is not None
-        try:
-            job: Any = decode_job(self.queue.job, fields, msg_id)
-        except DecodeError as exc:
-            job, reason = None, exc.reason_text()
-        else:
-            last = self.dead_letters.last_failure(msg_id)
-            reason = last or f"no success after {deliveries - 1} deliveries"
-        self.dead_letter(msg_id, fields, deliveries, job, reason)
-
-    def ack_deleted(self, msg_id: str) -> None:
-        """A pending entry deleted from the stream: ack it so it leaves the PEL, count it."""
-        logger.info(
-            "message %s on %s/%s was deleted from the stream while pending; acking it",
-            msg_id,
-            self.stream,
-            self.group,
-        )
-        self.acker.add(msg_id, True)
-        with self._dispatch_lock:
-            self._dispatch_counts.deleted += 1
-
-    # -- executor side
-
     def is_worker_thread(self, thread: threading.Thread) -> bool:
-        """True for the executor threads of this runtime."""
+        """True for the executor threads of this pool."""
         return thread in self._worker_threads
 
     def _worker_loop(self) -> None:
         # The hot path: names bound once, counters private to this thread.
         self._worker_threads.add(threading.current_thread())
         counts = self._new_counts()
-        get, running, release = self._tasks.get, self.running, self.permits.release
-        worker, ack, monotonic = self.queue.worker, self.acker.add, time.monotonic
-        hooks = self.hooks
-        before, success = hooks.before_job, hooks.after_success
+        get, running, release = self.tasks.get, self.running, self.permits.release
+        worker, streams, monotonic = self.queue.worker, self.streams, time.monotonic
+        before, success = self.hooks.before_job, self.hooks.after_success
         while (item := get()) is not None:
             if type(item) is _DeadLetter:
                 self._run_dead_letter(item.task, counts)
                 continue
             task: Task[Any] = item  # type: ignore[assignment]
             msg_id = task.id
+            key = (task.stream, msg_id)
             retried = task.deliveries > 1
             started = monotonic()
-            running[msg_id] = (task, started)
+            running[key] = (task, started)
             try:
                 if before:
                     call_hooks(before, task)
@@ -206,48 +137,47 @@ class Runtime:
                 counts.failed += 1
                 self._failed(task, exc, monotonic() - started)
             else:
-                ack(msg_id, retried)
+                streams[task.stream].acker.add(msg_id, retried)
                 counts.processed += 1
                 if success:
                     call_hooks(success, task, monotonic() - started)
             finally:
                 if retried:
                     counts.retried += 1
-                running.pop(msg_id, None)
+                running.pop(key, None)
                 release()
 
     def _failed(self, task: Task[Any], exc: BaseException, duration: float) -> None:
         call_hooks(self.hooks.after_failure, task, exc, duration)
-        if self.dead_letters is not None:
-            self.dead_letters.record_failure(task.id, exc)
+        dead_letters = self.streams[task.stream].dead_letters
+        if dead_letters is not None:
+            dead_letters.record_failure(task.id, exc)
 
     def _run_dead_letter(self, task: Task[Any], counts: _Counts) -> None:
-        assert self.dead_letters is not None
+        dead_letters = self.streams[task.stream].dead_letters
+        assert dead_letters is not None
         # Leased like a running job, so a slow dlq_worker is not reclaimed meanwhile.
-        self.running[task.id] = (task, time.monotonic())
+        self.running[task.stream, task.id] = (task, time.monotonic())
         try:
-            if self.dead_letters.handle(task):
+            if dead_letters.handle(task):
                 counts.dead_lettered += 1
                 call_hooks(self.hooks.on_dead_letter, task)
         except BaseException:
             logger.exception(
-                "dead-letter handling of %s on %s/%s failed; it stays pending "
-                "and is tried again on a later sweep",
+                "dead-letter handling of %s on %s failed; it stays pending and "
+                "is tried again on a later sweep",
                 task.id,
-                self.stream,
-                self.group,
+                task.stream,
             )
         finally:
-            self.running.pop(task.id, None)
+            self.running.pop((task.stream, task.id), None)
             self.permits.release()
 
     def shutdown(self, *, wait: bool) -> None:
         """End the worker loops once their current job is done; wait for them if asked."""
         for _ in self._loops:
-            self._tasks.put(None)
+            self.tasks.put(None)
         self.executor.shutdown(wait=wait)
-
-    # -- reporting
 
     def stats(self) -> QueueStats:
         totals = _Counts()
@@ -270,3 +200,98 @@ class Runtime:
         now = time.monotonic()
         items = sorted(list(self.running.values()), key=lambda item: item[1])
         return ", ".join(f"{task.id} ({now - started:.1f}s)" for task, started in items)
+
+
+class Runtime:
+    """One stream of a running queue: its acker and its dead-letter path, on a shared pool."""
+
+    def __init__(self, pool: WorkerPool, stream: str) -> None:
+        queue = pool.queue
+        self.pool = pool
+        self.queue = queue
+        self.client = queue.client
+        self.stream = stream
+        self.group = queue.group
+        self.consumer = queue.consumer
+        self.permits = pool.permits
+        self.stop_event = pool.stop_event
+        self.lease_stop = pool.lease_stop
+        self.running = pool.running
+        errors_key = derived_key(stream, f"errors:{queue.group}")
+        self.acker = Acker(queue.client, stream, queue.group, errors_key)
+        self.dead_letters = (
+            None
+            if queue.claimer is None
+            else DeadLetterPath(
+                queue.client, stream, queue.group, queue.consumer, errors_key, queue.claimer
+            )
+        )
+        pool.streams[stream] = self
+
+    @property
+    def deadline(self) -> float | None:
+        """When the stop must be done by (monotonic); None while running or without limit."""
+        return self.pool.deadline
+
+    # -- entry points for the reader and the claimer (caller holds one permit per entry)
+
+    def dispatch(
+        self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
+    ) -> None:
+        """Queue one entry to run, or route it to the dead-letter path."""
+        if fields is None:
+            self.ack_deleted(msg_id)
+            self.permits.release()
+            return
+        try:
+            job = decode_job(self.queue.job, fields, msg_id)
+        except DecodeError as exc:
+            self.dead_letter(msg_id, fields, deliveries, None, exc.reason_text())
+            return
+        task = Task(msg_id, job, deliveries, self.stream, fields)
+        on_claim = self.pool.hooks.on_claim
+        if claimed and on_claim:
+            call_hooks(on_claim, task)
+        self.pool.tasks.put(task)
+
+    def dead_letter(
+        self, msg_id: str, fields: Fields, deliveries: int, job: Any, reason: str
+    ) -> None:
+        """Queue one entry for the dead-letter path (it does not run)."""
+        if self.dead_letters is None:
+            logger.error(
+                "message %s on %s/%s cannot be processed (%s); no claimer is "
+                "configured, so it stays pending",
+                msg_id,
+                self.stream,
+                self.group,
+                reason,
+            )
+            self.permits.release()
+            return
+        task = Task(msg_id, job, deliveries, self.stream, fields, reason)
+        self.pool.tasks.put(_DeadLetter(task))
+
+    def exhausted(self, msg_id: str, fields: Fields, deliveries: int) -> None:
+        """A claimed message past max_retries: dead-letter it with its last failure."""
+        assert self.dead_letters is not None
+        try:
+            job: Any = decode_job(self.queue.job, fields, msg_id)
+        except DecodeError as exc:
+            job, reason = None, exc.reason_text()
+        else:
+            last = self.dead_letters.last_failure(msg_id)
+            reason = last or f"no success after {deliveries - 1} deliveries"
+        self.dead_letter(msg_id, fields, deliveries, job, reason)
+
+    def ack_deleted(self, msg_id: str) -> None:
+        """A pending entry deleted from the stream: ack it so it leaves the PEL, count it."""
+        logger.info(
+            "message %s on %s/%s was deleted from the stream while pending; acking it",
+            msg_id,
+            self.stream,
+            self.group,
+        )
+        self.acker.add(msg_id, True)
+        with self.pool.dispatch_lock:
+            self.pool.dispatch_counts.deleted += 1

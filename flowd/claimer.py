@@ -41,6 +41,8 @@ class Claimer:
     :param dlq_worker: called with the dead ``Task`` (typed ``job``, or ``None``
         for an undecodable message; the reason on ``task.error``). If it
         raises, the message stays pending and is tried again on a later sweep.
+        It can run more than once for one message (when the move after it
+        fails, or the process dies in between): make it idempotent.
     :param dlq_stream: ``True`` (default) keeps dead messages in ``{stream}:dead``;
         a string names another stream (keep it in the stream's hash slot for
         Redis Cluster); ``False`` acks dead messages after ``dlq_worker`` with a
@@ -185,7 +187,9 @@ class ClaimLoop:
             )
         )
         candidates = [
-            msg_id for msg_id in pending if msg_id not in claimed and msg_id not in runtime.running
+            msg_id
+            for msg_id in pending
+            if msg_id not in claimed and (runtime.stream, msg_id) not in runtime.running
         ]
         if not candidates:
             return
@@ -228,7 +232,9 @@ class LeaseLoop:
             return
         cutoff = time.monotonic() - self.interval / 2
         ids = [
-            msg_id for msg_id, (_, started) in list(runtime.running.items()) if started <= cutoff
+            msg_id
+            for (stream, msg_id), (_, started) in list(runtime.running.items())
+            if stream == runtime.stream and started <= cutoff
         ]
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]

@@ -7,6 +7,7 @@
     ├── RedisVersionError                 the server is older than 6.2; names the version found
     ├── DecodeError                       a stream entry could not be mapped to its Job
     ├── EncodeError (TypeError)           a Job value does not fit its annotation (at enqueue)
+    ├── ReplicationError                  durable enqueue: too few replicas confirmed in time
     └── HandleStateError (RuntimeError)   a queue or handle used in the wrong state
 
 A worker that raises is not a flowd error: its message stays pending and is
@@ -72,6 +73,23 @@ class DecodeError(FlowdError):
 
 class EncodeError(FlowdError, TypeError):
     """A Job field holds a value that does not fit its annotation."""
+
+
+class ReplicationError(FlowdError):
+    """Durable enqueue: fewer replicas than asked confirmed the writes within the timeout.
+
+    The jobs were added on the master (their ids are on ``ids``), but a
+    failover before they reach a replica would lose them.
+    """
+
+    def __init__(self, wanted: int, acknowledged: int, timeout: float, ids: list[str]) -> None:
+        self.wanted = wanted
+        self.acknowledged = acknowledged
+        self.ids = ids
+        super().__init__(
+            f"only {acknowledged} of {wanted} replicas confirmed {len(ids)} enqueued jobs "
+            f"within {timeout}s; they are on the master but not yet durable"
+        )
 
 
 class HandleStateError(FlowdError, RuntimeError):

@@ -6,6 +6,7 @@ import enum
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -14,7 +15,7 @@ from ._runtime import QueueStats
 from ._timeutil import remaining
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from ._runtime import Runtime, WorkerPool
     from ._threads import LoopThread
 
 __all__ = ["QueueHandle", "QueueStats"]
@@ -23,6 +24,21 @@ logger = logging.getLogger(__name__)
 
 #: How often stop() repeats CLIENT UNBLOCK while the reader has not returned yet.
 _UNBLOCK_EVERY = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class StreamThreads:
+    """The threads of one stream of a running queue."""
+
+    runtime: Runtime
+    reader: LoopThread
+    reader_session: Session
+    background: list[LoopThread]  # claimer, housekeeping: they end with the reader
+    lease: LoopThread | None
+
+    def threads(self) -> list[threading.Thread]:
+        out: list[threading.Thread] = [self.reader, self.runtime.acker.thread, *self.background]
+        return out if self.lease is None else [*out, self.lease]
 
 
 class _State(enum.Enum):
@@ -41,19 +57,9 @@ class QueueHandle:
             ...
     """
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        reader: LoopThread,
-        reader_session: Session,
-        background: list[LoopThread],
-        lease: LoopThread | None,
-    ) -> None:
-        self._runtime = runtime
-        self._reader = reader
-        self._reader_session = reader_session
-        self._background = background  # claimer, housekeeping: they end with the reader
-        self._lease = lease
+    def __init__(self, pool: WorkerPool, parts: list[StreamThreads]) -> None:
+        self._pool = pool
+        self._parts = parts
         self._state = _State.RUNNING
         self._state_lock = threading.Lock()
         self._stopper: threading.Thread | None = None
@@ -62,23 +68,23 @@ class QueueHandle:
 
     def __repr__(self) -> str:
         return (
-            f"<QueueHandle stream={self._runtime.stream!r} group={self._runtime.group!r} "
+            f"<QueueHandle stream={self._pool.queue.stream!r} group={self._pool.queue.group!r} "
             f"{self._state.value}>"
         )
 
     @property
     def is_running(self) -> bool:
         """True until stop() begins or a fatal error ends the queue."""
-        return self._state is _State.RUNNING and not self._runtime.stop_event.is_set()
+        return self._state is _State.RUNNING and not self._pool.stop_event.is_set()
 
     @property
     def consumer(self) -> str:
         """This queue's consumer name in the group."""
-        return self._runtime.consumer
+        return self._pool.queue.consumer
 
     def stats(self) -> QueueStats:
         """A snapshot of this run's counters."""
-        return self._runtime.stats()
+        return self._pool.stats()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the queue has stopped (by ``stop()`` elsewhere or a fatal error).
@@ -86,7 +92,7 @@ class QueueHandle:
         Returns True once stopped, False if ``timeout`` seconds passed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._runtime.stop_event.wait(timeout):
+        if not self._pool.stop_event.wait(timeout):
             return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if self._state is _State.RUNNING:
@@ -111,7 +117,7 @@ class QueueHandle:
             reads any more, and the unfinished messages stay pending.
         """
         current = threading.current_thread()
-        if self._runtime.is_worker_thread(current):
+        if self._pool.is_worker_thread(current):
             self._stop_in_background(timeout)
             return False
         with self._state_lock:
@@ -120,7 +126,7 @@ class QueueHandle:
                 self._stopper = current
                 self._state = _State.STOPPING
         if not first:
-            self._runtime.stop_event.set()
+            self._pool.stop_event.set()
             if self._done.is_set():
                 return self._clean
             if self._stopper is current:
@@ -137,53 +143,60 @@ class QueueHandle:
         return self._clean
 
     def _stop_in_background(self, timeout: float | None) -> None:
-        self._runtime.stop_event.set()
+        self._pool.stop_event.set()
         with self._state_lock:
             if self._stopper is not None:
                 return
             self._state = _State.STOPPING
             self._stopper = threading.Thread(
-                name=f"flowd-stopper-{self._runtime.stream}",
+                name=f"flowd-stopper-{self._pool.queue.stream}",
                 target=self._perform_stop,
                 args=(timeout,),
             )
             self._stopper.start()
 
     def _stop(self, timeout: float | None) -> bool:
-        runtime = self._runtime
+        pool, parts = self._pool, self._parts
+        queue = pool.queue
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        runtime.deadline = deadline
-        runtime.stop_event.set()
-        runtime.permits.wake()
-        self._interrupt_reader(deadline)
-        for thread in self._background:
-            thread.join(remaining(deadline))
-        finished = runtime.permits.wait_all_free(remaining(deadline))
-        runtime.lease_stop.set()
-        if self._lease is not None:
-            self._lease.join(remaining(deadline))
-        runtime.acker.close(deadline)
-        runtime.acker.thread.join(remaining(deadline))
-        runtime.shutdown(wait=finished)
-        alive = [t.name for t in self._threads() if t.is_alive()]
-        clean = finished and not alive and runtime.acker.unwritten == 0
-        stats = runtime.stats()
+        pool.deadline = deadline
+        pool.stop_event.set()
+        pool.permits.wake()
+        for part in parts:
+            self._interrupt_reader(part, deadline)
+        for part in parts:
+            for thread in part.background:
+                thread.join(remaining(deadline))
+        finished = pool.permits.wait_all_free(remaining(deadline))
+        pool.lease_stop.set()
+        for part in parts:
+            if part.lease is not None:
+                part.lease.join(remaining(deadline))
+        for part in parts:
+            part.runtime.acker.close(deadline)
+        for part in parts:
+            part.runtime.acker.thread.join(remaining(deadline))
+        pool.shutdown(wait=finished)
+        alive = [t.name for part in parts for t in part.threads() if t.is_alive()]
+        unwritten = sum(part.runtime.acker.unwritten for part in parts)
+        clean = finished and not alive and unwritten == 0
+        stats = pool.stats()
         if not clean:
             logger.warning(
                 "queue %s/%s did not stop cleanly within %ss: still running: %s; live "
                 "threads: %s; unfinished messages stay pending",
-                runtime.stream,
-                runtime.group,
+                queue.stream,
+                queue.group,
                 timeout,
-                runtime.running_report() or "none",
+                pool.running_report() or "none",
                 ", ".join(alive) or "none",
             )
         logger.info(
             "queue %s/%s stopped (consumer %s): processed=%d failed=%d retried=%d "
             "dead_lettered=%d deleted=%d",
-            runtime.stream,
-            runtime.group,
-            runtime.consumer,
+            queue.stream,
+            queue.group,
+            queue.consumer,
             stats.processed,
             stats.failed,
             stats.retried,
@@ -192,23 +205,16 @@ class QueueHandle:
         )
         return clean
 
-    def _threads(self) -> list[threading.Thread]:
-        threads: list[threading.Thread] = [self._reader, self._runtime.acker.thread]
-        threads += self._background
-        if self._lease is not None:
-            threads.append(self._lease)
-        return threads
-
-    def _interrupt_reader(self, deadline: float | None) -> None:
+    def _interrupt_reader(self, part: StreamThreads, deadline: float | None) -> None:
         """End a blocked XREADGROUP now instead of after its block time."""
-        reader = self._reader
+        reader = part.reader
         # No client retries (a stop must not stall), and the reader's own node on a cluster.
         session = Session(
-            self._runtime.client, self._runtime.stream, address=self._reader_session.address
+            part.runtime.client, part.runtime.stream, address=part.reader_session.address
         )
         try:
             while reader.is_alive():
-                client_id = self._reader_session.client_id
+                client_id = part.reader_session.client_id
                 if client_id is not None:
                     try:
                         session.call("CLIENT", "UNBLOCK", client_id)

@@ -13,16 +13,16 @@ from typing import Any, Generic, TypeVar
 
 import redis.exceptions
 
-from ._keys import dead_letter_stream, key_slot
+from ._keys import dead_letter_stream, key_slot, partition_streams
 from ._permits import Permits
 from ._reader import Reader, read_own_pending, start_entries
 from ._redis import Session, check_client, ensure_group, is_transient, parse_xreadgroup
-from ._runtime import Runtime
+from ._runtime import Runtime, WorkerPool
 from ._threads import LoopThread
 from ._timeutil import Seconds, remaining, to_seconds
 from .claimer import Claimer, ClaimLoop, LeaseLoop
 from .errors import ConfigurationError, HandleStateError
-from .handle import QueueHandle
+from .handle import QueueHandle, StreamThreads
 from .hooks import Hooks
 from .housekeeping import Housekeeping, HousekeepingLoop
 from .job import Job, plan_of
@@ -124,6 +124,10 @@ class Queue(Generic[J]):
         turns it off.
     :param hooks: :class:`Hooks` to observe jobs (metrics, tracing); only the
         methods they override are called.
+    :param partitions: read one logical queue spread over this many streams
+        (see :class:`Producer`'s ``partitions``); each has its reader, claimer
+        and dead-letter stream, and all share ``concurrency``. 1 (the default)
+        is the plain ``stream``.
     :param block: seconds one XREADGROUP blocks while the stream is empty.
     """
 
@@ -139,6 +143,7 @@ class Queue(Generic[J]):
         claimer: Claimer | None = None,
         housekeeping: Housekeeping | bool = True,
         hooks: Sequence[Hooks] = (),
+        partitions: int = 1,
         consumer: str | None = None,
         read_client: Any = None,
         block: Seconds = 2.0,
@@ -146,6 +151,8 @@ class Queue(Generic[J]):
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
         self.stream = _check_name(stream, "stream")
+        #: The streams this queue reads: [stream], or one per partition.
+        self.streams = partition_streams(stream, partitions)
         self.group = _check_name(group, "group")
         self.consumer = (
             default_consumer_name() if consumer is None else _check_name(consumer, "consumer")
@@ -162,7 +169,8 @@ class Queue(Generic[J]):
         self.concurrency = concurrency
         if claimer is not None and not isinstance(claimer, Claimer):
             raise ConfigurationError(f"claimer must be a flowd.Claimer, not {claimer!r}")
-        _check_dead_letter_stream(stream, claimer)
+        for partition in self.streams:
+            _check_dead_letter_stream(partition, claimer)
         self.claimer = claimer
         if housekeeping is True:
             housekeeping = Housekeeping()
@@ -186,9 +194,13 @@ class Queue(Generic[J]):
 
     def _preflight(self, *, must_connect: bool) -> None:
         """Check the server version and create the group, if Redis can be reached now."""
-        session = Session(self.client, self.stream)
         try:
-            ensure_group(session, self.stream, self.group)
+            for stream in self.streams:
+                session = Session(self.client, stream)
+                try:
+                    ensure_group(session, stream, self.group)
+                finally:
+                    session.close()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             if must_connect:
                 raise
@@ -207,8 +219,6 @@ class Queue(Generic[J]):
                 self.stream,
                 self.group,
             )
-        finally:
-            session.close()
 
     def _claim_check(self) -> None:
         if self.claimer is None:
@@ -232,8 +242,7 @@ class Queue(Generic[J]):
                 raise HandleStateError(f"{self!r} is already running; stop its handle first")
             self._preflight(must_connect=False)
             self._claim_check()
-            runtime = Runtime(self)
-            handle = self._start(runtime)
+            handle = self._start(WorkerPool(self))
             self._handle = handle
         logger.info(
             "queue %s/%s started: consumer %s, concurrency %d, claimer %s",
@@ -254,14 +263,14 @@ class Queue(Generic[J]):
         stop: threading.Event,
     ) -> LoopThread:
         def recreate_group() -> None:
-            ensure_group(session, self.stream, self.group)
+            ensure_group(session, runtime.stream, self.group)
 
         def fatal(exc: BaseException) -> None:
             runtime.stop_event.set()
 
         return LoopThread(
-            f"flowd-{role}-{self.stream}",
-            f"{role} of {self.stream}/{self.group}",
+            f"flowd-{role}-{runtime.stream}",
+            f"{role} of {runtime.stream}/{self.group}",
             step,
             stop,
             on_nogroup=recreate_group,
@@ -269,8 +278,20 @@ class Queue(Generic[J]):
             on_exit=session.close,
         )
 
-    def _start(self, runtime: Runtime) -> QueueHandle:
-        reader_session = Session(self.read_client or self.client, self.stream)
+    def _start(self, pool: WorkerPool) -> QueueHandle:
+        parts = [self._stream_threads(Runtime(pool, stream)) for stream in self.streams]
+        for part in parts:
+            part.runtime.acker.start()
+        for part in parts:
+            for thread in (part.reader, *part.background, part.lease):
+                if thread is not None:
+                    thread.start()
+        return QueueHandle(pool, parts)
+
+    def _stream_threads(self, runtime: Runtime) -> StreamThreads:
+        """The reader, claimer, lease and housekeeping threads of one stream (not started)."""
+        stream = runtime.stream
+        reader_session = Session(self.read_client or self.client, stream)
         reader = self._loop_thread(
             runtime,
             "reader",
@@ -278,13 +299,10 @@ class Queue(Generic[J]):
             reader_session,
             runtime.stop_event,
         )
-        background: list[LoopThread] = []  # stopped together with the reader
+        background: list[LoopThread] = []
         lease = None
         if self.claimer is not None:
-            claim_session, lease_session = (
-                Session(self.client, self.stream),
-                Session(self.client, self.stream),
-            )
+            claim_session = Session(self.client, stream)
             background.append(
                 self._loop_thread(
                     runtime,
@@ -294,6 +312,7 @@ class Queue(Generic[J]):
                     runtime.stop_event,
                 )
             )
+            lease_session = Session(self.client, stream)
             lease = self._loop_thread(
                 runtime,
                 "lease",
@@ -304,17 +323,13 @@ class Queue(Generic[J]):
         if self.housekeeping is not None:
             background.append(
                 LoopThread(
-                    f"flowd-housekeeping-{self.stream}",
-                    f"housekeeping of {self.stream}/{self.group}",
+                    f"flowd-housekeeping-{stream}",
+                    f"housekeeping of {stream}/{self.group}",
                     HousekeepingLoop(runtime, self.housekeeping).step,
                     runtime.stop_event,
                 )
             )
-        runtime.acker.start()
-        for thread in (reader, *background, lease):
-            if thread is not None:
-                thread.start()
-        return QueueHandle(runtime, reader, reader_session, background, lease)
+        return StreamThreads(runtime, reader, reader_session, background, lease)
 
     def drain(self, timeout: Seconds | None = None, *, stop: threading.Event | None = None) -> int:
         """Process the backlog, then return how many jobs succeeded (cron mode).
@@ -342,42 +357,50 @@ class Queue(Generic[J]):
 
     def _drain(self, limit: float | None, stop: threading.Event) -> int:
         deadline = None if limit is None else time.monotonic() + limit
-        runtime = Runtime(self)
-        runtime.acker.start()
-        session = Session(self.client, self.stream)
-        lease = None
-        if self.claimer is not None:
-            lease_session = Session(self.client, self.stream)
-            lease = self._loop_thread(
-                runtime,
-                "lease",
-                LeaseLoop(runtime, lease_session, self.claimer).step,
-                lease_session,
-                runtime.lease_stop,
-            )
-            lease.start()
+        pool = WorkerPool(self)
+        runtimes = [Runtime(pool, stream) for stream in self.streams]
+        sessions = [Session(self.client, stream) for stream in self.streams]
+        leases = []
+        for runtime in runtimes:
+            runtime.acker.start()
+            if self.claimer is not None:
+                lease_session = Session(self.client, runtime.stream)
+                lease = self._loop_thread(
+                    runtime,
+                    "lease",
+                    LeaseLoop(runtime, lease_session, self.claimer).step,
+                    lease_session,
+                    runtime.lease_stop,
+                )
+                lease.start()
+                leases.append(lease)
         finished = False
         try:
-            self._drain_reads(runtime, session, _DrainLimit(deadline, stop))
-            finished = runtime.permits.wait_all_free(remaining(deadline))
+            drain_limit = _DrainLimit(deadline, stop)
+            for runtime, session in zip(runtimes, sessions, strict=True):
+                self._drain_reads(runtime, session, drain_limit)
+            finished = pool.permits.wait_all_free(remaining(deadline))
         finally:
-            runtime.deadline = deadline
-            runtime.stop_event.set()
-            runtime.lease_stop.set()
-            if lease is not None:
+            pool.deadline = deadline
+            pool.stop_event.set()
+            pool.lease_stop.set()
+            for lease in leases:
                 lease.join(remaining(deadline))
-            runtime.acker.close(deadline if deadline is not None else time.monotonic() + 30)
-            runtime.acker.thread.join(remaining(deadline))
-            runtime.shutdown(wait=finished)
-            session.close()
+            for runtime in runtimes:
+                runtime.acker.close(deadline if deadline is not None else time.monotonic() + 30)
+            for runtime in runtimes:
+                runtime.acker.thread.join(remaining(deadline))
+            pool.shutdown(wait=finished)
+            for session in sessions:
+                session.close()
         if not finished:
             logger.warning(
                 "drain of %s/%s timed out; still running: %s",
                 self.stream,
                 self.group,
-                runtime.running_report() or "none",
+                pool.running_report() or "none",
             )
-        stats = runtime.stats()
+        stats = pool.stats()
         logger.info(
             "drain of %s/%s done: processed=%d failed=%d dead_lettered=%d",
             self.stream,
@@ -406,7 +429,7 @@ class Queue(Generic[J]):
                     "COUNT",
                     free,
                     "STREAMS",
-                    self.stream,
+                    runtime.stream,
                     ">",
                 )
             )

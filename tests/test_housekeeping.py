@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._runtime import Runtime
+from flowd._runtime import Runtime, WorkerPool
 from flowd.housekeeping import HousekeepingLoop
 from tests.helpers import Numbered, wait_until
 
@@ -303,12 +303,16 @@ def test_running_queue_removes_dead_consumers_but_keeps_its_own(
 # one consumer at a time: the lease
 
 
+def _runtime_of(queue: flowd.Queue[Numbered]) -> Runtime:
+    return Runtime(WorkerPool(queue), queue.stream)
+
+
 def test_housekeeping_lease_lets_one_run_per_interval(client: redis.Redis, stream: str) -> None:
     # Given two consumers of one stream, each with a housekeeping step
     client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     settings = flowd.Housekeeping(interval=30)
     runtimes = [
-        Runtime(
+        _runtime_of(
             flowd.Queue(
                 client,
                 stream=stream,
@@ -343,7 +347,7 @@ def test_housekeeping_lease_lets_one_run_per_interval(client: redis.Redis, strea
         assert as_str(client.get(lease)) == "second"
     finally:
         for runtime in runtimes:
-            runtime.shutdown(wait=True)
+            runtime.pool.shutdown(wait=True)
 
 
 def test_running_queue_takes_the_housekeeping_lease(client: redis.Redis, stream: str) -> None:
