@@ -62,36 +62,45 @@ def is_nogroup(exc: BaseException) -> bool:
     )
 
 
-#: Server replies that mean "not now" rather than "wrong": retried with backoff.
-_TRANSIENT_PREFIXES = (
-    "LOADING",
-    "READONLY",
-    "OOM",
-    "MASTERDOWN",
-    "BUSY ",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
-    "MOVED",
-    "ASK",
+# redis-py turns some error replies into exception classes (and strips the
+# code from the message): READONLY, OOM, MASTERDOWN, TRYAGAIN, CLUSTERDOWN,
+# MOVED and ASK. Others arrive as plain ResponseErrors with their code.
+_E = redis.exceptions
+
+#: Error replies that mean "not now" rather than "wrong": retried with backoff.
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    _E.ConnectionError,
+    _E.TimeoutError,
+    _E.ReadOnlyError,
+    _E.OutOfMemoryError,
+    _E.MasterDownError,
+    _E.TryAgainError,
+    _E.ClusterDownError,
+    _E.AskError,
+    OSError,
+)
+_TRANSIENT_PREFIXES = ("BUSY ", "NOREPLICAS", "LOADING", "READONLY", "OOM", "MASTERDOWN")
+
+#: Replies after which the connection may point at the wrong server (a demoted
+#: master, a moved slot): the session reconnects, re-resolving the server.
+_RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    _E.ReadOnlyError,
+    _E.MasterDownError,
+    _E.BusyLoadingError,
+    _E.MovedError,
+    _E.ClusterDownError,
 )
 
 
 def is_transient(exc: BaseException) -> bool:
     """A connection problem or a server state that passes (LOADING, READONLY, OOM...)."""
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+    if isinstance(exc, _TRANSIENT_ERRORS):
         return True
-    if isinstance(exc, redis.exceptions.ResponseError):
-        return str(exc).startswith(_TRANSIENT_PREFIXES)
-    return isinstance(exc, OSError)
+    return isinstance(exc, _E.ResponseError) and str(exc).startswith(_TRANSIENT_PREFIXES)
 
 
 #: Pool settings that are redis-py internals of the pool, not connection options.
 _POOL_INTERNAL_PREFIXES = ("maint_notifications", "orig_", "himport_registry", "oss_cluster")
-
-#: Replies after which the connection may point at the wrong server (a demoted
-#: master, a moved slot): the session reconnects, re-resolving the server.
-_RECONNECT_PREFIXES = ("READONLY", "MASTERDOWN", "LOADING", "MOVED", "CLUSTERDOWN")
 
 
 def is_cluster(client: Any) -> bool:
@@ -135,12 +144,10 @@ def connection_options(client: Any) -> dict[str, Any]:
 
 
 def _redirect_address(exc: BaseException) -> tuple[str, int] | None:
-    """The node named by a MOVED or ASK error reply ("MOVED 3999 127.0.0.1:6381")."""
-    parts = str(exc).split()
-    if len(parts) != 3 or parts[0] not in ("MOVED", "ASK"):
-        return None
-    host, _, port = parts[2].rpartition(":")
-    return (host or "127.0.0.1"), int(port)
+    """The node named by a MOVED or ASK error reply."""
+    if isinstance(exc, _E.AskError):  # MovedError is an AskError too
+        return str(exc.host), int(exc.port)
+    return None
 
 
 class Session:
@@ -194,6 +201,9 @@ class Session:
             conn = self._new_connection(self._address)
             self._conn = conn
             try:
+                # connect() first, as a pool does: a Sentinel-managed connection resolves
+                # the master there (a bare send_command would dial localhost:6379).
+                conn.connect()
                 conn.send_command("CLIENT", "ID")
                 self.client_id = int(conn.read_response(disable_decoding=True))
                 conn.send_command("INFO", "server")
@@ -217,7 +227,7 @@ class Session:
 
     def _on_error_reply(self, exc: redis.exceptions.ResponseError) -> None:
         """Reconnect after replies that mean this is no longer the right server."""
-        if str(exc).startswith(_RECONNECT_PREFIXES):
+        if isinstance(exc, _RECONNECT_ERRORS):
             redirect = _redirect_address(exc)
             self.close()
             if self._cluster:
@@ -232,10 +242,11 @@ class Session:
                 conn.send_command(*args)
                 return conn.read_response(disable_decoding=True)
             except redis.exceptions.ResponseError as exc:
-                if self._cluster and str(exc).startswith("ASK "):
+                moved = isinstance(exc, _E.MovedError)
+                if self._cluster and isinstance(exc, _E.AskError) and not moved:
                     return self._ask(exc, args)
                 self._on_error_reply(exc)
-                if attempt == 1 and self._cluster and str(exc).startswith("MOVED "):
+                if attempt == 1 and self._cluster and moved:
                     continue  # the command did not run; send it to the slot's new owner
                 raise
             except BaseException:

@@ -22,9 +22,12 @@ from types import FrameType
 from typing import Any
 
 import redis
+import redis.cluster
 import redis.exceptions
 
+from ._keys import partition_streams
 from ._urls import redact_url
+from .errors import ConfigurationError
 from .queue import Queue
 
 logger = logging.getLogger("flowd.cli")
@@ -49,10 +52,23 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("FLOWD_REDIS_URL") or DEFAULT_URL
 
 
+def client_for(url: str) -> Any:
+    """A client for ``url``; ``redis+cluster://`` (or ``rediss+cluster://``) gives a
+    RedisCluster client that discovers the other nodes from the one named."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.endswith("+cluster"):
+        return redis.cluster.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}")
+    return redis.Redis.from_url(url)
+
+
 def connect(url: str, *, wait: float = 0.0) -> Any:
     """A client for ``url``, checked with PING (retried for ``wait`` seconds)."""
     try:
-        client = redis.Redis.from_url(url)
+        client = client_for(url)
+    except (redis.exceptions.RedisClusterException, redis.exceptions.ConnectionError) as exc:
+        raise CommandError(
+            f"cannot reach Redis at {redact_url(url)}: {exc}", EXIT_UNREACHABLE
+        ) from None
     except ValueError as exc:
         raise CommandError(f"bad Redis URL {redact_url(url)}: {exc}", EXIT_USAGE) from None
     wait_for_redis(client, url, wait)
@@ -232,11 +248,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .info import stream_info
 
     client = connect(resolve_url(args.url))
-    info = stream_info(client, args.stream, group=args.group)
+    infos = [
+        stream_info(client, stream, group=args.group)
+        for stream in partition_streams(args.stream, args.partitions)
+    ]
     if args.json:
-        print(json.dumps(info.to_dict(), indent=2))
+        data = [info.to_dict() for info in infos]
+        print(json.dumps(data[0] if args.partitions == 1 else data, indent=2))
     else:
-        print(info.to_text())
+        print("\n\n".join(info.to_text() for info in infos))
     return EXIT_OK
 
 
@@ -244,7 +264,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from .deadletters import DeadLetters
 
     client = connect(resolve_url(args.url))
-    dead = DeadLetters(client, args.stream)
+    for stream in partition_streams(args.stream, args.partitions):
+        _dlq_action(DeadLetters(client, stream), args)
+    return EXIT_OK
+
+
+def _dlq_action(dead: Any, args: argparse.Namespace) -> None:
     if args.action == "list":
         for entry in dead.list(limit=args.limit):
             print(
@@ -252,19 +277,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 f"  at={entry.time.isoformat()}  reason={entry.reason}"
             )
             print(f"    fields: {json.dumps(_printable(entry.fields))}")
-        return EXIT_OK
-    if args.action == "requeue":
-        if args.all:
-            print(f"requeued {dead.requeue_all()} messages to {args.stream}")
-        elif args.ids:
-            print(f"requeued {len(dead.requeue(args.ids))} messages to {args.stream}")
-        else:
-            raise CommandError("requeue needs message ids or --all", EXIT_USAGE)
-        return EXIT_OK
+        return
     if not args.all and not args.ids:
-        raise CommandError("purge needs message ids or --all", EXIT_USAGE)
-    print(f"purged {dead.purge(None if args.all else args.ids)} dead messages")
-    return EXIT_OK
+        raise CommandError(f"{args.action} needs message ids or --all", EXIT_USAGE)
+    if args.action == "requeue":
+        moved = dead.requeue_all() if args.all else len(dead.requeue(args.ids))
+        print(f"requeued {moved} messages to {dead.stream}")
+    else:
+        print(f"purged {dead.purge(None if args.all else args.ids)} dead messages")
 
 
 def _printable(fields: dict[str, str | bytes]) -> dict[str, str]:
@@ -295,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--url",
             help="Redis URL (redis://, rediss://, unix://); default: "
             f"$FLOWD_REDIS_URL or {DEFAULT_URL}",
+        )
+
+    def partitions_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--partitions",
+            type=int,
+            default=1,
+            help="the queue's partitions: show or act on each of its streams",
         )
 
     worker = sub.add_parser("worker", help="run a queue in the foreground")
@@ -333,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("stream")
     info.add_argument("--group")
     info.add_argument("--json", action="store_true")
+    partitions_option(info)
     url_option(info)
     info.set_defaults(func=cmd_info)
 
@@ -342,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("ids", nargs="*", help="dead-letter entry ids (see dlq list)")
     dlq.add_argument("--all", action="store_true")
     dlq.add_argument("--limit", type=int, default=100)
+    partitions_option(dlq)
     url_option(dlq)
     dlq.set_defaults(func=cmd_dlq)
 
@@ -367,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"flowd: {exc}", file=sys.stderr)
         return exc.status
+    except ConfigurationError as exc:
+        print(f"flowd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except redis.exceptions.RedisError as exc:
         print(f"flowd: Redis error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return (
