@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
+import redis.exceptions
+
+from ._keys import derived_key
 from .claimer import Claimer
 from .task import Task
 
@@ -13,23 +17,24 @@ logger = logging.getLogger(__name__)
 
 _REASON_LIMIT = 2000
 
-# Moves one message to the dead-letter stream and acks it, atomically and at
-# most once: a re-sent script finds the message already acked and adds nothing.
+# Both scripts act at most once: a re-sent script finds the message already
+# acked and changes nothing. So that a re-sent call (its first reply lost) still
+# learns that it did the move, the move leaves its caller's token in a marker key.
+# KEYS: stream, errors hash, marker[, dlq]; ARGV: group, id, token[, fields...].
 _MOVE_LUA = """
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if acked == 1 then
-  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+  if KEYS[4] then redis.call('XADD', KEYS[4], '*', unpack(ARGV, 4)) end
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
+elseif redis.call('GET', KEYS[3]) == ARGV[3] then
+  acked = 1
 end
-redis.call('HDEL', KEYS[3], ARGV[2])
-return acked
-"""
-
-# Acks a dead message when the dead-letter stream is turned off.
-_DROP_LUA = """
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[2])
 return acked
 """
+
+#: Re-sends of a move whose reply was lost, in this process (the token makes them safe).
+_MOVE_ATTEMPTS = 3
 
 
 def reason_of(exc: BaseException) -> str:
@@ -57,7 +62,6 @@ class DeadLetterPath:
         self.claimer = claimer
         self.dlq_stream = claimer.dead_letter_stream(stream)
         self._move = client.register_script(_MOVE_LUA)
-        self._drop = client.register_script(_DROP_LUA)
 
     def record_failure(self, msg_id: str, exc: BaseException) -> None:
         try:
@@ -77,6 +81,16 @@ class DeadLetterPath:
             return reason.decode("utf-8", "replace")
         return reason if isinstance(reason, str) else None
 
+    def _run_move(self, keys: list[str], args: list[Any]) -> int:
+        for attempt in range(1, _MOVE_ATTEMPTS + 1):
+            try:
+                return int(self._move(keys=keys, args=args))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if attempt == _MOVE_ATTEMPTS:
+                    raise
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
     def handle(self, task: Task[Any]) -> bool:
         """Call dlq_worker, then move (or drop) the message; False if it was already acked.
 
@@ -85,9 +99,10 @@ class DeadLetterPath:
         if self.claimer.dlq_worker is not None:
             self.claimer.dlq_worker(task)
         reason = task.error or "unknown"
-        if self.dlq_stream is None:
-            moved = self._drop(keys=[self.stream, self.errors_key], args=[self.group, task.id])
-        else:
+        keys = [self.stream, self.errors_key, derived_key(self.stream, f"moved:{task.id}")]
+        args: list[Any] = [self.group, task.id, uuid.uuid4().hex]
+        if self.dlq_stream is not None:
+            keys.append(self.dlq_stream)
             meta = {
                 "flowd:id": task.id,
                 "flowd:stream": self.stream,
@@ -97,10 +112,9 @@ class DeadLetterPath:
                 "flowd:reason": reason,
                 "flowd:time": str(int(time.time() * 1000)),
             }
-            args: list[Any] = [self.group, task.id]
             for pair in (*task.fields.items(), *meta.items()):
                 args += pair
-            moved = self._move(keys=[self.stream, self.dlq_stream, self.errors_key], args=args)
+        moved = self._run_move(keys, args)
         if not moved:
             logger.info(
                 "message %s on %s/%s was already acked; not dead-lettered again",
