@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,23 @@ import pytest
 import redis
 
 from tests.redis_server import RedisServer
+
+# The machine runs a shared Redis on 6379 that the tests must never touch: a
+# connection that silently falls back to redis-py's default address (as a bare
+# Sentinel-managed connection once did) fails loudly here instead.
+_FORBIDDEN_PORT = 6379
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    if isinstance(address, tuple) and len(address) >= 2 and address[1] == _FORBIDDEN_PORT:
+        raise AssertionError(
+            f"a test tried to connect to {address}: the shared Redis is off limits"
+        )
+    _real_connect(self, address)  # type: ignore[arg-type]
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="session")
