@@ -19,6 +19,7 @@ import dataclasses
 import json
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -59,21 +60,68 @@ def _body(client: redis.Redis, name: str) -> Callable[[], None]:
 
 
 def raw_loop(
-    client: redis.Redis, stream: str, jobs: int, body: Callable[[], None], count: int = 100
+    client: redis.Redis,
+    stream: str,
+    jobs: int,
+    body: Callable[[], None],
+    count: int = 100,
+    *,
+    group: str = "g",
+    consumer: str = "raw",
 ) -> float:
     """DESIGN.md's raw processing baseline (COUNT 100); other counts show the batch-size limit."""
     done = 0
     start = time.perf_counter()
     while done < jobs:
-        reply = client.xreadgroup("g", "raw", {stream: ">"}, count=count, block=1000)
+        reply = client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=1000)
         if not reply:
             continue
         entries = reply[0][1]
         for _entry in entries:
             body()
-        client.xack(stream, "g", *[entry[0] for entry in entries])
+        client.xack(stream, group, *[entry[0] for entry in entries])
         done += len(entries)
     return jobs / (time.perf_counter() - start)
+
+
+def raw_threads(
+    client: redis.Redis,
+    stream: str,
+    jobs: int,
+    body: Callable[[], None],
+    threads: int = 8,
+    *,
+    group: str = "g",
+) -> float:
+    """``threads`` copies of the raw loop, each its own consumer, on a pre-filled stream.
+
+    A thread stops once a read comes back empty: every entry has been delivered, and the
+    other threads finish theirs. The time ends when the last thread has acked its batch.
+    """
+    done = [0] * threads
+
+    def loop(index: int) -> None:
+        consumer = f"raw-{index}"
+        while True:
+            reply = client.xreadgroup(group, consumer, {stream: ">"}, count=100)
+            if not reply or not reply[0][1]:
+                return
+            entries = reply[0][1]
+            for _entry in entries:
+                body()
+            client.xack(stream, group, *[entry[0] for entry in entries])
+            done[index] += len(entries)
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    start = time.perf_counter()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if sum(done) != jobs:
+        raise RuntimeError(f"raw threads processed {sum(done)} of {jobs} jobs")
+    return jobs / elapsed
 
 
 def flowd_queue(
@@ -102,6 +150,7 @@ VARIANTS: dict[str, Callable[..., float]] = {
     "raw loop (1 thread)": raw_loop,
     "raw loop COUNT 8": lambda c, s, n, b: raw_loop(c, s, n, b, 8),
     "raw loop COUNT 32": lambda c, s, n, b: raw_loop(c, s, n, b, 32),
+    "raw loop 8 threads": raw_threads,
     "flowd concurrency 8": lambda c, s, n, b: flowd_queue(c, s, n, b, 8),
     "flowd concurrency 32": lambda c, s, n, b: flowd_queue(c, s, n, b, 32),
 }
