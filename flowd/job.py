@@ -328,31 +328,86 @@ def _normalise(fields: Mapping[Any, Any]) -> Mapping[bytes, Any]:
     return {_as_bytes(k): v for k, v in fields.items()}
 
 
+def _encode_field(plan: _Plan, fp: _FieldPlan, value: Any) -> Encoded | None:
+    """One field's stored form (None: not written); raises EncodeError."""
+    if value is None:
+        if fp.optional:
+            return None
+        raise EncodeError(
+            f"{plan.cls.__name__}.{fp.name}: None given for a field that is not Optional"
+        )
+    codec = fp.codec
+    if not codec.check(value):
+        raise EncodeError(
+            f"{plan.cls.__name__}.{fp.name}: expected {codec.expected}, "
+            f"got {type(value).__name__} ({_shorten(value)})"
+        )
+    try:
+        return codec.encode(value)
+    except Exception as exc:
+        raise EncodeError(
+            f"{plan.cls.__name__}.{fp.name}: cannot encode {_shorten(value)}: {exc}"
+        ) from exc
+
+
 def encode_job(job: Any) -> dict[str, Encoded]:
     """The flat stream fields of ``job``; raises EncodeError for a value that does not fit."""
     plan = plan_of(type(job))
     out: dict[str, Encoded] = {}
     for fp in plan.fields:
-        value = getattr(job, fp.name)
-        if value is None:
-            if fp.optional:
-                continue
-            raise EncodeError(
-                f"{plan.cls.__name__}.{fp.name}: None given for a field that is not Optional"
-            )
-        codec = fp.codec
-        if not codec.check(value):
-            raise EncodeError(
-                f"{plan.cls.__name__}.{fp.name}: expected {codec.expected}, "
-                f"got {type(value).__name__} ({_shorten(value)})"
-            )
-        try:
-            out[fp.name] = codec.encode(value)
-        except Exception as exc:
-            raise EncodeError(
-                f"{plan.cls.__name__}.{fp.name}: cannot encode {_shorten(value)}: {exc}"
-            ) from exc
+        encoded = _encode_field(plan, fp, getattr(job, fp.name))
+        if encoded is not None:
+            out[fp.name] = encoded
     return out
+
+
+#: Fast paths of the generated appender, by codec: the exact type, and the code that
+#: appends the stored form of ``v`` (ascii str is stored as is: no encode check needed).
+_FAST_PATHS = {
+    id(_SCALARS[str]): "if type(v) is str and v.isascii():\n        a({name!r}); a(v)",
+    id(_SCALARS[int]): "if type(v) is int:\n        a({name!r}); a(str(v))",
+    id(_SCALARS[bool]): "if v is True or v is False:\n"
+    "        a({name!r}); a('true' if v else 'false')",
+}
+
+
+#: Appends a job's field names and stored values to a list (see field_appender).
+FieldAppender = Callable[[Any, list[Any]], None]
+
+
+def field_appender(cls: type[Any]) -> FieldAppender:
+    """A function that appends a job's field names and stored values to a list.
+
+    It does what :func:`encode_job` does, without the dict, and is generated
+    once per class (as dataclasses generates ``__init__``): plain str, int and
+    bool values take a fast path; anything else, the full checked path.
+    """
+    appender = cls.__dict__.get("_flowd_appender")
+    if appender is not None:
+        return typing.cast(FieldAppender, appender)
+    plan = plan_of(cls)
+    lines = ["def append_fields(job, args):", "    a = args.append"]
+    for index, fp in enumerate(plan.fields):
+        lines.append(f"    v = job.{fp.name}")
+        fast = _FAST_PATHS.get(id(fp.codec))
+        if fast is None:
+            lines.append(f"    slow({index}, v, a)")
+        else:
+            lines.append("    " + fast.format(name=fp.name))
+            lines.append(f"    else:\n        slow({index}, v, a)")
+
+    def slow(index: int, value: Any, append: Callable[[Any], None]) -> None:
+        fp = plan.fields[index]
+        encoded = _encode_field(plan, fp, value)
+        if encoded is not None:
+            append(fp.name)
+            append(encoded)
+
+    namespace: dict[str, Any] = {"slow": slow}
+    exec("\n".join(lines), namespace)  # the source holds only the class's own field names
+    appender = namespace["append_fields"]
+    cls._flowd_appender = appender
+    return typing.cast(FieldAppender, appender)
 
 
 def decode_job(cls: type[V], fields: Mapping[Any, Any], message_id: str | None = None) -> V:

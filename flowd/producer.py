@@ -12,7 +12,7 @@ from ._keys import partition_streams
 from ._redis import check_client, is_cluster
 from ._timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError, EncodeError, ReplicationError
-from .job import Job, encode_job
+from .job import FieldAppender, Job, field_appender
 
 __all__ = ["Producer"]
 
@@ -102,6 +102,7 @@ class Producer:
         self.replicas = replicas
         self.replica_timeout = to_seconds(replica_timeout, "replica_timeout")
         self._round_robin = itertools.count()
+        self._last: tuple[type[Any] | None, FieldAppender] = (None, _no_fields)
         self._trim: tuple[Any, ...] = ("MAXLEN", "~", maxlen) if maxlen else ()
 
     def __repr__(self) -> str:
@@ -115,20 +116,22 @@ class Producer:
             return streams[zlib.crc32(_key_bytes(self.key(job))) % len(streams)]
         return streams[next(self._round_robin) % len(streams)]
 
-    def _command(self, job: Job) -> tuple[Any, ...]:
+    def _command(self, job: Job) -> list[Any]:
         if not isinstance(job, Job):
             raise EncodeError(
                 f"enqueue takes a flowd.Job dataclass instance, not {type(job).__name__}"
             )
         args: list[Any] = ["XADD", self._stream_for(job), *self._trim, "*"]
         prefix = len(args)
-        for name, value in encode_job(job).items():
-            args.append(name)
-            args.append(value)
+        last_class, appender = self._last  # one tuple: safe to share between threads
+        if type(job) is not last_class:  # one lookup per run of same-class jobs
+            appender = field_appender(type(job))
+            self._last = (type(job), appender)
+        appender(job, args)
         if len(args) == prefix:
             # A stream entry needs a field; decoding ignores fields the class does not know.
             args += EMPTY_JOB_FIELD
-        return tuple(args)
+        return args
 
     def enqueue(self, job: Job) -> str:
         """Add one job; returns its stream id.
@@ -173,7 +176,7 @@ class Producer:
                 ids.extend(_as_str(reply) for reply in pipe.execute())
         return ids
 
-    def _send_durable(self, commands: list[tuple[Any, ...]]) -> list[str]:
+    def _send_durable(self, commands: list[list[Any]]) -> list[str]:
         """XADDs then WAIT, on one connection per stream (WAIT covers that connection's
         writes); ids come back in the order of ``commands``."""
         by_stream: dict[str, list[int]] = {}
@@ -198,6 +201,10 @@ class Producer:
             if acknowledged < self.replicas:
                 raise ReplicationError(self.replicas, acknowledged, self.replica_timeout, written)
         return ids
+
+
+def _no_fields(job: Any, args: list[Any]) -> None:
+    raise AssertionError("replaced on first use")
 
 
 def _chunks(jobs: Iterator[Job], size: int) -> Iterator[list[Job]]:
