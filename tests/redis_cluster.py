@@ -42,11 +42,19 @@ class RedisCluster:
     def __init__(self, masters: int = 3) -> None:
         self.nodes: list[RedisServer] = []
         for _ in range(masters):
-            self.nodes.append(RedisServer(port=_cluster_port(), extra_args=(
-                "--cluster-enabled", "yes",
-                "--cluster-node-timeout", "2000",
-                "--cluster-config-file", "nodes.conf",
-            )))
+            self.nodes.append(
+                RedisServer(
+                    port=_cluster_port(),
+                    extra_args=(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ),
+                )
+            )
 
     @property
     def url(self) -> str:
@@ -79,8 +87,7 @@ class RedisCluster:
         return "cluster_state:ok" in text and f"cluster_known_nodes:{count}" in text
 
     def client(self, **kwargs: object) -> redis.cluster.RedisCluster:
-        return redis.cluster.RedisCluster(host="127.0.0.1", port=self.nodes[0].port,
-                                          **kwargs)  # type: ignore[arg-type]
+        return redis.cluster.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:
         for node in self.nodes:
