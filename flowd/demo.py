@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from ._embedded import RedisServer, find_redis_server
-from ._keys import dead_letter_stream, derived_key
+from ._keys import dead_letter_stream, hash_tag
 from ._urls import redact_url
 from .claimer import Claimer
 from .job import Job
@@ -59,12 +59,9 @@ def run_demo(url: str | None, jobs: int) -> int:
     try:
         return _tour(client, stream, jobs)
     finally:
-        client.delete(
-            stream,
-            dead_letter_stream(stream),
-            derived_key(stream, "errors:thumbs"),
-            derived_key(stream, "housekeeping"),
-        )
+        # the stream and every key derived from it ({stream}:dead, :errors:..., :moved:...)
+        derived = list(client.scan_iter(match=f"{hash_tag(stream)}:*", count=1000))
+        client.delete(stream, *derived)
         client.close()
         if server is not None:
             server.close()
