@@ -112,7 +112,9 @@ def import_object(path: str, where: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ConfigurationError(f"{where}: {module_name!r} has no attribute {attr!r}") from None
+            raise ConfigurationError(
+                f"{where}: {module_name!r} has no attribute {attr!r}"
+            ) from None
     return obj
 
 
@@ -307,9 +309,7 @@ class QueueRegistry:
         if not isinstance(url, str) or not url:
             raise ConfigurationError(f"the Redis URL must be a non-empty str, not {url!r}")
         self.url = url
-        self.client_options = dict(
-            _check_mapping(client_options or {}, "the Redis client options")
-        )
+        self.client_options = dict(_check_mapping(client_options or {}, "the Redis client options"))
         queues = _check_mapping(queues, where)
         self.specs: dict[str, QueueSpec] = {
             name: QueueSpec.parse(name, raw, where) for name, raw in queues.items()
@@ -398,8 +398,11 @@ class QueueRegistry:
 
     def check(self) -> list[str]:
         """Import and build every queue without caching anything; the errors found."""
-        errors = []
-        client = redis.Redis.from_url(self.url, **self.client_options)
+        errors: list[str] = []
+        try:
+            client = redis.Redis.from_url(self.url, **self.client_options)
+        except (TypeError, ValueError) as exc:
+            return [f"cannot build a Redis client: {exc}"]
         try:
             for spec in self.specs.values():
                 try:
@@ -554,9 +557,7 @@ def run_queues(
     started = time.monotonic()
     for queue in queues:
         wait_for_redis(queue.client, url, max(0.0, connect_timeout - (time.monotonic() - started)))
-        logger.info(
-            "worker for %s/%s as consumer %s", queue.stream, queue.group, queue.consumer
-        )
+        logger.info("worker for %s/%s as consumer %s", queue.stream, queue.group, queue.consumer)
     if len(queues) == 1:
         return run_worker(queues[0], burst=burst, shutdown_timeout=shutdown_timeout)
     return _run_several(queues, burst=burst, shutdown_timeout=shutdown_timeout)

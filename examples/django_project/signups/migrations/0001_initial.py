@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies = ()
+    operations = (
+        migrations.CreateModel(
+            name="Signup",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("email", models.EmailField(max_length=254, unique=True)),
+                ("welcomed", models.BooleanField(default=False)),
+            ],
+        ),
+    )

@@ -1,0 +1,118 @@
+"""Every example in examples/ runs as its README says, against the tests' Redis.
+
+The examples take their Redis from ``FLOWD_REDIS_URL``, like a deployment
+would; they use fixed stream names, so each assertion here is about the jobs
+this test enqueued.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def example_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWD_", "DJANGO_", "FLASK_"))}
+    env.update(FLOWD_REDIS_URL=redis_url, PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_cron_drain(redis_url: str, client: redis.Redis) -> None:
+    # When the cron script runs with three sample invoices
+    result = run(
+        ["cron_drain.py", "--seed", "3", "--timeout", "30"], EXAMPLES, example_env(redis_url)
+    )
+    # Then it bills them and exits, leaving nothing pending
+    for i in range(3):
+        assert f"billed customer-{i}: {(1000 + i) / 100:.2f}" in result.stdout
+    assert "processed" in result.stdout.splitlines()[-1]
+    assert client.xpending("invoices", "billing")["pending"] == 0
+
+
+def test_flask_app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the example app, imported as `flask --app app` would
+    monkeypatch.setenv("FLOWD_REDIS_URL", redis_url)
+    spec = importlib.util.spec_from_file_location(
+        "example_flask_app", EXAMPLES / "flask_app/app.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    app = module.create_app()
+
+    # When its view is called through Flask's test client
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    response = app.test_client().post("/signup", data={"email": email})
+    assert response.status_code == 202
+    message_id = response.get_json()["queued"]
+
+    # And its worker runs, as the docstring says: `flask --app app flowd worker --burst`
+    result = run(
+        ["-m", "flask", "--app", "app", "flowd", "worker", "--burst"],
+        EXAMPLES / "flask_app",
+        example_env(redis_url),
+    )
+    # Then the job ran in an app context
+    assert f"welcome mail to {email} from Example Site (message {message_id})" in result.stdout
+
+
+def test_django_project(redis_url: str, tmp_path: Path) -> None:
+    project = EXAMPLES / "django_project"
+    env = example_env(redis_url, EXAMPLE_DB=str(tmp_path / "db.sqlite3"))
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+
+    # Given the example project, migrated
+    run(["manage.py", "migrate", "--verbosity", "0"], project, env)
+    # When its view is called (Django's test client, in `manage.py shell`)
+    posted = run(
+        [
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.test import Client; "
+            f"r = Client().post('/signup/', {{'email': '{email}'}}); print(r.status_code)",
+        ],
+        project,
+        env,
+    )
+    assert posted.stdout.strip().splitlines()[-1] == "201"
+    # And `manage.py flowd_worker --burst` runs
+    worked = run(["manage.py", "flowd_worker", "--burst"], project, env)
+    # Then the job ran and wrote to the database
+    assert f"welcome mail to {email}" in worked.stdout
+    welcomed = run(
+        [
+            "manage.py",
+            "shell",
+            "-c",
+            "from signups.models import Signup; "
+            f"print(Signup.objects.get(email='{email}').welcomed)",
+        ],
+        project,
+        env,
+    )
+    assert welcomed.stdout.strip().splitlines()[-1] == "True"
