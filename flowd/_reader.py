@@ -69,11 +69,11 @@ class Reader:
         self.block_ms = to_ms(block_seconds(block, session.socket_timeout))
         self._poll = block
 
-    def step(self) -> None:
+    def step(self) -> bool:
         runtime = self.runtime
         free = runtime.permits.wait_free(self._poll)
         if free <= 0 or runtime.stop_event.is_set():
-            return
+            return False
         reply = self.session.call(
             "XREADGROUP",
             "GROUP",
@@ -94,6 +94,7 @@ class Reader:
                     "read %d messages from %s/%s", len(entries), runtime.stream, runtime.group
                 )
             start_entries(runtime, entries, None)
+        return True
 
 
 def read_own_pending(

@@ -58,6 +58,9 @@ class Backoff:
 class LoopThread(threading.Thread):
     """Runs ``step`` until ``stop`` is set; every exception is logged and retried.
 
+    A step returns False when it did not talk to Redis (nothing to do), so that
+    it does not count as Redis being reachable again.
+
     NOGROUP (the group vanished, e.g. Redis lost its data) calls ``on_nogroup``
     to recreate it. RedisVersionError is fatal: it is logged, kept on
     ``self.fatal`` and reported through ``on_fatal``.
@@ -67,7 +70,7 @@ class LoopThread(threading.Thread):
         self,
         name: str,
         what: str,
-        step: Callable[[], None],
+        step: Callable[[], bool | None],
         stop: threading.Event,
         *,
         on_nogroup: Callable[[], None] | None = None,
@@ -88,7 +91,7 @@ class LoopThread(threading.Thread):
         try:
             while not self._stop_event.is_set():
                 try:
-                    self._step()
+                    talked = self._step()
                 except RedisVersionError as exc:
                     logger.error("%s: %s; stopping", self.what, exc)
                     self.fatal = exc
@@ -107,7 +110,8 @@ class LoopThread(threading.Thread):
                             exc = again
                     self._stop_event.wait(backoff.failed(exc))
                 else:
-                    backoff.succeeded()
+                    if talked is not False:  # a step that skipped Redis proves nothing
+                        backoff.succeeded()
         finally:
             if self._on_exit is not None:
                 self._on_exit()

@@ -116,19 +116,30 @@ class ClaimLoop:
         # across sweeps so old idle entries are not starved by fresh ones.
         self.cursor = "0-0"
 
-    def step(self) -> None:
-        """Claim one batch; wait ``interval`` once a sweep of the whole PEL is done."""
+    def step(self) -> bool:
+        """Claim one batch; wait ``interval`` once a sweep of the whole PEL is done.
+
+        With every permit busy, it waits for one (up to ``interval``) and goes on
+        with the same sweep, so a large backlog of stuck messages is recovered
+        as fast as the workers can run it, not one batch per interval.
+        """
         runtime = self.runtime
-        if self.claim_batch() == "done":
+        outcome = self.claim_batch()
+        if outcome == "busy":
+            runtime.permits.wait_free(self.claimer.interval)
+            return False
+        if outcome == "done":
             runtime.stop_event.wait(self.claimer.interval)
+        return True
 
     def claim_batch(self) -> str:
-        """Claim up to the free permits' worth; 'done' at the end of a sweep, else 'more'."""
+        """Claim up to the free permits' worth: 'done' at the end of a sweep, 'busy' when
+        no permit is free (nothing was asked of Redis), else 'more'."""
         runtime = self.runtime
         permits = runtime.permits
         taken = permits.try_acquire(self.claimer.batch)
         if taken == 0:
-            return "done"  # every permit is busy: claimed work could not start anyway
+            return "busy"  # claimed work could not start anyway
         handed = 0  # permits passed on with an entry; the rest go back, whatever fails
         try:
             start = self.cursor
@@ -225,11 +236,11 @@ class LeaseLoop:
         self.session = session
         self.interval = claimer.lease_interval
 
-    def step(self) -> None:
+    def step(self) -> bool:
         runtime = self.runtime
         # Wait first: a job younger than one interval is still fresh.
         if runtime.lease_stop.wait(self.interval):
-            return
+            return False
         cutoff = time.monotonic() - self.interval / 2
         ids = [
             msg_id
@@ -244,3 +255,4 @@ class LeaseLoop:
             )
         if ids and logger.isEnabledFor(logging.DEBUG):
             logger.debug("renewed the lease of %d running messages on %s", len(ids), runtime.stream)
+        return bool(ids)

@@ -392,6 +392,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    status = _run_command(args)
+    stuck = [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("flowd-") and t.is_alive() and not t.daemon
+    ]
+    if stuck:
+        # A job that never returns keeps its worker thread, and the interpreter would
+        # wait for it forever at exit; its message stays pending for the claimer.
+        logger.warning("exiting with jobs still running in %s", ", ".join(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         status: int = args.func(args)
     except CommandError as exc:

@@ -164,15 +164,15 @@ class HousekeepingLoop:
         self.lease_key = derived_key(runtime.stream, "housekeeping")
         self._first = True
 
-    def step(self) -> None:
+    def step(self) -> bool:
         runtime = self.runtime
         wait = self.settings.interval
         if self._first:  # spread consumers that start together
             wait *= random.random()
             self._first = False
         if runtime.stop_event.wait(wait):
-            return
-        self.run_once()
+            return False
+        return self.run_once()
 
     def run_once(self) -> bool:
         """Do the work if no other consumer did in this interval; True if it ran."""

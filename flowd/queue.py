@@ -258,7 +258,7 @@ class Queue(Generic[J]):
         self,
         runtime: Runtime,
         role: str,
-        step: Callable[[], None],
+        step: Callable[[], bool | None],
         session: Session,
         stop: threading.Event,
     ) -> LoopThread:

@@ -1,0 +1,63 @@
+"""The app of the fault suite's worker processes.
+
+Run as ``python -m flowd worker tests.faults.app:make_queue --processes 1``; it is
+configured from the environment:
+
+- ``FLOWD_REDIS_URL``; ``FAULTS_STREAM``; ``FAULTS_CONSUMER``: the consumer name
+  (so the test knows which consumer a process it killed was);
+- ``FAULTS_MIN_IDLE`` (claimer ``min_idle_time``, default 1 s),
+  ``FAULTS_CONCURRENCY`` (default 4), ``FAULTS_SLEEP`` (seconds per job, default 0);
+- ``FAULTS_HANG=1``: a job with ``hang=True`` never returns (``SADD {S}:hung <id>``
+  first); elsewhere such a job runs like any other.
+
+Jobs are :class:`tests.faults.accounting.Item` and record each success as
+described in :mod:`tests.faults.accounting`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import redis
+
+import flowd
+from tests.faults.accounting import GROUP, Item, JobFailed, key, record_success, records_client
+
+__all__ = ["make_queue"]
+
+
+def make_queue() -> flowd.Queue[Item]:
+    url = os.environ["FLOWD_REDIS_URL"]
+    stream = os.environ["FAULTS_STREAM"]
+    consumer = os.environ["FAULTS_CONSUMER"]
+    min_idle = float(os.environ.get("FAULTS_MIN_IDLE", "1.0"))
+    concurrency = int(os.environ.get("FAULTS_CONCURRENCY", "4"))
+    default_sleep = float(os.environ.get("FAULTS_SLEEP", "0"))
+    hang_allowed = os.environ.get("FAULTS_HANG") == "1"
+    records = records_client(url)
+
+    def work(task: flowd.Task[Item]) -> None:
+        job = task.job
+        if job.hang and hang_allowed:
+            records.sadd(key(stream, "hung"), task.id)
+            threading.Event().wait()  # forever
+        seconds = job.sleep or default_sleep
+        if seconds:
+            time.sleep(seconds)
+        if job.fail:
+            raise JobFailed(f"job {job.n} always fails")
+        record_success(records, stream, task, consumer)
+
+    return flowd.Queue(
+        redis.Redis.from_url(url),
+        stream=stream,
+        group=GROUP,
+        job=Item,
+        worker=work,
+        concurrency=concurrency,
+        consumer=consumer,
+        claimer=flowd.Claimer(min_idle_time=min_idle, max_retries=50),
+        housekeeping=flowd.Housekeeping(interval=2.0),
+    )
