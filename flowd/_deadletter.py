@@ -21,17 +21,24 @@ _REASON_LIMIT = 2000
 # acked and changes nothing. So that a re-sent call (its first reply lost) still
 # learns that it did the move, the move leaves its caller's token in a marker key.
 # KEYS: stream, errors hash, marker[, dlq]; ARGV: group, id, token[, fields...].
+# Nothing is written before the last step that can fail (the XADD), so a failing
+# script leaves the message pending, never acked and missing from the DLQ.
 _MOVE_LUA = """
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if acked == 1 then
-  if KEYS[4] then redis.call('XADD', KEYS[4], '*', unpack(ARGV, 4)) end
-  redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
-elseif redis.call('GET', KEYS[3]) == ARGV[3] then
-  acked = 1
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #pending == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  if redis.call('GET', KEYS[3]) == ARGV[3] then return 1 end
+  return 0
 end
+if KEYS[4] then redis.call('XADD', KEYS[4], '*', unpack(ARGV, 4)) end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
 redis.call('HDEL', KEYS[2], ARGV[2])
-return acked
+return 1
 """
+
+#: Lua's unpack() stops at about 8,000 values: wider messages move in a transaction.
+_LUA_MAX_FIELD_VALUES = 7000
 
 #: Re-sends of a move whose reply was lost, in this process (the token makes them safe).
 _MOVE_ATTEMPTS = 3
@@ -82,14 +89,37 @@ class DeadLetterPath:
         return reason if isinstance(reason, str) else None
 
     def _run_move(self, keys: list[str], args: list[Any]) -> int:
+        move = self._move_in_transaction if len(args) > _LUA_MAX_FIELD_VALUES else self._move
         for attempt in range(1, _MOVE_ATTEMPTS + 1):
             try:
-                return int(self._move(keys=keys, args=args))
+                return int(move(keys=keys, args=args))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 if attempt == _MOVE_ATTEMPTS:
                     raise
                 time.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
+
+    def _move_in_transaction(self, keys: list[str], args: list[Any]) -> int:
+        """The move script's steps for a message too wide for Lua, in MULTI/EXEC.
+
+        Unlike the script, the pending check and the move are two round trips:
+        another consumer acking in between could leave a second dead letter,
+        never a lost one.
+        """
+        stream, errors_key, marker = keys[:3]
+        group, msg_id, token = args[:3]
+        if not self.client.xpending_range(stream, group, min=msg_id, max=msg_id, count=1):
+            self.client.hdel(errors_key, msg_id)
+            found = self.client.get(marker)
+            return 1 if found in (token, token.encode()) else 0
+        with self.client.pipeline(transaction=True) as pipe:
+            if len(keys) > 3:
+                pipe.execute_command("XADD", keys[3], "*", *args[3:])
+            pipe.xack(stream, group, msg_id)
+            pipe.set(marker, token, px=600_000)
+            pipe.hdel(errors_key, msg_id)
+            pipe.execute()
+        return 1
 
     def handle(self, task: Task[Any]) -> bool:
         """Call dlq_worker, then move (or drop) the message; False if it was already acked.

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit
+import re
 
-_SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd"})
+# A query parameter that holds a secret: password=, ssl_password=, pass=, pwd=...
+_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:password|pass|pwd)=)[^&#]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password (in the user part or the query) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            host = netloc.rsplit("@", 1)[1]
-            netloc = f"{parts.username or ''}:***@{host}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode(
-                [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*"
-            )
-    except ValueError:
-        return "<unparsable URL>"
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    text = f"{parts.scheme}://{netloc}{parts.path}"
-    text += f"?{query}" if query else ""
-    return text + (f"#{parts.fragment}" if parts.fragment else "")
+    """``url`` with any password (in the user part or the query) replaced by ``***``.
+
+    Works on the raw text, not on a parsed URL: an unencoded ``#``, ``/`` or
+    ``?`` in a password would end the user part for a URL parser and leak the
+    rest. Everything up to the last ``@`` is the user part. A URL without a
+    secret comes back unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _SECRET_QUERY.sub(r"\1***", url)
+    at = rest.rfind("@")
+    if at != -1:
+        user, colon, _password = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:***@{rest[at + 1 :]}"
+    return scheme + sep + _SECRET_QUERY.sub(r"\1***", rest)

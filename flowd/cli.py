@@ -70,7 +70,9 @@ def connect(url: str, *, wait: float = 0.0) -> Any:
             f"cannot reach Redis at {redact_url(url)}: {exc}", EXIT_UNREACHABLE
         ) from None
     except ValueError as exc:
-        raise CommandError(f"bad Redis URL {redact_url(url)}: {exc}", EXIT_USAGE) from None
+        # redis-py's message may quote the URL, password included: only show it without one.
+        detail = "" if "@" in url else f": {exc}"
+        raise CommandError(f"bad Redis URL {redact_url(url)}{detail}", EXIT_USAGE) from None
     wait_for_redis(client, url, wait)
     return client
 
@@ -83,6 +85,11 @@ def wait_for_redis(client: Any, url: str, wait: float) -> None:
         try:
             client.ping()
             return
+        except redis.exceptions.AuthenticationError as exc:
+            # First: it is a ConnectionError too, but waiting will not make it pass.
+            raise CommandError(
+                f"Redis at {redact_url(url)} refused the credentials: {exc}", EXIT_UNREACHABLE
+            ) from None
         except (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
@@ -92,10 +99,6 @@ def wait_for_redis(client: Any, url: str, wait: float) -> None:
                 raise CommandError(
                     f"cannot reach Redis at {redact_url(url)}: {exc}", EXIT_UNREACHABLE
                 ) from None
-        except redis.exceptions.AuthenticationError as exc:
-            raise CommandError(
-                f"Redis at {redact_url(url)} refused the credentials: {exc}", EXIT_UNREACHABLE
-            ) from None
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
 

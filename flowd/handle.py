@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Self
 
 from ._redis import Session
 from ._runtime import QueueStats
-from ._timeutil import remaining
+from ._timeutil import remaining, stop_timeout
 
 if TYPE_CHECKING:
     from ._runtime import Runtime, WorkerPool
@@ -116,6 +116,7 @@ class QueueHandle:
             False, after a WARNING naming the jobs still running; no thread
             reads any more, and the unfinished messages stay pending.
         """
+        timeout = stop_timeout(timeout)
         current = threading.current_thread()
         if self._pool.is_worker_thread(current):
             self._stop_in_background(timeout)
@@ -137,6 +138,14 @@ class QueueHandle:
     def _perform_stop(self, timeout: float | None) -> bool:
         try:
             self._clean = self._stop(timeout)
+        except BaseException:
+            # Whatever failed, nothing may keep running: end every loop, then re-raise.
+            self._pool.stop_event.set()
+            self._pool.lease_stop.set()
+            for part in self._parts:
+                part.runtime.acker.close(time.monotonic())
+            self._pool.shutdown(wait=False)
+            raise
         finally:
             self._state = _State.STOPPED
             self._done.set()

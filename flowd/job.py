@@ -206,9 +206,6 @@ def _json_codec(tp: Any, owner: str, name: str) -> _Codec:
         f"_{owner}_{name}_json", [("v", tp)], bases=(DataClassJsonMixin,)
     )
     origin = typing.get_origin(tp) or tp
-    # dataclasses-json coerces rather than checks ("ab" as list[str] gives ["a", "b"]; null
-    # only warns), so the JSON value's own shape is checked first.
-    json_shape: type[Any] = list if origin in (list, tuple, set, frozenset) else dict
 
     def encode(value: Any) -> str:
         as_dict = wrapper(value).to_dict(encode_json=True)
@@ -216,16 +213,83 @@ def _json_codec(tp: Any, owner: str, name: str) -> _Codec:
 
     def decode(raw: bytes) -> Any:
         value = json.loads(raw)
-        if not isinstance(value, json_shape):
-            raise ValueError(
-                f"expected a JSON {'array' if json_shape is list else 'object'}, "
-                f"got {_shorten(value)}"
-            )
+        # dataclasses-json coerces rather than checks (null in list[str] gives 'None',
+        # 1.9 in dict[str, int] gives 1), so the JSON is checked against the type first.
+        _check_json(value, tp, name)
         return wrapper.from_dict({"v": value}).v  # type: ignore[attr-defined]
 
     return _Codec(
         getattr(origin, "__name__", str(origin)), lambda v: isinstance(v, origin), encode, decode
     )
+
+
+_JSON_NAMES = {
+    list: "an array",
+    dict: "an object",
+    str: "a string",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+}
+
+
+def _json_mismatch(path: str, expected: type[Any], value: Any) -> ValueError:
+    return ValueError(
+        f"{path}: expected {_JSON_NAMES.get(expected, expected.__name__)}, got {_shorten(value)}"
+    )
+
+
+def _check_json(value: Any, tp: Any, path: str) -> None:
+    """Raise ValueError, naming the path, where JSON ``value`` does not fit annotation ``tp``.
+
+    Containers, dataclasses, str, int, float, bool and Optional are checked;
+    other types (dates, Decimals... inside nested dataclasses) are left to
+    dataclasses-json.
+    """
+    inner, optional = _split_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return
+        raise ValueError(f"{path}: expected a value, got null")
+    origin = typing.get_origin(inner) or inner
+    if origin in (list, tuple, set, frozenset):
+        _check_json_array(value, origin, typing.get_args(inner), path)
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise _json_mismatch(path, dict, value)
+        args = typing.get_args(inner)
+        for key, item in value.items() if len(args) == 2 else ():
+            _check_json(item, args[1], f"{path}[{key!r}]")
+    elif dataclasses.is_dataclass(origin):
+        if not isinstance(value, dict):
+            raise _json_mismatch(path, dict, value)
+        hints = typing.get_type_hints(origin)
+        for f in dataclasses.fields(origin):
+            if f.name in value:
+                _check_json(value[f.name], hints[f.name], f"{path}.{f.name}")
+    elif origin in _JSON_SCALAR_CHECKS and not _JSON_SCALAR_CHECKS[origin](value):
+        raise _json_mismatch(path, origin, value)
+
+
+_JSON_SCALAR_CHECKS: dict[type[Any], Callable[[Any], bool]] = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
+def _check_json_array(value: Any, origin: Any, args: tuple[Any, ...], path: str) -> None:
+    if not isinstance(value, list):
+        raise _json_mismatch(path, list, value)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ValueError(f"{path}: expected {len(args)} items, got {len(value)}")
+        for i, (item, item_tp) in enumerate(zip(value, args, strict=True)):
+            _check_json(item, item_tp, f"{path}[{i}]")
+    elif args:
+        for i, item in enumerate(value):
+            _check_json(item, args[0], f"{path}[{i}]")
 
 
 def _codec_for(tp: Any, owner: str, name: str) -> _Codec:
@@ -320,12 +384,27 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def _normalise(fields: Mapping[Any, Any]) -> Mapping[bytes, Any]:
+def _normalise(fields: Mapping[Any, Any], message_id: str | None) -> Mapping[bytes, Any]:
     for key in fields:
         if isinstance(key, bytes):
             return fields
         break
-    return {_as_bytes(k): v for k, v in fields.items()}
+    out: dict[bytes, Any] = {}
+    for key, value in fields.items():
+        if isinstance(key, str):
+            try:  # the inverse of a surrogateescape decode, as for values
+                out[key.encode("utf-8", "surrogateescape")] = value
+            except UnicodeEncodeError:  # a lone surrogate: not text, so not a field name
+                raise DecodeError(
+                    f"field name {key!r} is not valid text", message_id=message_id
+                ) from None
+        elif isinstance(key, bytes):
+            out[key] = value
+        else:
+            raise DecodeError(
+                f"field names must be bytes or str, not {type(key).__name__}", message_id=message_id
+            )
+    return out
 
 
 def _encode_field(plan: _Plan, fp: _FieldPlan, value: Any) -> Encoded | None:
@@ -413,7 +492,7 @@ def field_appender(cls: type[Any]) -> FieldAppender:
 def decode_job(cls: type[V], fields: Mapping[Any, Any], message_id: str | None = None) -> V:
     """Build ``cls`` from stream fields (bytes or str); raises DecodeError."""
     plan = plan_of(cls)
-    raw = _normalise(fields)
+    raw = _normalise(fields, message_id)
     kwargs: dict[str, Any] = {}
     for fp in plan.fields:
         value = raw.get(fp.key)
