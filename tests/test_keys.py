@@ -7,31 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowd import ConfigurationError
-from flowd._keys import dead_letter_stream, derived_key, hash_tag
+from flowd._keys import dead_letter_stream, derived_key, hash_tag, key_slot
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
-
-
-def crc16_xmodem(data: bytes) -> int:
-    """The CRC16 (XMODEM) that Redis Cluster hashes keys with."""
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
-def key_slot(key: str) -> int:
-    """Redis Cluster's HASH_SLOT: the first non-empty ``{...}`` decides, else the whole key."""
-    data = key.encode("utf-8")
-    start = data.find(b"{")
-    if start != -1:
-        end = data.find(b"}", start + 1)
-        if end > start + 1:
-            data = data[start + 1 : end]
-    return crc16_xmodem(data) % 16384
 
 
 @pytest.mark.parametrize(
@@ -46,7 +24,7 @@ def key_slot(key: str) -> int:
         ("{{}emails}:dead", 4092),
     ],
 )
-def test_key_slot_model_matches_redis(key: str, slot: int) -> None:
+def test_key_slot_matches_redis(key: str, slot: int) -> None:
     assert key_slot(key) == slot
 
 
