@@ -106,9 +106,11 @@ class Queue(Generic[J]):
     failed messages are never retried. A message that cannot be decoded into
     ``job`` never reaches the worker: it goes to the dead-letter path.
 
-    :param client: a ``redis.Redis`` client; one is enough, since the blocking
-        read holds a pooled connection of its own. Any ``socket_timeout`` works:
-        reads block for at most half of it.
+    :param client: a ``redis.Redis`` (or Sentinel-made, or ``RedisCluster``)
+        client; one is enough: flowd's threads open connections of their own,
+        made with the client's settings but without its retry policy (they own
+        their retries). Any ``socket_timeout`` works: reads block for at most
+        half of it.
     :param stream: the stream key; created with the group if missing.
     :param group: the consumer group; created at id 0, so jobs enqueued before
         the first worker started are processed.
