@@ -26,6 +26,7 @@ import redis.cluster
 import redis.exceptions
 
 from ._keys import partition_streams
+from ._redis import is_cluster
 from ._urls import redact_url
 from .errors import ConfigurationError
 from .queue import Queue
@@ -235,6 +236,10 @@ def _child_args(args: argparse.Namespace) -> list[str]:
 
 
 def _client_url(client: Any) -> str:
+    """Where a queue's client points, for the start-up log line (never with a password)."""
+    if is_cluster(client):
+        node = client.get_default_node()
+        return f"redis+cluster://{node.host}:{node.port}"
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"
