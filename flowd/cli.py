@@ -311,6 +311,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- argument parsing
 
 
+def add_worker_options(parser: argparse.ArgumentParser, *, processes_note: str = "") -> None:
+    """--processes, --burst, --shutdown-timeout and --connect-timeout: the options of
+    ``flowd worker``, shared with the Django and Flask worker commands."""
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help=f"worker processes, each its own consumer (default 1{processes_note})",
+    )
+    parser.add_argument(
+        "--burst", action="store_true", help="process the backlog, then exit (cron mode)"
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds running jobs get to finish on stop (default 30)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for Redis at start (default 30)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowd", description="flowd: jobs on Redis Streams")
     parser.add_argument(
@@ -321,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     def url_option(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--url",
-            help="Redis URL (redis://, rediss://, unix://); default: "
+            help="Redis URL (redis://, rediss://, unix://, redis+cluster://); default: "
             f"$FLOWD_REDIS_URL or {DEFAULT_URL}",
         )
 
@@ -338,27 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "target", metavar="MODULE:ATTR", help="a flowd.Queue, or a callable returning one"
     )
     url_option(worker)
-    worker.add_argument(
-        "--processes",
-        type=int,
-        default=1,
-        help="worker processes, each its own consumer (default 1)",
-    )
-    worker.add_argument(
-        "--burst", action="store_true", help="process the backlog, then exit (cron mode)"
-    )
-    worker.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=30.0,
-        help="seconds running jobs get to finish on stop (default 30)",
-    )
-    worker.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait for Redis at start (default 30)",
-    )
+    add_worker_options(worker)
     worker.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     worker.add_argument(
         "--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -29,27 +29,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "queues", nargs="*", metavar="queue", help="names in FLOWD['QUEUES'] (default: all)"
         )
-        parser.add_argument(
-            "--processes",
-            type=int,
-            default=1,
-            help="worker processes, each its own consumer (default 1; one queue only)",
-        )
-        parser.add_argument(
-            "--burst", action="store_true", help="process the backlog, then exit (cron mode)"
-        )
-        parser.add_argument(
-            "--shutdown-timeout",
-            type=float,
-            default=30.0,
-            help="seconds running jobs get to finish on stop (default 30)",
-        )
-        parser.add_argument(
-            "--connect-timeout",
-            type=float,
-            default=30.0,
-            help="seconds to wait for Redis at start (default 30)",
-        )
+        cli.add_worker_options(parser, processes_note="; one queue only")
         parser.add_argument(
             "--log-level",
             choices=LOG_LEVELS,
