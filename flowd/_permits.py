@@ -23,39 +23,39 @@ class Permits:
         self.size = size
         self._free = size
         self._cond = threading.Condition(threading.Lock())
-        self._closed = False
         self._needs: list[int] = []  # what each current waiter waits for
-
-    @property
-    def free(self) -> int:
-        return self._free
+        self._wakes = 0  # wake() calls so far: ends the waits of wait_free()
 
     @property
     def in_use(self) -> int:
         return self.size - self._free
 
-    def _wait(self, need: int, timeout: float | None) -> bool:
-        """Wait (lock held) until ``need`` permits are free or closed; False on timeout."""
+    def _wait(self, need: int, timeout: float | None, *, wakeable: bool = False) -> bool:
+        """Wait (lock held) until ``need`` permits are free (or, if ``wakeable``, until
+        wake()); False on timeout."""
         need = min(need, self.size)
-        if self._free >= need or self._closed:
+        if self._free >= need:
             return True
+        wakes = self._wakes
         self._needs.append(need)
         try:
-            return self._cond.wait_for(lambda: self._free >= need or self._closed, timeout)
+            return self._cond.wait_for(
+                lambda: self._free >= need or (wakeable and self._wakes != wakes), timeout
+            )
         finally:
             self._needs.remove(need)
 
     def wait_free(self, timeout: float | None = None) -> int:
-        """Wait until a permit is free; return how many are free (0 on timeout or close)."""
+        """Wait until a permit is free, or wake(); return how many are free (maybe 0)."""
         with self._cond:
-            self._wait(1, timeout)
-            return 0 if self._closed else self._free
+            self._wait(1, timeout, wakeable=True)
+            return self._free
 
     def acquire(self, timeout: float | None = None) -> bool:
-        """Take one permit; False on timeout or once closed."""
+        """Take one permit; False on timeout."""
         with self._cond:
             self._wait(1, timeout)
-            if self._closed or self._free <= 0:
+            if self._free <= 0:
                 return False
             self._free -= 1
             return True
@@ -63,8 +63,6 @@ class Permits:
     def try_acquire(self, n: int) -> int:
         """Take up to ``n`` permits without waiting; returns how many were taken."""
         with self._cond:
-            if self._closed:
-                return 0
             taken = min(n, self._free)
             self._free -= taken
             return taken
@@ -84,12 +82,8 @@ class Permits:
             return self._wait(self.size, timeout) and self._free >= self.size
 
     def wake(self) -> None:
-        """Wake every waiter so it can look at its stop signal."""
+        """End every wait_free() now (a stop: the reader looks at its stop signal);
+        acquire() goes on waiting, so messages already read can still start."""
         with self._cond:
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wake every waiter; later acquire() calls fail. Releases still count."""
-        with self._cond:
-            self._closed = True
+            self._wakes += 1
             self._cond.notify_all()

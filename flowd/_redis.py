@@ -377,7 +377,3 @@ def parse_xpending_range(reply: Any) -> dict[str, tuple[str, int, int]]:
     for item in reply or ():
         out[_text(item[0])] = (_text(item[1]), int(item[2]), int(item[3]))
     return out
-
-
-def ids_text(ids: Iterable[bytes | str]) -> list[str]:
-    return [_text(i) for i in ids]

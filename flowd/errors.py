@@ -66,10 +66,6 @@ class DecodeError(FlowdError):
         """The text the dead-letter path records for this error."""
         return f"DecodeError: {self}"
 
-    def with_message_id(self, message_id: str, fields: Mapping[bytes, bytes]) -> DecodeError:
-        """The same error, naming the stream entry it came from."""
-        return DecodeError(self.reason, field=self.field, message_id=message_id, fields=fields)
-
 
 class EncodeError(FlowdError, TypeError):
     """A Job field holds a value that does not fit its annotation."""

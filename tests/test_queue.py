@@ -1246,3 +1246,35 @@ def test_check_version_accepts_6_2_and_later(version: str) -> None:
 def test_the_test_server_passes_the_version_check(redis_version: tuple[int, ...]) -> None:
     # Given the server the suite runs against, when its version is checked, then it passes
     check_version(".".join(map(str, redis_version)))
+
+
+def test_a_stop_that_times_out_leaves_no_reader_waiting_for_permits(
+    client: redis.Redis, stream: str
+) -> None:
+    # Given the only permit held by a job that hangs, and a long block time
+    release = threading.Event()
+    started = threading.Event()
+
+    def hang(task: flowd.Task[Numbered]) -> None:
+        started.set()
+        release.wait(30)
+
+    enqueue_numbers(client, stream, 1)
+    queue = flowd.Queue(
+        client, stream=stream, group="g", job=Numbered, worker=hang, concurrency=1, block=30
+    )
+    handle = queue.run()
+    try:
+        assert started.wait(10)
+        # When stop times out on the hung job
+        assert handle.stop(timeout=0.5) is False
+        # Then the reader, which was waiting for a permit, has ended too
+        wait_until(
+            lambda: not any(t.name == f"flowd-reader-{stream}" for t in threading.enumerate()),
+            timeout=5,
+        )
+    finally:
+        release.set()
+    wait_until(
+        lambda: not any(t.name.startswith("flowd-") for t in threading.enumerate()), timeout=10
+    )
