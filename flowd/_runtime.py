@@ -18,6 +18,7 @@ import logging
 import queue as queue_module
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from ._acker import Acker
 from ._deadletter import DeadLetterPath
 from ._keys import derived_key
 from ._permits import Permits
+from ._timeutil import remaining
 from .errors import DecodeError
 from .hooks import HookSet, LogHooks, call_hooks
 from .job import decode_job
@@ -172,6 +174,26 @@ class WorkerPool:
         finally:
             self.running.pop((task.stream, task.id), None)
             self.permits.release()
+
+    def finish(
+        self,
+        leases: Sequence[threading.Thread],
+        deadline: float | None,
+        *,
+        finished: bool,
+        ack_deadline: float | None,
+    ) -> None:
+        """After the jobs: end the leases, flush and close every stream's acker (retrying
+        until ``ack_deadline``), and end the worker loops (waiting if ``finished``)."""
+        self.lease_stop.set()
+        for lease in leases:
+            lease.join(remaining(deadline))
+        runtimes = list(self.streams.values())
+        for runtime in runtimes:
+            runtime.acker.close(ack_deadline)
+        for runtime in runtimes:
+            runtime.acker.thread.join(remaining(deadline))
+        self.shutdown(wait=finished)
 
     def shutdown(self, *, wait: bool) -> None:
         """End the worker loops once their current job is done; wait for them if asked."""

@@ -177,15 +177,8 @@ class QueueHandle:
             for thread in part.background:
                 thread.join(remaining(deadline))
         finished = pool.permits.wait_all_free(remaining(deadline))
-        pool.lease_stop.set()
-        for part in parts:
-            if part.lease is not None:
-                part.lease.join(remaining(deadline))
-        for part in parts:
-            part.runtime.acker.close(deadline)
-        for part in parts:
-            part.runtime.acker.thread.join(remaining(deadline))
-        pool.shutdown(wait=finished)
+        leases = [part.lease for part in parts if part.lease is not None]
+        pool.finish(leases, deadline, finished=finished, ack_deadline=deadline)
         alive = [t.name for part in parts for t in part.threads() if t.is_alive()]
         unwritten = sum(part.runtime.acker.unwritten for part in parts)
         clean = finished and not alive and unwritten == 0

@@ -385,14 +385,8 @@ class Queue(Generic[J]):
         finally:
             pool.deadline = deadline
             pool.stop_event.set()
-            pool.lease_stop.set()
-            for lease in leases:
-                lease.join(remaining(deadline))
-            for runtime in runtimes:
-                runtime.acker.close(deadline if deadline is not None else time.monotonic() + 30)
-            for runtime in runtimes:
-                runtime.acker.thread.join(remaining(deadline))
-            pool.shutdown(wait=finished)
+            ack_deadline = deadline if deadline is not None else time.monotonic() + 30
+            pool.finish(leases, deadline, finished=finished, ack_deadline=ack_deadline)
             for session in sessions:
                 session.close()
         if not finished:
