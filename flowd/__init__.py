@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ._keys import partition_streams
+from .backoff import Backoff
 from .claimer import Claimer, DeadLetterWorker
 from .deadletters import DeadLetter, DeadLetters
 from .errors import (
@@ -12,9 +13,12 @@ from .errors import (
     DecodeError,
     EncodeError,
     FlowdError,
+    GiveUp,
     HandleStateError,
     RedisVersionError,
     ReplicationError,
+    Retry,
+    TimeLimitExceeded,
 )
 from .handle import QueueHandle, QueueStats
 from .hooks import Hooks, LogHooks
@@ -28,6 +32,7 @@ from .task import Task
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backoff",
     "Claimer",
     "ConfigurationError",
     "ConsumerInfo",
@@ -37,6 +42,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "FlowdError",
+    "GiveUp",
     "GroupInfo",
     "HandleStateError",
     "Hooks",
@@ -50,8 +56,10 @@ __all__ = [
     "QueueStats",
     "RedisVersionError",
     "ReplicationError",
+    "Retry",
     "StreamInfo",
     "Task",
+    "TimeLimitExceeded",
     "TrimResult",
     "WorkerFn",
     "__version__",

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+from ._keys import derived_key
 from ._redis import Session, is_nogroup
 from ._threads import Backoff
 
@@ -32,6 +33,7 @@ class Acker:
         self.stream = stream
         self.group = group
         self.errors_key = errors_key
+        self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
         self._ids: collections.deque[str] = collections.deque()
         self._retried: collections.deque[str] = collections.deque()
         self._wake = threading.Event()
@@ -46,7 +48,8 @@ class Acker:
         self.thread.start()
 
     def add(self, msg_id: str, retried: bool = False) -> None:
-        """Queue one id for XACK; ``retried`` also clears its recorded failure reason."""
+        """Queue one id for XACK; ``retried`` also clears its recorded failure (reason and
+        traceback)."""
         if retried:
             self._retried.append(msg_id)
         self._ids.append(msg_id)
@@ -123,6 +126,7 @@ class Acker:
         ]
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
+            commands.append(("HDEL", self.tracebacks_key, *retried))
         replies = self._session.call_many(commands)
         for reply in replies:
             if isinstance(reply, Exception):

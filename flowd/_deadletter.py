@@ -9,6 +9,7 @@ from typing import Any
 
 import redis.exceptions
 
+from ._failure import traceback_of
 from ._keys import derived_key
 from .claimer import Claimer
 from .task import Task
@@ -20,20 +21,22 @@ _REASON_LIMIT = 2000
 # Both scripts act at most once: a re-sent script finds the message already
 # acked and changes nothing. So that a re-sent call (its first reply lost) still
 # learns that it did the move, the move leaves its caller's token in a marker key.
-# KEYS: stream, errors hash, marker[, dlq]; ARGV: group, id, token[, fields...].
+# KEYS: stream, errors hash, marker, tracebacks hash[, dlq]; ARGV: group, id, token[, fields...].
 # Nothing is written before the last step that can fail (the XADD), so a failing
 # script leaves the message pending, never acked and missing from the DLQ.
 _MOVE_LUA = """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #pending == 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[2])
   if redis.call('GET', KEYS[3]) == ARGV[3] then return 1 end
   return 0
 end
-if KEYS[4] then redis.call('XADD', KEYS[4], '*', unpack(ARGV, 4)) end
+if KEYS[5] then redis.call('XADD', KEYS[5], '*', unpack(ARGV, 4)) end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
 redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
 return 1
 """
 
@@ -54,8 +57,10 @@ class DeadLetterPath:
     """Where exhausted and undecodable messages of one queue go.
 
     Failure reasons are kept in a hash in the stream's slot
-    (``{stream}:errors:<group>``), so whichever consumer dead-letters a
-    message can say why its last run failed, even if another process ran it.
+    (``{stream}:errors:<group>``), and their tracebacks (the last 4 KB) in
+    another (``{stream}:tracebacks:<group>``), so whichever consumer
+    dead-letters a message can say why its last run failed, even if another
+    process ran it.
     """
 
     def __init__(
@@ -66,13 +71,18 @@ class DeadLetterPath:
         self.group = group
         self.consumer = consumer
         self.errors_key = errors_key
+        self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
         self.claimer = claimer
         self.dlq_stream = claimer.dead_letter_stream(stream)
         self._move = client.register_script(_MOVE_LUA)
 
-    def record_failure(self, msg_id: str, exc: BaseException) -> None:
+    def record_failure(self, msg_id: str, exc: BaseException, traceback: str | None = None) -> None:
+        """Keep the reason and traceback of a failed run, for the dead-letter path."""
         try:
-            self.client.hset(self.errors_key, msg_id, reason_of(exc))
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(self.errors_key, msg_id, reason_of(exc))
+                pipe.hset(self.tracebacks_key, msg_id, traceback or traceback_of(exc))
+                pipe.execute()
         except Exception:
             logger.warning(
                 "could not record the failure of %s on %s", msg_id, self.stream, exc_info=True
@@ -87,6 +97,16 @@ class DeadLetterPath:
         if isinstance(reason, bytes):
             return reason.decode("utf-8", "replace")
         return reason if isinstance(reason, str) else None
+
+    def last_traceback(self, msg_id: str) -> str | None:
+        try:
+            text = self.client.hget(self.tracebacks_key, msg_id)
+        except Exception:
+            logger.warning("could not read the traceback of %s", msg_id, exc_info=True)
+            return None
+        if isinstance(text, bytes):
+            return text.decode("utf-8", "replace")
+        return text if isinstance(text, str) else None
 
     def _run_move(self, keys: list[str], args: list[Any]) -> int:
         move = self._move_in_transaction if len(args) > _LUA_MAX_FIELD_VALUES else self._move
@@ -106,32 +126,43 @@ class DeadLetterPath:
         another consumer acking in between could leave a second dead letter,
         never a lost one.
         """
-        stream, errors_key, marker = keys[:3]
+        stream, errors_key, marker, tracebacks_key = keys[:4]
         group, msg_id, token = args[:3]
         if not self.client.xpending_range(stream, group, min=msg_id, max=msg_id, count=1):
             self.client.hdel(errors_key, msg_id)
+            self.client.hdel(tracebacks_key, msg_id)
             found = self.client.get(marker)
             return 1 if found in (token, token.encode()) else 0
         with self.client.pipeline(transaction=True) as pipe:
-            if len(keys) > 3:
-                pipe.execute_command("XADD", keys[3], "*", *args[3:])
+            if len(keys) > 4:
+                pipe.execute_command("XADD", keys[4], "*", *args[3:])
             pipe.xack(stream, group, msg_id)
             pipe.set(marker, token, px=600_000)
             pipe.hdel(errors_key, msg_id)
+            pipe.hdel(tracebacks_key, msg_id)
             pipe.execute()
         return 1
 
-    def handle(self, task: Task[Any]) -> bool:
+    def handle(self, task: Task[Any], traceback: str | None = None) -> bool:
         """Call dlq_worker, then move (or drop) the message; False if it was already acked.
 
+        ``traceback`` is the last run's (None: the one recorded for the message,
+        if any); it goes into the DLQ entry as ``flowd:traceback``.
         Raises whatever dlq_worker or Redis raised: the message then stays pending.
         """
         if self.claimer.dlq_worker is not None:
             self.claimer.dlq_worker(task)
         reason = task.error or "unknown"
-        keys = [self.stream, self.errors_key, derived_key(self.stream, f"moved:{task.id}")]
+        keys = [
+            self.stream,
+            self.errors_key,
+            derived_key(self.stream, f"moved:{task.id}"),
+            self.tracebacks_key,
+        ]
         args: list[Any] = [self.group, task.id, uuid.uuid4().hex]
         if self.dlq_stream is not None:
+            if traceback is None and task.job is not None:
+                traceback = self.last_traceback(task.id)
             keys.append(self.dlq_stream)
             meta = {
                 "flowd:id": task.id,
@@ -142,6 +173,8 @@ class DeadLetterPath:
                 "flowd:reason": reason,
                 "flowd:time": str(int(time.time() * 1000)),
             }
+            if traceback:
+                meta["flowd:traceback"] = traceback
             for pair in (*task.fields.items(), *meta.items()):
                 args += pair
         moved = self._run_move(keys, args)

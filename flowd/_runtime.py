@@ -24,11 +24,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._acker import Acker
-from ._deadletter import DeadLetterPath
+from ._deadletter import DeadLetterPath, reason_of
+from ._failure import traceback_of
+from ._fields import other_group, prior_runs
 from ._keys import derived_key
 from ._permits import Permits
+from ._retry import RetryControl
+from ._timelimit import TimeLimiter
 from ._timeutil import remaining
-from .errors import DecodeError
+from .errors import DecodeError, GiveUp, Retry, TimeLimitExceeded
 from .hooks import HookSet, LogHooks, call_hooks
 from .job import decode_job
 from .task import Task
@@ -45,10 +49,12 @@ class QueueStats:
     """Counters of one run, read with ``QueueHandle.stats()``.
 
     ``processed``: jobs that returned (and were acked). ``failed``: runs that
-    raised. ``retried``: runs of a message delivered before. ``dead_lettered``:
-    messages moved to the dead-letter path. ``deleted``: pending entries that
-    had been deleted from the stream, acked without running. ``in_flight``:
-    jobs running now.
+    raised (Retry and GiveUp aside). ``retried``: runs of a message delivered
+    before. ``dead_lettered``: messages moved to the dead-letter path.
+    ``deleted``: pending entries that had been deleted from the stream, acked
+    without running. ``in_flight``: jobs running now. ``retry_requested``:
+    runs that raised :class:`flowd.Retry`. ``gave_up``: runs that raised
+    :class:`flowd.GiveUp`.
     """
 
     processed: int = 0
@@ -57,15 +63,26 @@ class QueueStats:
     dead_lettered: int = 0
     deleted: int = 0
     in_flight: int = 0
+    retry_requested: int = 0
+    gave_up: int = 0
 
 
 class _Counts:
     """Counters written by one thread only (or under a lock); stats() sums them."""
 
-    __slots__ = ("dead_lettered", "deleted", "failed", "processed", "retried")
+    __slots__ = (
+        "dead_lettered",
+        "deleted",
+        "failed",
+        "gave_up",
+        "processed",
+        "retried",
+        "retry_requested",
+    )
 
     def __init__(self) -> None:
         self.processed = self.failed = self.retried = self.dead_lettered = self.deleted = 0
+        self.retry_requested = self.gave_up = 0
 
 
 class _DeadLetter:
@@ -86,6 +103,12 @@ class WorkerPool:
         #: Lease renewal outlives stop_event: running jobs stay leased until they finish.
         self.lease_stop = threading.Event()
         self.permits = Permits(queue.concurrency)
+        #: Held by the lease loop while it renews: a retry waits for it before setting
+        #: its message's idle time, so no renewal in flight resets that afterwards.
+        self.lease_lock = threading.Lock()
+        self.limiter = (
+            None if queue.time_limit is None else TimeLimiter(queue.time_limit, queue.stream)
+        )
         #: (stream, message id) -> (task, monotonic start) of every job running now.
         self.running: dict[tuple[str, str], tuple[Task[Any], float]] = {}
         #: When stop() must be done by (monotonic), once stopping.
@@ -121,6 +144,7 @@ class WorkerPool:
         get, running, release = self.tasks.get, self.running, self.permits.release
         worker, streams, monotonic = self.queue.worker, self.streams, time.monotonic
         before, success = self.hooks.before_job, self.hooks.after_success
+        limiter = self.limiter
         while (item := get()) is not None:
             if type(item) is _DeadLetter:
                 self._run_dead_letter(item.task, counts)
@@ -134,10 +158,16 @@ class WorkerPool:
             try:
                 if before:
                     call_hooks(before, task)
-                worker(task)
+                if limiter is None:
+                    worker(task)
+                else:
+                    token = limiter.enter(task)
+                    try:
+                        worker(task)
+                    finally:
+                        limiter.exit(token)
             except BaseException as exc:
-                counts.failed += 1
-                self._failed(task, exc, monotonic() - started)
+                self._failed(task, exc, monotonic() - started, counts)
             else:
                 streams[task.stream].acker.add(msg_id, retried)
                 counts.processed += 1
@@ -149,11 +179,36 @@ class WorkerPool:
                 running.pop(key, None)
                 release()
 
-    def _failed(self, task: Task[Any], exc: BaseException, duration: float) -> None:
-        call_hooks(self.hooks.after_failure, task, exc, duration)
-        dead_letters = self.streams[task.stream].dead_letters
-        if dead_letters is not None:
-            dead_letters.record_failure(task.id, exc)
+    def _failed(
+        self, task: Task[Any], exc: BaseException, duration: float, counts: _Counts
+    ) -> None:
+        runtime = self.streams[task.stream]
+        control = runtime.retry
+        if isinstance(exc, Retry):
+            counts.retry_requested += 1
+            dead = control.retry(task, exc.delay, f"Retry: {exc}", None)
+        elif isinstance(exc, GiveUp):
+            counts.gave_up += 1
+            dead = control.give_up(task, f"GiveUp: {exc.reason}", traceback_of(exc))
+        else:
+            counts.failed += 1
+            if isinstance(exc, TimeLimitExceeded) and not exc.args:
+                assert self.limiter is not None
+                exc.args = (f"the job ran past its time limit of {self.limiter.limit:g}s",)
+            call_hooks(self.hooks.after_failure, task, exc, duration)
+            traceback = traceback_of(exc)
+            if runtime.dead_letters is not None:
+                runtime.dead_letters.record_failure(task.id, exc, traceback)
+            dead = control.failed(task, reason_of(exc), traceback)
+        if dead is not None:
+            counts.dead_lettered += 1
+            call_hooks(self.hooks.on_dead_letter, dead)
+
+    def release_lease(self, task: Task[Any]) -> None:
+        """Stop leasing ``task``'s message; returns once no renewal of it is in flight."""
+        self.running.pop((task.stream, task.id), None)
+        with self.lease_lock:
+            pass
 
     def _run_dead_letter(self, task: Task[Any], counts: _Counts) -> None:
         dead_letters = self.streams[task.stream].dead_letters
@@ -200,6 +255,8 @@ class WorkerPool:
         for _ in self._loops:
             self.tasks.put(None)
         self.executor.shutdown(wait=wait)
+        if self.limiter is not None:
+            self.limiter.close()
 
     def stats(self) -> QueueStats:
         totals = _Counts()
@@ -209,13 +266,17 @@ class WorkerPool:
             totals.retried += counts.retried
             totals.dead_lettered += counts.dead_lettered
             totals.deleted += counts.deleted
+            totals.retry_requested += counts.retry_requested
+            totals.gave_up += counts.gave_up
         return QueueStats(
-            totals.processed,
-            totals.failed,
-            totals.retried,
-            totals.dead_lettered,
-            totals.deleted,
-            self.permits.in_use,
+            processed=totals.processed,
+            failed=totals.failed,
+            retried=totals.retried,
+            dead_lettered=totals.dead_lettered,
+            deleted=totals.deleted,
+            in_flight=self.permits.in_use,
+            retry_requested=totals.retry_requested,
+            gave_up=totals.gave_up,
         )
 
     def running_report(self) -> str:
@@ -248,6 +309,16 @@ class Runtime:
                 queue.client, stream, queue.group, queue.consumer, errors_key, queue.claimer
             )
         )
+        self.retry = RetryControl(
+            queue.client,
+            stream,
+            queue.group,
+            queue.consumer,
+            queue.claimer,
+            self.dead_letters,
+            pool.release_lease,
+        )
+        self._group_bytes = queue.group.encode("utf-8")
         pool.streams[stream] = self
 
     @property
@@ -265,6 +336,12 @@ class Runtime:
             self.ack_deleted(msg_id)
             self.permits.release()
             return
+        if other_group(fields, self._group_bytes):
+            # Re-added by another group's retry: this group ran the job already.
+            self.acker.add(msg_id)
+            self.permits.release()
+            return
+        deliveries += prior_runs(fields)
         try:
             job = decode_job(self.queue.job, fields, msg_id)
         except DecodeError as exc:
@@ -303,7 +380,7 @@ class Runtime:
             job, reason = None, exc.reason_text()
         else:
             last = self.dead_letters.last_failure(msg_id)
-            reason = last or f"no success after {deliveries - 1} deliveries"
+            reason = last or f"max_retries={self.dead_letters.claimer.max_retries} used up"
         self.dead_letter(msg_id, fields, deliveries, job, reason)
 
     def ack_deleted(self, msg_id: str) -> None:

@@ -7,9 +7,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._fields import prior_runs
 from ._keys import dead_letter_stream
-from ._redis import Session, parse_xautoclaim, parse_xpending_range, unnamed_deleted
+from ._redis import (
+    Entry,
+    Session,
+    parse_entries,
+    parse_xautoclaim,
+    parse_xpending_range,
+    unnamed_deleted,
+)
 from ._timeutil import Seconds, to_ms, to_seconds
+from .backoff import Backoff
 from .errors import ConfigurationError
 from .task import Task
 
@@ -31,7 +40,8 @@ class Claimer:
     have been pending longer than ``min_idle_time`` (their consumer died, or
     their job failed) and runs them again through the queue's own permits and
     executor, so ``concurrency`` still holds. A failed job is therefore
-    retried after about ``min_idle_time``.
+    retried after about ``min_idle_time``; with a ``backoff``, after the
+    backoff's delay instead (shorter or longer).
 
     :param min_idle_time: seconds (or a timedelta) a message must be idle before
         it is reclaimed. While a job runs, its message is kept fresh (a lease),
@@ -50,9 +60,21 @@ class Claimer:
     :param interval: seconds between sweeps; defaults to a quarter of
         ``min_idle_time``, at most 5 s.
     :param batch: most messages claimed per XAUTOCLAIM call.
+    :param backoff: a :class:`Backoff`: after the n-th failed run the next one
+        starts after its n-th delay. A delay shorter than ``min_idle_time``
+        keeps the message pending until then; a longer one moves it to the
+        stream's scheduled set. None (the default): after ``min_idle_time``.
     """
 
-    __slots__ = ("batch", "dlq_stream", "dlq_worker", "interval", "max_retries", "min_idle_time")
+    __slots__ = (
+        "backoff",
+        "batch",
+        "dlq_stream",
+        "dlq_worker",
+        "interval",
+        "max_retries",
+        "min_idle_time",
+    )
 
     def __init__(
         self,
@@ -62,6 +84,7 @@ class Claimer:
         dlq_stream: bool | str = True,
         interval: Seconds | None = None,
         batch: int = 100,
+        backoff: Backoff | None = None,
     ) -> None:
         self.min_idle_time = to_seconds(min_idle_time, "min_idle_time")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -83,11 +106,15 @@ class Claimer:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigurationError(f"batch must be a positive int, not {batch!r}")
         self.batch = batch
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise ConfigurationError(f"backoff must be a flowd.Backoff or None, not {backoff!r}")
+        self.backoff = backoff
 
     def __repr__(self) -> str:
         return (
             f"Claimer(min_idle_time={self.min_idle_time}, max_retries={self.max_retries}, "
-            f"dlq_stream={self.dlq_stream!r}, interval={self.interval}, batch={self.batch})"
+            f"dlq_stream={self.dlq_stream!r}, interval={self.interval}, batch={self.batch}, "
+            f"backoff={self.backoff!r})"
         )
 
     def dead_letter_stream(self, stream: str) -> str | None:
@@ -124,13 +151,46 @@ class ClaimLoop:
         as fast as the workers can run it, not one batch per interval.
         """
         runtime = self.runtime
+        timer = runtime.retry.timer
+        self.claim_due()
         outcome = self.claim_batch()
         if outcome == "busy":
-            runtime.permits.wait_free(self.claimer.interval)
+            runtime.permits.wait_free(min(self.claimer.interval, timer.until_next() or 1e9))
             return False
         if outcome == "done":
-            runtime.stop_event.wait(self.claimer.interval)
+            timer.wait(runtime.stop_event, self.claimer.interval)
         return True
+
+    def claim_due(self) -> None:
+        """Claim the short retries of this process whose delay is over (XCLAIM by id).
+
+        XCLAIM with ``min_idle_time`` takes only those still idle that long, so
+        one that another consumer's claimer took meanwhile is not taken twice.
+        """
+        runtime = self.runtime
+        due = runtime.retry.timer.take_due(self.claimer.batch)
+        if not due:
+            return
+        taken = runtime.permits.try_acquire(len(due))
+        for msg_id in due[taken:]:
+            # No permit now: the sweep claims it once one is free.
+            logger.debug("retry of %s waits for a free permit", msg_id)
+        handed = 0
+        try:
+            if taken:
+                reply = self.session.call(
+                    "XCLAIM",
+                    runtime.stream,
+                    runtime.group,
+                    runtime.consumer,
+                    self.min_idle_ms,
+                    *due[:taken],
+                )
+                # Redis 6.2 answers a bare nil for a deleted entry: the sweep acks those.
+                claimed = parse_entries([item for item in reply or () if item is not None])
+                handed = self._hand_out([(i, f) for i, f in claimed if f is not None])
+        finally:
+            runtime.permits.release(taken - handed)
 
     def claim_batch(self) -> str:
         """Claim up to the free permits' worth: 'done' at the end of a sweep, 'busy' when
@@ -159,24 +219,34 @@ class ClaimLoop:
                 runtime.ack_deleted(msg_id)
             if unnamed_deleted(reply):
                 self._ack_unnamed_deleted(start, {msg_id for msg_id, _ in claimed})
-            if claimed:
-                deliveries = self._deliveries([msg_id for msg_id, _ in claimed])
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug(
-                        "claimed %d messages on %s/%s", len(claimed), runtime.stream, runtime.group
-                    )
-                limit = self.claimer.max_retries + 1
-                for msg_id, fields in claimed:
-                    assert fields is not None
-                    count = deliveries.get(msg_id, 2)
-                    handed += 1
-                    if count > limit:
-                        runtime.exhausted(msg_id, fields, count)
-                    else:
-                        runtime.dispatch(msg_id, fields, count, claimed=True)
+            handed = self._hand_out(claimed)
         finally:
             permits.release(taken - handed)
         return "done" if cursor in ("0-0", "0") else "more"
+
+    def _hand_out(self, claimed: list[Entry]) -> int:
+        """Run claimed entries, or dead-letter the exhausted; returns how many permits
+        went with them (one each)."""
+        if not claimed:
+            return 0
+        runtime = self.runtime
+        deliveries = self._deliveries([msg_id for msg_id, _ in claimed])
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "claimed %d messages on %s/%s", len(claimed), runtime.stream, runtime.group
+            )
+        limit = self.claimer.max_retries + 1
+        handed = 0
+        for msg_id, fields in claimed:
+            assert fields is not None
+            count = deliveries.get(msg_id, 2)
+            handed += 1
+            total = count + prior_runs(fields)  # runs before a move count too
+            if total > limit:
+                runtime.exhausted(msg_id, fields, total)
+            else:
+                runtime.dispatch(msg_id, fields, count, claimed=True)
+        return handed
 
     def _ack_unnamed_deleted(self, start: str, claimed: set[str]) -> None:
         """Redis 6.2 claimed deleted entries without naming them: find and ack them.
@@ -242,17 +312,18 @@ class LeaseLoop:
         if runtime.lease_stop.wait(self.interval):
             return False
         cutoff = time.monotonic() - self.interval / 2
-        ids = [
-            msg_id
-            for (stream, msg_id), (_, started) in list(runtime.running.items())
-            if stream == runtime.stream and started <= cutoff
-        ]
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            # JUSTID does not bump the delivery count; min-idle 0 always resets idle.
-            self.session.call(
-                "XCLAIM", runtime.stream, runtime.group, runtime.consumer, 0, *chunk, "JUSTID"
-            )
+        with runtime.pool.lease_lock:
+            ids = [
+                msg_id
+                for (stream, msg_id), (_, started) in list(runtime.running.items())
+                if stream == runtime.stream and started <= cutoff
+            ]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                # JUSTID does not bump the delivery count; min-idle 0 always resets idle.
+                self.session.call(
+                    "XCLAIM", runtime.stream, runtime.group, runtime.consumer, 0, *chunk, "JUSTID"
+                )
         if ids and logger.isEnabledFor(logging.DEBUG):
             logger.debug("renewed the lease of %d running messages on %s", len(ids), runtime.stream)
         return bool(ids)

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -285,6 +286,8 @@ def _dlq_action(dead: Any, args: argparse.Namespace) -> None:
                 f"  at={entry.time.isoformat()}  reason={entry.reason}"
             )
             print(f"    fields: {json.dumps(_printable(entry.fields))}")
+            if args.traceback and entry.traceback:
+                print(textwrap.indent(entry.traceback, "    "))
         return
     if not args.all and not args.ids:
         raise CommandError(f"{args.action} needs message ids or --all", EXIT_USAGE)
@@ -385,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("ids", nargs="*", help="dead-letter entry ids (see dlq list)")
     dlq.add_argument("--all", action="store_true")
     dlq.add_argument("--limit", type=int, default=100)
+    dlq.add_argument(
+        "--traceback", action="store_true", help="list: print each entry's last traceback"
+    )
     partitions_option(dlq)
     url_option(dlq)
     dlq.set_defaults(func=cmd_dlq)

@@ -3,7 +3,8 @@
 The claimer writes each dead message to the dead-letter stream (``{emails}:dead``
 for stream ``emails``) as its original fields followed by ``flowd:*``
 metadata: ``flowd:id``, ``flowd:stream``, ``flowd:group``, ``flowd:consumer``,
-``flowd:deliveries``, ``flowd:reason`` and ``flowd:time`` (ms since the epoch).
+``flowd:deliveries``, ``flowd:reason``, ``flowd:time`` (ms since the epoch) and,
+when the last run raised, ``flowd:traceback`` (its last 4 KB).
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ class DeadLetter:
     :ivar dlq_id: the entry's id in the dead-letter stream.
     :ivar original_id: the message's id in its original stream.
     :ivar time: when it was dead-lettered (aware, UTC).
+    :ivar traceback: the last failed run's traceback (its last 4 KB), or ``""``
+        (undecodable message, no failed run, or an entry from an older flowd).
     """
 
     dlq_id: str
@@ -164,6 +167,7 @@ class DeadLetter:
     deliveries: int
     time: datetime
     consumer: str
+    traceback: str = ""
 
     @classmethod
     def from_entry(cls, dlq_id: str, raw: Fields) -> DeadLetter:
@@ -191,6 +195,7 @@ class DeadLetter:
             deliveries=_int_or(meta("deliveries"), 0),
             time=_utc_from_ms(_int_or(meta("time"), _id_ms(dlq_id))),
             consumer=text("consumer"),
+            traceback=text("traceback"),
         )
 
 

@@ -8,15 +8,25 @@
     ├── DecodeError                       a stream entry could not be mapped to its Job
     ├── EncodeError (TypeError)           a Job value does not fit its annotation (at enqueue)
     ├── ReplicationError                  durable enqueue: too few replicas confirmed in time
-    └── HandleStateError (RuntimeError)   a queue or handle used in the wrong state
+    ├── HandleStateError (RuntimeError)   a queue or handle used in the wrong state
+    ├── Retry                             raised by a job: run it again (after a delay)
+    └── GiveUp                            raised by a job: dead-letter it now, no more runs
+
+    TimeLimitExceeded (BaseException)     raised *into* a job's thread past Queue.time_limit
 
 A worker that raises is not a flowd error: its message stays pending and is
 retried or dead-lettered by the claimer.
+
+``TimeLimitExceeded`` is deliberately not a FlowdError, nor an Exception: it
+interrupts a job from outside (as ``KeyboardInterrupt`` does, and as
+Dramatiq's ``Interrupt``), so an ``except Exception`` in the job must not
+swallow it and let the job run on past its limit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 
 
 class FlowdError(Exception):
@@ -90,3 +100,46 @@ class ReplicationError(FlowdError):
 
 class HandleStateError(FlowdError, RuntimeError):
     """A Queue or QueueHandle was used in a state that does not allow it."""
+
+
+class Retry(FlowdError):
+    """Raised by a job to be run again after ``delay`` seconds (or the claimer's backoff).
+
+    The run counts toward ``max_retries`` but is not a failure: it is logged
+    at INFO and counted in ``QueueStats.retry_requested``.
+
+    :param delay: seconds or a timedelta; None uses the claimer's ``backoff``
+        (without one: ``min_idle_time``).
+    :raises ConfigurationError: for a negative or non-numeric delay.
+    """
+
+    def __init__(self, delay: float | timedelta | None = None, reason: str = "") -> None:
+        self.delay = None if delay is None else _delay_seconds(delay)
+        self.reason = reason
+        when = "later" if self.delay is None else f"in {self.delay:g}s"
+        super().__init__(f"retry requested {when}" + (f": {reason}" if reason else ""))
+
+
+def _delay_seconds(delay: object) -> float:
+    # Checked here rather than with _timeutil.to_seconds, which imports this module.
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise ConfigurationError(f"Retry delay must be seconds or a timedelta, not {delay!r}")
+    if not 0 <= seconds < float("inf"):
+        raise ConfigurationError(f"Retry delay must be a finite number >= 0, not {delay!r}")
+    return seconds
+
+
+class GiveUp(FlowdError):
+    """Raised by a job that will never succeed: it is dead-lettered now with ``reason``."""
+
+    def __init__(self, reason: str = "gave up") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised asynchronously in a job's thread once it runs past ``Queue.time_limit``."""

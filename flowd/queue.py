@@ -19,6 +19,7 @@ from ._reader import Reader, read_own_pending, start_entries
 from ._redis import Session, check_client, ensure_group, is_transient, parse_xreadgroup
 from ._runtime import Runtime, WorkerPool
 from ._threads import LoopThread
+from ._timelimit import check_supported
 from ._timeutil import Seconds, remaining, to_seconds
 from .claimer import Claimer, ClaimLoop, LeaseLoop
 from .errors import ConfigurationError, HandleStateError
@@ -131,6 +132,11 @@ class Queue(Generic[J]):
         and dead-letter stream, and all share ``concurrency``. 1 (the default)
         is the plain ``stream``.
     :param block: seconds one XREADGROUP blocks while the stream is empty.
+    :param time_limit: seconds (or a timedelta) a job may run; past it,
+        :class:`flowd.TimeLimitExceeded` is raised in the job's thread, and
+        the run counts as failed. A job blocked in C code is interrupted only
+        when it returns to Python (a WARNING names it meanwhile). None (the
+        default): no limit. CPython only.
     """
 
     def __init__(
@@ -149,6 +155,7 @@ class Queue(Generic[J]):
         consumer: str | None = None,
         read_client: Any = None,
         block: Seconds = 2.0,
+        time_limit: Seconds | None = None,
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -185,6 +192,9 @@ class Queue(Generic[J]):
             raise ConfigurationError(f"hooks must be a list of flowd.Hooks, not {hooks!r}")
         self.hooks: tuple[Hooks, ...] = tuple(hooks)
         self.block = to_seconds(block, "block")
+        self.time_limit = None if time_limit is None else to_seconds(time_limit, "time_limit")
+        if self.time_limit is not None:
+            check_supported()
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
 
