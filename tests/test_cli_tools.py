@@ -109,6 +109,20 @@ def test_dlq_list_requeue_round_trip(redis_url: str, client: redis.Redis, stream
         assert handle.stop(timeout=5)
 
 
+def test_dlq_list_traceback(redis_url: str, client: redis.Redis, stream: str) -> None:
+    # Given a job that failed until it was dead-lettered
+    fail_into_dlq(client, stream, 1)
+    # When `flowd dlq list` runs with and without --traceback
+    plain = flowd_cmd("dlq", "list", stream, url=redis_url)
+    full = flowd_cmd("dlq", "list", stream, "--traceback", url=redis_url)
+    # Then only the second prints the traceback of the last run, indented under the entry
+    assert plain.returncode == 0 and full.returncode == 0, full.stderr
+    assert "Traceback" not in plain.stdout
+    assert "    Traceback (most recent call last):" in full.stdout
+    assert "    RuntimeError: boom 0" in full.stdout
+    assert "in fail" in full.stdout
+
+
 def test_dlq_purge(redis_url: str, client: redis.Redis, stream: str) -> None:
     # Given two dead letters
     fail_into_dlq(client, stream, 2)

@@ -56,7 +56,12 @@ class Queues:
         assert handle.stop(timeout=5), "the queue did not stop cleanly"
 
     def kill(
-        self, jobs: list[flowd.Job], *, job: type[flowd.Job] = Numbered, **kwargs: Any
+        self,
+        jobs: list[flowd.Job],
+        *,
+        job: type[flowd.Job] = Numbered,
+        worker: Callable[[flowd.Task[Any]], None] | None = None,
+        **kwargs: Any,
     ) -> list[str]:
         """Enqueue ``jobs`` and run them through an always-failing queue until all are dead.
 
@@ -66,7 +71,7 @@ class Queues:
         dlq = kwargs.pop("dlq", flowd_dlq(self.stream))
         claimer = flowd.Claimer(min_idle_time=0.1, max_retries=0, interval=0.05, **kwargs)
         before = self.client.xlen(dlq) if self.client.exists(dlq) else 0
-        handle = self.start(always_fail, job=job, claimer=claimer, consumer=KILLER)
+        handle = self.start(worker or always_fail, job=job, claimer=claimer, consumer=KILLER)
         wait_until(lambda: self.client.xlen(dlq) == before + len(jobs), timeout=WAIT)
         wait_until(lambda: self.client.xpending(self.stream, GROUP)["pending"] == 0, timeout=WAIT)
         self.stop(handle)
@@ -182,6 +187,46 @@ def test_list_reads_real_dead_letters(
         assert before - timedelta(seconds=1) <= letter.time <= after + timedelta(seconds=1)
         ms = int(raw[letter.dlq_id][b"flowd:time"])
         assert letter.time == datetime.fromtimestamp(ms / 1000, UTC)
+        # The last run's traceback is kept beside the one-line reason
+        assert letter.traceback.startswith("Traceback (most recent call last):")
+        assert letter.traceback.endswith(f"RuntimeError: boom {msg_id}")
+        assert "in always_fail" in letter.traceback
+        assert raw[letter.dlq_id][b"flowd:traceback"].decode() == letter.traceback
+    # And no failure record is left behind once they are dead
+    assert not client.exists(f"{{{stream}}}:errors:{GROUP}", f"{{{stream}}}:tracebacks:{GROUP}")
+
+
+def test_a_long_traceback_is_kept_to_its_last_4_kb(
+    client: redis.Redis, stream: str, queues: Queues
+) -> None:
+    # Given a job that fails with a long message
+    def fail(task: flowd.Task[Any]) -> None:
+        raise ValueError("x" * 5000 + " the end")
+
+    queues.kill([Numbered(1)], worker=fail)
+    (letter,) = DeadLetters(client, stream).list()
+    # Then its DLQ entry keeps the end of the traceback, within 4 KB
+    assert len(letter.traceback) <= 4096
+    assert letter.traceback.startswith("...\n")
+    assert letter.traceback.endswith(" the end")
+
+
+def test_the_dead_letter_log_gives_one_delivery_count(
+    client: redis.Redis, stream: str, queues: Queues, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a message whose consumer died while running it (no failure recorded)
+    caplog.set_level(logging.WARNING, logger="flowd")
+    flowd.Producer(client, stream).enqueue(Numbered(1))
+    client.xgroup_create(stream, GROUP, "0")
+    client.xreadgroup(GROUP, "died", {stream: ">"})
+    # When a claimer with max_retries=0 finds it
+    queues.start(always_fail, claimer=flowd.Claimer(min_idle_time=0.1, max_retries=0))
+    wait_until(lambda: DeadLetters(client, stream).count() == 1, timeout=WAIT)
+    # Then its WARNING states the deliveries once, and the reason has no other count
+    (line,) = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert "after 2 deliveries" in line
+    assert line.count("deliver") == 1, line
+    assert line.endswith("max_retries=0 used up")
 
 
 def test_list_pages_with_limit_and_start(client: redis.Redis, stream: str, queues: Queues) -> None:

@@ -6,6 +6,7 @@ test_deadletters.py and test_cli_tools.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -41,7 +42,7 @@ class Runs:
 
     def gaps(self, n: int) -> list[float]:
         starts = [start for start, _ in self.of(n)]
-        return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        return [b - a for a, b in itertools.pairwise(starts)]
 
 
 @pytest.fixture
@@ -51,7 +52,9 @@ def start(client: redis.Redis, stream: str) -> Iterator[Callable[..., flowd.Queu
 
     def run(worker: Callable[[flowd.Task[Any]], None], **kwargs: Any) -> flowd.QueueHandle:
         kwargs.setdefault("block", 0.5)
-        queue = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=worker, **kwargs)
+        queue = flowd.Queue(
+            client, stream=stream, group=GROUP, job=Numbered, worker=worker, **kwargs
+        )
         handle = queue.run()
         handles.append(handle)
         return handle
@@ -273,9 +276,7 @@ def test_backoff_spaces_the_runs_then_dead_letters(
         raise RuntimeError("always")
 
     backoff = flowd.Backoff(initial=0.4, factor=2, jitter=0)
-    handle = start(
-        work, claimer=flowd.Claimer(min_idle_time=10, max_retries=2, backoff=backoff)
-    )
+    handle = start(work, claimer=flowd.Claimer(min_idle_time=10, max_retries=2, backoff=backoff))
     flowd.Producer(client, stream).enqueue(Numbered(1))
     # Then it runs three times, about 0.4 s and 0.8 s apart, then goes to the DLQ
     dead = flowd.DeadLetters(client, stream)
