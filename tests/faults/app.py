@@ -8,7 +8,10 @@ configured from the environment:
 - ``FAULTS_MIN_IDLE`` (claimer ``min_idle_time``, default 1 s),
   ``FAULTS_CONCURRENCY`` (default 4), ``FAULTS_SLEEP`` (seconds per job, default 0);
 - ``FAULTS_HANG=1``: a job with ``hang=True`` never returns (``SADD {S}:hung <id>``
-  first); elsewhere such a job runs like any other.
+  first); elsewhere such a job runs like any other;
+- ``FAULTS_BACKOFF``: seconds of the claimer's ``Backoff(initial=...)`` (default: none);
+- ``FAULTS_FLAKY=1``: on its first delivery, every 50th job raises ``flowd.Retry()``
+  (the backoff's delay) and every 50th from 25 on ``flowd.Retry(delay=0.3)``.
 
 Jobs are :class:`tests.faults.accounting.Item` and record each success as
 described in :mod:`tests.faults.accounting`.
@@ -36,6 +39,9 @@ def make_queue() -> flowd.Queue[Item]:
     concurrency = int(os.environ.get("FAULTS_CONCURRENCY", "4"))
     default_sleep = float(os.environ.get("FAULTS_SLEEP", "0"))
     hang_allowed = os.environ.get("FAULTS_HANG") == "1"
+    flaky = os.environ.get("FAULTS_FLAKY") == "1"
+    backoff_initial = float(os.environ.get("FAULTS_BACKOFF", "0"))
+    backoff = flowd.Backoff(initial=backoff_initial, maximum=2.0) if backoff_initial else None
     records = records_client(url)
 
     def work(task: flowd.Task[Item]) -> None:
@@ -46,6 +52,10 @@ def make_queue() -> flowd.Queue[Item]:
         seconds = job.sleep or default_sleep
         if seconds:
             time.sleep(seconds)
+        if flaky and task.deliveries == 1 and job.n % 50 == 0:
+            raise flowd.Retry()
+        if flaky and task.deliveries == 1 and job.n % 50 == 25:
+            raise flowd.Retry(delay=0.3)
         if job.fail:
             raise JobFailed(f"job {job.n} always fails")
         record_success(records, stream, task, consumer)
@@ -58,6 +68,6 @@ def make_queue() -> flowd.Queue[Item]:
         worker=work,
         concurrency=concurrency,
         consumer=consumer,
-        claimer=flowd.Claimer(min_idle_time=min_idle, max_retries=50),
+        claimer=flowd.Claimer(min_idle_time=min_idle, max_retries=50, backoff=backoff),
         housekeeping=flowd.Housekeeping(interval=2.0),
     )

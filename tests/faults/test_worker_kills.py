@@ -51,8 +51,13 @@ def consumer_pending(client: redis.Redis, stream: str, consumer: str) -> set[str
     return {text(row["message_id"]) for row in rows}
 
 
+#: Retry control on top: a backoff, and jobs that ask for a retry on their first delivery.
+RETRIES = {"plain": {}, "backoff": {"FAULTS_BACKOFF": "0.2", "FAULTS_FLAKY": "1"}}
+
+
+@pytest.mark.parametrize("retries", sorted(RETRIES))
 def test_sigkilled_worker_processes_lose_no_job(
-    server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], retries: str
 ) -> None:
     seed = int(os.environ.get("FAULTS_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
@@ -70,7 +75,12 @@ def test_sigkilled_worker_processes_lose_no_job(
 
     def start(index: int, generation: int) -> WorkerProcess:
         return WorkerProcess(
-            server.url, stream, f"w{index}g{generation}", tmp_path, FAULTS_SLEEP="0.003"
+            server.url,
+            stream,
+            f"w{index}g{generation}",
+            tmp_path,
+            FAULTS_SLEEP="0.003",
+            **RETRIES[retries],
         )
 
     try:
@@ -97,7 +107,7 @@ def test_sigkilled_worker_processes_lose_no_job(
     finally:
         for worker in workers:
             worker.kill()
-    account = take_account(client, stream, "SIGKILL workers", by_id)
+    account = take_account(client, stream, f"SIGKILL workers, {retries}", by_id)
     runs = {text(k): int(v) for k, v in client.hgetall(key(stream, "runs")).items()}
     ran_by_killed: dict[str, int] = {}
     for consumer in killed:
@@ -132,3 +142,7 @@ def test_sigkilled_worker_processes_lose_no_job(
     assert len(killed) >= 3, f"only {len(killed)} kills happened before the jobs were done"
     assert exits == [0] * PROCESSES, f"exit statuses after SIGTERM: {exits}"
     assert unexpected == [], unexpected[:10]
+    if retries == "backoff":
+        # The retries did happen (and, per the account above, lost nothing)
+        asked = sum(worker.stderr().count("asked for a retry") for worker in retired + workers)
+        assert asked >= 400, f"only {asked} retries were asked for"
