@@ -97,6 +97,7 @@ FLOWD_COMMANDS = (
     "+multi",
     "+exec",
     "+del",
+    "+zadd",
 )
 
 
