@@ -88,6 +88,19 @@ class DeadLetterPath:
                 "could not record the failure of %s on %s", msg_id, self.stream, exc_info=True
             )
 
+    def record_reason(self, msg_id: str, reason: str, traceback: str | None) -> None:
+        """Keep a reason (and traceback) as the message's last failure."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(self.errors_key, msg_id, reason)
+                if traceback:
+                    pipe.hset(self.tracebacks_key, msg_id, traceback)
+                pipe.execute()
+        except Exception:
+            logger.warning(
+                "could not record the failure of %s on %s", msg_id, self.stream, exc_info=True
+            )
+
     def last_failure(self, msg_id: str) -> str | None:
         try:
             reason = self.client.hget(self.errors_key, msg_id)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._deadletter import DeadLetterPath
+from ._fields import prior_runs
 from ._keys import derived_key
 from ._timeutil import to_ms
 from .claimer import Claimer
@@ -292,4 +293,21 @@ class RetryControl:
                 task.id,
                 self.stream,
             )
+            self._exhaust(task, reason, traceback)
             return None
+
+    def _exhaust(self, task: Task[Any], reason: str, traceback: str | None) -> None:
+        """Make the claimer's next claim of ``task`` its dead-letter claim, not one more run:
+        keep the reason, and set the delivery count to the limit (RETRYCOUNT)."""
+        assert self.dead_letters is not None
+        self.dead_letters.record_reason(task.id, reason, traceback)
+        limit = self.dead_letters.claimer.max_retries + 1
+        count = max(limit - prior_runs(task.fields), 1)
+        try:
+            self.client.xclaim(
+                self.stream, self.group, self.consumer, 0, [task.id], retrycount=count, justid=True
+            )
+        except Exception:
+            logger.warning(
+                "could not mark %s on %s as exhausted", task.id, self.stream, exc_info=True
+            )

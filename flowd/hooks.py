@@ -34,7 +34,10 @@ class Hooks:
         """A job returned; its message will be acked."""
 
     def after_failure(self, task: Task[Any], exc: BaseException, duration: float) -> None:
-        """A job raised; its message stays pending for a retry."""
+        """A job raised (or ran past its time limit); it is retried or dead-lettered.
+
+        Not called for :class:`flowd.Retry` and :class:`flowd.GiveUp`, which are
+        outcomes the job chose, not failures (see ``QueueStats``)."""
 
     def on_dead_letter(self, task: Task[Any]) -> None:
         """A message went down the dead-letter path (``task.error`` says why)."""
@@ -48,7 +51,7 @@ class LogHooks(Hooks):
 
     def after_failure(self, task: Task[Any], exc: BaseException, duration: float) -> None:
         logger.error(
-            "job %s on %s failed (delivery %d); it stays pending",
+            "job %s on %s failed (delivery %d)",
             task.id,
             task.stream,
             task.deliveries,

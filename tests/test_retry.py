@@ -261,6 +261,32 @@ def test_give_up_dead_letters_at_once_with_its_reason(
     assert pending(client, stream) == 0
 
 
+def test_give_up_whose_dlq_worker_fails_is_not_run_again(
+    client: redis.Redis, stream: str, start: Callable[..., flowd.QueueHandle]
+) -> None:
+    # Given a job that gives up, and a dlq_worker that fails the first time
+    runs = Runs()
+    calls: list[str | None] = []
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        runs.add(task)
+        raise flowd.GiveUp("card declined")
+
+    def dlq_worker(task: flowd.Task[Any]) -> None:
+        calls.append(task.error)
+        if len(calls) == 1:
+            raise RuntimeError("DLQ handler down")
+
+    start(work, claimer=flowd.Claimer(min_idle_time=0.5, max_retries=3, dlq_worker=dlq_worker))
+    flowd.Producer(client, stream).enqueue(Numbered(1))
+    # Then the claimer dead-letters it on its next claim, with the same reason,
+    # and the job does not run again
+    wait_until(lambda: flowd.DeadLetters(client, stream).count() == 1, timeout=WAIT)
+    assert calls == ["GiveUp: card declined", "GiveUp: card declined"]
+    assert [e.reason for e in flowd.DeadLetters(client, stream).list()] == calls[1:]
+    assert len(runs.of(1)) == 1
+
+
 # ---------------------------------------------------------------------------
 # Backoff
 
