@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 
 # KEYS: stream, scheduled set, scheduled job's hash, errors hash, tracebacks hash.
-# ARGV: group, id, scheduled id, delay ms, runs so far, consumer.
+# ARGV: group, id, scheduled id, delay ms, runs so far, consumer, unique key prefix.
+# A unique_key the message holds (flowd:unique) passes to the scheduled job, as
+# the scheduler's own enqueue would have it.
 # Returns 0 if the message is not pending for this consumer (nothing changed),
 # 1 if its entry was deleted from the stream (acked only), 2 if scheduled.
 _SCHEDULE_LUA = """
@@ -52,6 +54,10 @@ if #found > 0 then
     if flat[j] ~= 'flowd:runs' and flat[j] ~= 'flowd:group' then
       out[#out + 1] = flat[j]
       out[#out + 1] = flat[j + 1]
+    end
+    if flat[j] == 'flowd:unique' then
+      local ukey = ARGV[7] .. flat[j + 1]
+      if redis.call('GET', ukey) == ARGV[2] then redis.call('SET', ukey, ARGV[3]) end
     end
   end
   out[#out + 1] = 'flowd:runs'
@@ -245,7 +251,15 @@ class RetryControl:
             self._errors_key,
             self._tracebacks_key,
         ]
-        args = [self.group, task.id, member, to_ms(delay), runs, self.consumer]
+        args = [
+            self.group,
+            task.id,
+            member,
+            to_ms(delay),
+            runs,
+            self.consumer,
+            derived_key(self.stream, "unique:"),
+        ]
         try:
             result = int(self._schedule(keys=keys, args=args))
         except Exception:
