@@ -167,6 +167,8 @@ class WorkerPool:
                     finally:
                         limiter.exit(token)
             except BaseException as exc:
+                if limiter is not None:
+                    limiter.exit_current()  # if the exception cut exit() short
                 self._failed(task, exc, monotonic() - started, counts)
             else:
                 streams[task.stream].acker.add(msg_id, retried)

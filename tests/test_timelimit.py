@@ -140,7 +140,7 @@ def test_a_job_blocked_in_c_code_is_named_and_stays_leased(
 def test_the_exception_never_lands_outside_a_job(
     client: redis.Redis, stream: str, start: Callable[..., flowd.QueueHandle], caplog: Any
 ) -> None:
-    # Given 300 jobs whose run times straddle the time limit, on 4 threads
+    # Given 1,000 jobs whose run times straddle the time limit, on 4 threads
     limit = 0.02
     started = 0
     interrupted = 0
@@ -161,13 +161,13 @@ def test_the_exception_never_lands_outside_a_job(
 
     caplog.set_level(logging.ERROR, logger="flowd")
     handle = start(work, concurrency=4, time_limit=limit, claimer=flowd.Claimer(min_idle_time=60))
-    flowd.Producer(client, stream).enqueue_bulk(Numbered(n) for n in range(300))
-    wait_until(lambda: started == 300, timeout=60)
+    flowd.Producer(client, stream).enqueue_bulk(Numbered(n) for n in range(1000))
+    wait_until(lambda: started == 1000, timeout=60)
     wait_until(lambda: handle.stats().in_flight == 0, timeout=WAIT)
     # Then every run ended as a success or as a failure raised inside the job: no
     # exception surfaced in flowd's own code (the pool and its permits are intact)
     stats = handle.stats()
-    assert stats.processed + stats.failed == 300
+    assert stats.processed + stats.failed == 1000
     assert stats.failed >= interrupted > 0
     assert stats.processed > 0
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
