@@ -1,12 +1,12 @@
 """What one run (or drain) of a Queue shares between its threads.
 
 A :class:`WorkerPool` is shared by every stream of the queue (one, or one per
-partition): the permits that bound concurrency, the executor and its worker
+partition): the permits that bound concurrency, the worker threads and their
 loops, the counters and the jobs running now. A :class:`Runtime` is one
 stream's part: its acker and its dead-letter path.
 
 The reader and the claimer hand entries to :meth:`Runtime.dispatch` while
-holding one permit per entry. Each of the executor's ``concurrency`` threads
+holding one permit per entry. Each of the pool's ``concurrency`` worker threads
 runs one long-lived loop that takes tasks from a queue (a SimpleQueue handoff
 costs far less per message than ``executor.submit``), runs them, and gives the
 permit back when the job, or its dead-letter handling, is done.
@@ -19,7 +19,6 @@ import queue as queue_module
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +51,10 @@ class QueueStats:
     raised (Retry and GiveUp aside). ``retried``: runs of a message delivered
     before. ``dead_lettered``: messages moved to the dead-letter path.
     ``deleted``: pending entries that had been deleted from the stream, acked
-    without running. ``in_flight``: jobs running now. ``retry_requested``:
-    runs that raised :class:`flowd.Retry`. ``gave_up``: runs that raised
-    :class:`flowd.GiveUp`.
+    without running. ``in_flight``: jobs running now. ``groups_lost``: times
+    the consumer group vanished while running (the stream evicted, flushed or
+    deleted): data was lost. ``retry_requested``: runs that raised
+    :class:`flowd.Retry`. ``gave_up``: runs that raised :class:`flowd.GiveUp`.
     """
 
     processed: int = 0
@@ -63,6 +63,7 @@ class QueueStats:
     dead_lettered: int = 0
     deleted: int = 0
     in_flight: int = 0
+    groups_lost: int = 0
     retry_requested: int = 0
     gave_up: int = 0
 
@@ -75,6 +76,7 @@ class _Counts:
         "deleted",
         "failed",
         "gave_up",
+        "groups_lost",
         "processed",
         "retried",
         "retry_requested",
@@ -82,7 +84,7 @@ class _Counts:
 
     def __init__(self) -> None:
         self.processed = self.failed = self.retried = self.dead_lettered = self.deleted = 0
-        self.retry_requested = self.gave_up = 0
+        self.groups_lost = self.retry_requested = self.gave_up = 0
 
 
 class _DeadLetter:
@@ -95,7 +97,7 @@ class _DeadLetter:
 
 
 class WorkerPool:
-    """Permits, executor, counters and running jobs shared by a queue's streams."""
+    """Permits, worker threads, counters and running jobs shared by a queue's streams."""
 
     def __init__(self, queue: Queue[Any]) -> None:
         self.queue = queue
@@ -123,18 +125,31 @@ class WorkerPool:
         self.tasks: queue_module.SimpleQueue[Task[Any] | _DeadLetter | None] = (
             queue_module.SimpleQueue()
         )
-        self.executor = ThreadPoolExecutor(
-            max_workers=queue.concurrency, thread_name_prefix=f"flowd-worker-{queue.stream}"
-        )
-        self._loops = [self.executor.submit(self._worker_loop) for _ in range(queue.concurrency)]
+        # Daemon threads, not a ThreadPoolExecutor: interpreter exit stops the queue
+        # gracefully first (flowd._lifecycle), and a job that never returns must not then
+        # keep the process alive (concurrent.futures joins its threads without a limit).
+        self._loops = [
+            threading.Thread(
+                target=self._worker_loop, name=f"flowd-worker-{queue.stream}_{i}", daemon=True
+            )
+            for i in range(queue.concurrency)
+        ]
+        for thread in self._loops:
+            thread.start()
 
     def _new_counts(self) -> _Counts:
         counts = _Counts()
         self._counts.append(counts)
         return counts
 
+    def forget_after_fork(self) -> None:
+        """In a forked child, which has none of these threads: nothing runs here."""
+        self.stop_event.set()
+        self.lease_stop.set()
+        self.queue.forget_after_fork()
+
     def is_worker_thread(self, thread: threading.Thread) -> bool:
-        """True for the executor threads of this pool."""
+        """True for the worker threads of this pool."""
         return thread in self._worker_threads
 
     def _worker_loop(self) -> None:
@@ -256,7 +271,9 @@ class WorkerPool:
         """End the worker loops once their current job is done; wait for them if asked."""
         for _ in self._loops:
             self.tasks.put(None)
-        self.executor.shutdown(wait=wait)
+        if wait:
+            for thread in self._loops:
+                thread.join()
         if self.limiter is not None:
             self.limiter.close()
 
@@ -268,6 +285,7 @@ class WorkerPool:
             totals.retried += counts.retried
             totals.dead_lettered += counts.dead_lettered
             totals.deleted += counts.deleted
+            totals.groups_lost += counts.groups_lost
             totals.retry_requested += counts.retry_requested
             totals.gave_up += counts.gave_up
         return QueueStats(
@@ -277,6 +295,7 @@ class WorkerPool:
             dead_lettered=totals.dead_lettered,
             deleted=totals.deleted,
             in_flight=self.permits.in_use,
+            groups_lost=totals.groups_lost,
             retry_requested=totals.retry_requested,
             gave_up=totals.gave_up,
         )
@@ -384,6 +403,18 @@ class Runtime:
             last = self.dead_letters.last_failure(msg_id)
             reason = last or f"max_retries={self.dead_letters.claimer.max_retries} used up"
         self.dead_letter(msg_id, fields, deliveries, job, reason)
+
+    def group_lost(self) -> None:
+        """The group vanished while running and was just recreated: say that data was lost."""
+        logger.error(
+            "consumer group %s of stream %s vanished while the queue was running: the stream "
+            "was evicted (maxmemory-policy), flushed or deleted, or the group destroyed; the "
+            "jobs and pending entries it held are lost. The group was recreated",
+            self.group,
+            self.stream,
+        )
+        with self.pool.dispatch_lock:
+            self.pool.dispatch_counts.groups_lost += 1
 
     def ack_deleted(self, msg_id: str) -> None:
         """A pending entry deleted from the stream: ack it so it leaves the PEL, count it."""
