@@ -72,7 +72,7 @@ def test_a_python_loop_past_its_limit_is_interrupted(
     assert seen[0][0] == "TimeLimitExceeded"
     assert 0.45 <= seen[0][1] <= 2.0
     msg_id = client.xrange(stream)[0][0].decode()
-    reason = client.hget(derived_key(stream, f"errors:{GROUP}"), msg_id)
+    reason = wait_until(lambda: client.hget(derived_key(stream, f"errors:{GROUP}"), msg_id))
     assert reason == b"TimeLimitExceeded: the job ran past its time limit of 0.5s"
     # And stop() afterwards is clean
     assert handle.stop(timeout=10)
