@@ -155,7 +155,9 @@ class ClaimLoop:
         self.claim_due()
         outcome = self.claim_batch()
         if outcome == "busy":
-            runtime.permits.wait_free(min(self.claimer.interval, timer.until_next() or 1e9))
+            due = timer.until_next()
+            interval = self.claimer.interval
+            runtime.permits.wait_free(interval if due is None else min(interval, due))
             return False
         if outcome == "done":
             timer.wait(runtime.stop_event, self.claimer.interval)
@@ -172,9 +174,7 @@ class ClaimLoop:
         if not due:
             return
         taken = runtime.permits.try_acquire(len(due))
-        for msg_id in due[taken:]:
-            # No permit now: the sweep claims it once one is free.
-            logger.debug("retry of %s waits for a free permit", msg_id)
+        # Those without a free permit now are left to the sweep.
         handed = 0
         try:
             if taken:
