@@ -526,7 +526,9 @@ def test_a_job_class_that_is_not_a_dataclass_is_refused_everywhere(
     client: redis.Redis, stream: str
 ) -> None:
     with pytest.raises(flowd.ConfigurationError, match="dataclass"):
-        flowd.Queue(client, stream=stream, group=GROUP, job=NotADataclass, worker=noop)
+        flowd.Queue(
+            client, stream=stream, group=GROUP, job=NotADataclass, worker=noop, claimer=None
+        )
     with pytest.raises(flowd.FlowdError, match="dataclass"):
         flowd.Producer(client, stream).enqueue(NotADataclass())
     with pytest.raises(flowd.FlowdError, match="dataclass"):
@@ -580,7 +582,7 @@ def test_queue_rejects_bad_arguments_naming_them(
     kwargs = queue_kwargs(client, stream)
     kwargs[name] = value
     with pytest.raises(flowd.ConfigurationError, match=name):
-        flowd.Queue(client, **kwargs)
+        flowd.Queue(client, **{"claimer": None, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -597,7 +599,7 @@ def test_queue_and_producer_reject_what_is_not_a_client(
     with pytest.raises(flowd.ConfigurationError, match="client"):
         flowd.Producer(bad_client, stream)
     with pytest.raises(flowd.ConfigurationError, match="client"):
-        flowd.Queue(bad_client, **queue_kwargs(client, stream))
+        flowd.Queue(bad_client, **{"claimer": None, **queue_kwargs(client, stream)})
 
 
 def test_dead_letter_stream_that_is_the_queue_itself_is_refused(
@@ -673,7 +675,7 @@ def test_producer_rejects_bad_arguments_naming_them(
 def test_drain_rejects_a_bad_timeout_before_touching_redis(
     client: redis.Redis, stream: str, timeout: Any
 ) -> None:
-    queue = flowd.Queue(client, **queue_kwargs(client, stream))
+    queue = flowd.Queue(client, **{"claimer": None, **queue_kwargs(client, stream)})
     with pytest.raises(flowd.ConfigurationError, match="timeout"):
         queue.drain(timeout=timeout)
     assert client.exists(stream) == 0
@@ -681,7 +683,7 @@ def test_drain_rejects_a_bad_timeout_before_touching_redis(
 
 def test_drain_with_timeout_zero_returns_at_once(client: redis.Redis, stream: str) -> None:
     flowd.Producer(client, stream).enqueue(Hostile(n=1))
-    queue = flowd.Queue(client, **queue_kwargs(client, stream))
+    queue = flowd.Queue(client, **{"claimer": None, **queue_kwargs(client, stream)})
     started = time.monotonic()
     assert queue.drain(timeout=0) == 0
     assert time.monotonic() - started < 2

@@ -52,7 +52,9 @@ class Queues:
         kwargs.setdefault("group", GROUP)
         kwargs.setdefault("job", Numbered)
         kwargs.setdefault("block", 0.5)
-        return flowd.Queue(kwargs.pop("client", self.client), worker=worker, **kwargs)
+        return flowd.Queue(
+            kwargs.pop("client", self.client), worker=worker, **{"claimer": None, **kwargs}
+        )
 
     def start(self, queue: flowd.Queue[Any]) -> flowd.QueueHandle:
         handle = queue.run()

@@ -47,7 +47,7 @@ class Queues:
         kwargs.setdefault("group", GROUP)
         kwargs.setdefault("job", Numbered)
         kwargs.setdefault("block", 0.2)
-        handle = flowd.Queue(self.client, worker=worker, **kwargs).run()
+        handle = flowd.Queue(self.client, worker=worker, **{"claimer": None, **kwargs}).run()
         self.running.append(handle)
         return handle
 

@@ -131,7 +131,9 @@ class QueueFactory:
         kwargs.setdefault("stream", self.stream)
         kwargs.setdefault("group", GROUP)
         kwargs.setdefault("job", Numbered)
-        return flowd.Queue(self.client if client is None else client, worker=worker, **kwargs)
+        return flowd.Queue(
+            self.client if client is None else client, worker=worker, **{"claimer": None, **kwargs}
+        )
 
     def run(self, queue: flowd.Queue[Any]) -> flowd.QueueHandle:
         handle = queue.run()
@@ -1183,7 +1185,7 @@ def test_bad_configuration_raises_at_construction(
     # When the queue is built
     # Then ConfigurationError (also a ValueError and a FlowdError) is raised, with nothing sent
     with pytest.raises(flowd.ConfigurationError) as info:
-        flowd.Queue(target, **kwargs)
+        flowd.Queue(target, **{"claimer": None, **kwargs})
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, flowd.FlowdError)
     assert not client.exists(stream)
@@ -1261,7 +1263,14 @@ def test_a_stop_that_times_out_leaves_no_reader_waiting_for_permits(
 
     enqueue_numbers(client, stream, 1)
     queue = flowd.Queue(
-        client, stream=stream, group="g", job=Numbered, worker=hang, concurrency=1, block=30
+        client,
+        stream=stream,
+        group="g",
+        job=Numbered,
+        worker=hang,
+        concurrency=1,
+        block=30,
+        claimer=None,
     )
     handle = queue.run()
     try:

@@ -351,7 +351,7 @@ def make_queue(
         worker=records,
         housekeeping=False,  # the stream keeps every entry, for the account
         block=0.5,
-        **kwargs,
+        **{"claimer": None, **kwargs},
     )
 
 
@@ -594,7 +594,7 @@ def test_dead_letter_move_cut_mid_command_dead_letters_each_job_exactly_once(
     )
     # The move's script is loaded beforehand, so that every EVALSHA is a move (no
     # NOSCRIPT round trip); six of the first twelve are cut, alternating the variants.
-    move_script = getattr(importlib.import_module("flowd._deadletter"), "_MOVE_LUA", None)
+    move_script = getattr(importlib.import_module("flowd._dead_letter_move"), "_MOVE_LUA", None)
     if move_script is not None:
         direct.script_load(move_script)
     rules = [
