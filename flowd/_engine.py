@@ -3,30 +3,34 @@
 How one message travels from XADD to XACK, module by module, in the order
 the code takes:
 
-1. ``flowd.producer`` -- ``Producer.enqueue`` encodes the job (``flowd._plan``,
-   with the codecs of ``flowd._codecs``) and XADDs it to the stream.
+1. ``flowd.producer`` -- ``Producer.enqueue`` encodes the job with the
+   encoder ``flowd._plan`` generates for its class (codecs from
+   ``flowd._codecs``) and XADDs the fields to the stream.
 2. ``flowd.queue`` -- ``Queue.run`` checks the server and creates the group
-   (``flowd._redis``), then hands its settings to an :class:`Engine` (here).
-3. ``flowd._engine`` -- the engine builds the :class:`~flowd._pool.WorkerPool`,
-   and per stream an acker, a dispatcher and a frozen
-   :class:`~flowd._context.StreamContext`, and starts each stream's loops as
-   ``flowd._threads.LoopThread`` s.
+   (``flowd._redis``), then starts an :class:`Engine` with its settings.
+3. ``flowd._engine`` (here) -- the engine builds the worker pool
+   (``flowd._pool``) and, per stream, its parts (``flowd._streams``): an
+   acker, a dispatcher, and a frozen ``flowd._context.StreamContext``; then
+   each stream's loops, each a ``flowd._threads.LoopThread`` with a
+   ``flowd._redis.Session`` of its own.
 4. ``flowd._reader`` -- the reader waits for free permits (``flowd._permits``),
-   reads with XREADGROUP (``xreadgroup``, through its own ``flowd._redis.Session``),
-   takes one permit per entry and calls the context's ``dispatch``.
-5. ``flowd._dispatch`` -- the dispatcher decodes the entry into the Job
-   (``flowd._plan``), builds the ``flowd.task.Task`` and submits it to the pool.
-6. ``flowd._pool`` -- a worker loop runs the application's worker with the
-   task (``flowd.hooks`` around it); on success it adds the id to the stream's
-   acker, and gives the permit back.
+   reads with XREADGROUP (``xreadgroup``), takes one permit per entry and
+   calls its context's ``dispatch``.
+5. ``flowd._dispatch`` -- the dispatcher decodes the fields into the Job
+   (``flowd._plan``), wraps it in a ``flowd.task.Task`` and submits it to the pool.
+6. ``flowd._pool`` -- a worker loop calls the application's worker with the
+   task (``flowd.hooks`` around it); when it returns, the loop hands the id
+   back to the stream's dispatcher, which adds it to its acker, and gives
+   the permit back.
 7. ``flowd._acker`` -- the acker thread writes the finished ids in one
    pipelined XACK.
 
-On the way back for failures: the message stays pending; ``flowd._claim``'s
-claimer XAUTOCLAIMs it after ``min_idle_time`` and dispatches it again, or,
-past ``max_retries``, the dispatcher sends it to the dead-letter path, which a
+A failed job leaves its message pending: the claimer (``flowd._claim``)
+XAUTOCLAIMs it after ``min_idle_time`` and dispatches it again; past
+``max_retries`` the dispatcher queues it for the dead-letter path, which a
 worker runs with ``flowd._dead_letter_move``. ``flowd._claim``'s lease loop
-keeps running jobs from being claimed; ``flowd._housekeeper`` trims the stream.
+keeps running jobs from being claimed, and ``flowd._housekeeper`` trims the
+stream.
 
 A drain is the same engine in "until the backlog is empty" mode: the same
 reader, dispatcher, pool, claimer and acker, driven from the calling thread

@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -32,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowd
-from tests.helpers import wait_until
+from tests.helpers import Recorder, as_str, flowd_threads, wait_until
 from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,28 +186,6 @@ CASES = [
     Case("int with spaces and underscores", {b"n": b" 1_000 "}, None, lambda job: job.n == 1000),
     Case("float infinity", {b"n": b"1", b"ratio": b"-inf"}, None, lambda j: j.ratio == -math.inf),
 ]
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class Recorder:
-    """Worker and dlq_worker of the hostile-entry tests."""
-
-    def __init__(self) -> None:
-        self.done: dict[str, Any] = {}
-        self.dead: dict[str, flowd.Task[Any]] = {}
-        self.lock = threading.Lock()
-
-    def work(self, task: flowd.Task[Any]) -> None:
-        with self.lock:
-            assert task.id not in self.done, f"{task.id} ran twice"
-            self.done[task.id] = task.job
-
-    def dlq(self, task: flowd.Task[Any]) -> None:
-        with self.lock:
-            self.dead[task.id] = task
 
 
 def user_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -687,10 +664,6 @@ def test_drain_with_timeout_zero_returns_at_once(client: redis.Redis, stream: st
     started = time.monotonic()
     assert queue.drain(timeout=0) == 0
     assert time.monotonic() - started < 2
-
-
-def flowd_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("flowd-")]
 
 
 @pytest.mark.parametrize("timeout", [-1, -1e9, 0])

@@ -15,22 +15,13 @@ from flowd._context import StreamContext
 from flowd._housekeeper import HousekeepingLoop
 from flowd._permits import Permits
 from flowd._redis import Session
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, id_key, wait_until
 
 GROUP = "g"
 
 
 # ---------------------------------------------------------------------------
 # helpers
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def id_key(msg_id: str | bytes) -> tuple[int, int]:
-    ms, seq = as_str(msg_id).split("-")
-    return int(ms), int(seq)
 
 
 def add_entries(client: redis.Redis, stream: str, count: int) -> list[str]:

@@ -17,7 +17,7 @@ import redis
 
 import flowd
 from flowd.info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, wait_until
 from tests.redis_server import RedisServer
 
 WAIT = 25.0
@@ -32,10 +32,6 @@ def info_client(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redi
     client = redis.Redis.from_url(redis_url, decode_responses=decode, protocol=protocol)
     yield client
     client.close()
-
-
-def as_str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def add(client: redis.Redis, stream: str, count: int) -> list[str]:

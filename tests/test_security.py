@@ -40,7 +40,7 @@ import redis
 
 import flowd
 from flowd._urls import redact_url
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, wait_until
 from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,10 +115,6 @@ def acl_rules(stream: str, password: str) -> list[str]:
 
 # ---------------------------------------------------------------------------
 # helpers
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Problems(logging.Handler):

@@ -34,7 +34,7 @@ import redis
 import flowd
 from flowd._keys import dead_letter_stream, derived_key
 from tests.faults.proxy import CutMode, Proxy
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, pending_count, wait_until
 from tests.redis_server import RedisServer
 
 GROUP = "g"
@@ -183,14 +183,6 @@ class DeadLetterHook(flowd.Hooks):
 
 # ---------------------------------------------------------------------------
 # the account
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def pending_count(client: redis.Redis, stream: str) -> int:
-    return int(client.xpending(stream, GROUP)["pending"])
 
 
 def dead_entries(client: redis.Redis, stream: str) -> list[dict[str, str]]:
