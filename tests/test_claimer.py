@@ -509,7 +509,7 @@ def test_concurrency_holds_while_reader_and_claimer_feed_work(
     create_group(client, stream)
     old = enqueue(client, stream, range(12))
     read_as(client, stream, "dead")
-    time.sleep(0.35)
+    wait_until(lambda: min_idle_ms(client, stream) >= 350)
     rec = Recorder()
 
     def work(task: flowd.Task[Numbered]) -> None:

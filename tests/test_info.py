@@ -143,7 +143,13 @@ def test_two_groups_one_caught_up_one_lagging(
     client.xack(stream, "lagging", ids[0])
     assert read(client, stream, "lagging", "c2", 2) == ids[4:6]
     client.xadd(f"{{{stream}}}:dead", {"n": "99"})
-    time.sleep(0.02)  # so that idle times are measurably above zero
+    # so that idle times are measurably above zero
+    wait_until(
+        lambda: all(
+            row["time_since_delivered"] >= 20
+            for row in client.xpending_range(stream, "lagging", min="-", max="+", count=10)
+        )
+    )
 
     # When the stream is inspected
     before_ms = time.time() * 1000
