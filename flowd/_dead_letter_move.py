@@ -140,7 +140,10 @@ class DeadLetterMover:
             ("EXEC",),
         ]
         replies = session.call_many(commands)
-        for reply in [*replies, *(replies[-1] or ())]:  # EXEC's own reply lists each step's
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        for reply in replies[-1] or ():  # EXEC's reply lists each step's
             if isinstance(reply, Exception):
                 raise reply
         return 1

@@ -104,7 +104,10 @@ def add_loops(
 ) -> None:
     """Add the loops of one stream (not started); a drain runs only the lease as a thread.
 
-    Each loop gets the stream's context with a session of its own.
+    Each loop gets the stream's context with a session of its own. A new loop
+    is one ``loop(role, make_step)`` line below; if it ends with the stop
+    signal (not after the jobs, as the lease does), its role goes in
+    :data:`BACKGROUND` too, so that stop() joins it.
     """
     s = settings
 

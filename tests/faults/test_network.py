@@ -641,7 +641,7 @@ def test_dead_letter_move_cut_mid_command_dead_letters_each_job_exactly_once(
     assert (stats.dead_lettered, len(hook.ids)) == (account.dead, account.dead), (
         f"{account.dead} messages were moved to the dead-letter stream, but flowd counted "
         f"{stats.dead_lettered} and called on_dead_letter {len(hook.ids)} times: a move "
-        "whose reply was lost is not counted (see DeadLetterPath.handle)"
+        "whose reply was lost is not counted (see DeadLetterMover.handle)"
     )
 
 
