@@ -99,6 +99,17 @@ class Dispatcher:
         self.acker.add(msg_id, True)
         self.pool.count_deleted()
 
+    def group_lost(self) -> None:
+        """The group vanished while running and was just recreated: say that data was lost."""
+        logger.error(
+            "consumer group %s of stream %s vanished while the queue was running: the stream "
+            "was evicted (maxmemory-policy), flushed or deleted, or the group destroyed; the "
+            "jobs and pending entries it held are lost. The group was recreated",
+            self.group,
+            self.stream,
+        )
+        self.pool.count_group_lost()
+
     def held(self) -> set[str]:
         """Ids this process holds: running now, or finished with the XACK not yet written."""
         # Running first: a job that finishes is added to the acker before it leaves running.

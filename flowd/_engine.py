@@ -47,6 +47,7 @@ import socket
 import threading
 import time
 
+from . import _lifecycle
 from ._claim import ClaimLoop, ClaimOutcome
 from ._context import StopSignal
 from ._pool import QueueStats, WorkerPool
@@ -118,6 +119,20 @@ class Engine:
         for part in self.streams:
             for thread in part.loops.values():
                 thread.start()
+        _lifecycle.started(self, self.settings.stop_timeout)
+
+    def forget_after_fork(self) -> str:
+        """In a forked child: this run's threads are the parent's; mark it stopped here."""
+        self._state_lock = threading.Lock()  # may have been held by a parent thread at fork
+        self.state = State.STOPPED
+        self._stopper = threading.current_thread()
+        self._clean = True
+        self._done = threading.Event()
+        self._done.set()
+        self.stop_signal.set()
+        self.lease_stop.set()
+        self.settings.after_fork()
+        return f"{self.settings.name}/{self.settings.group}"
 
     @property
     def is_running(self) -> bool:
@@ -135,7 +150,7 @@ class Engine:
             return self.stop(remaining(deadline)) or not self.is_running
         return self._done.wait(remaining(deadline))
 
-    def stop(self, timeout: float | None) -> bool:
+    def stop(self, timeout: float | None = None) -> bool:
         """Stop the run (see QueueHandle.stop); safe from any thread, more than once."""
         current = threading.current_thread()
         if self.pool.is_worker_thread(current):
@@ -164,6 +179,7 @@ class Engine:
         finally:
             self.state = State.STOPPED
             self._done.set()
+            _lifecycle.stopped(self)
         return self._clean
 
     def _stop_in_background(self, timeout: float | None) -> None:

@@ -1,12 +1,12 @@
 """The worker pool: where jobs run, succeed or fail.
 
 A :class:`WorkerPool` is shared by every stream of a run (one, or one per
-partition): the permits that bound concurrency, the executor and its worker
+partition): the permits that bound concurrency, the worker threads and their
 loops, the counters and the jobs running now. Each stream adds its
 :class:`StreamRoute` (where acks, failures and dead letters go).
 
 The dispatcher hands tasks to :meth:`WorkerPool.submit` while their permit
-is held. Each of the executor's ``concurrency`` threads runs one long-lived
+is held. Each of the pool's ``concurrency`` worker threads runs one long-lived
 loop (:meth:`WorkerPool._worker_loop`: the worker call, success and failure
 in one place) that takes tasks from a queue (a SimpleQueue handoff costs far
 less per message than ``executor.submit``), runs them, and gives the permit
@@ -20,7 +20,6 @@ import queue as queue_module
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,7 +38,8 @@ class QueueStats:
     raised. ``retried``: runs of a message delivered before. ``dead_lettered``:
     messages moved to the dead-letter path. ``deleted``: pending entries that
     had been deleted from the stream, acked without running. ``in_flight``:
-    jobs running now.
+    jobs running now. ``groups_lost``: times the consumer group vanished while
+    running (the stream evicted, flushed or deleted): data was lost.
     """
 
     processed: int = 0
@@ -48,15 +48,17 @@ class QueueStats:
     dead_lettered: int = 0
     deleted: int = 0
     in_flight: int = 0
+    groups_lost: int = 0
 
 
 class _Counts:
     """Counters written by one thread only (or under a lock); stats() sums them."""
 
-    __slots__ = ("dead_lettered", "deleted", "failed", "processed", "retried")
+    __slots__ = ("dead_lettered", "deleted", "failed", "groups_lost", "processed", "retried")
 
     def __init__(self) -> None:
         self.processed = self.failed = self.retried = self.dead_lettered = self.deleted = 0
+        self.groups_lost = 0
 
 
 class DeadLetterWork:
@@ -84,7 +86,7 @@ class WorkerPool:
     :param worker: the application's worker, called with each Task.
     :param hooks: the application's hooks (LogHooks come first).
     :param concurrency: worker threads, and permits.
-    :param name: the executor threads are ``flowd-worker-<name>_<n>``.
+    :param name: the worker threads are ``flowd-worker-<name>_<n>``.
     """
 
     def __init__(
@@ -110,14 +112,23 @@ class WorkerPool:
         )
         #: Hand a task (permit held) to the worker loops.
         self.submit = self.tasks.put
-        self.executor = ThreadPoolExecutor(
-            max_workers=concurrency, thread_name_prefix=f"flowd-worker-{name}"
-        )
-        self._loops = [self.executor.submit(self._worker_loop) for _ in range(concurrency)]
+        # Daemon threads, not a ThreadPoolExecutor: interpreter exit stops the queue
+        # gracefully first (flowd._lifecycle), and a job that never returns must not then
+        # keep the process alive (concurrent.futures joins its threads without a limit).
+        self._loops = [
+            threading.Thread(target=self._worker_loop, name=f"flowd-worker-{name}_{i}", daemon=True)
+            for i in range(concurrency)
+        ]
+        for thread in self._loops:
+            thread.start()
 
     def count_deleted(self) -> None:
         with self.dispatch_lock:
             self.dispatch_counts.deleted += 1
+
+    def count_group_lost(self) -> None:
+        with self.dispatch_lock:
+            self.dispatch_counts.groups_lost += 1
 
     def running_ids(self, stream: str) -> set[str]:
         """Ids of ``stream`` whose job (or dead-letter handling) runs now."""
@@ -137,7 +148,7 @@ class WorkerPool:
         return counts
 
     def is_worker_thread(self, thread: threading.Thread) -> bool:
-        """True for the executor threads of this pool."""
+        """True for the worker threads of this pool."""
         return thread in self._worker_threads
 
     def _worker_loop(self) -> None:
@@ -202,7 +213,9 @@ class WorkerPool:
         """End the worker loops once their current job is done; wait for them if asked."""
         for _ in self._loops:
             self.tasks.put(None)
-        self.executor.shutdown(wait=wait)
+        if wait:
+            for thread in self._loops:
+                thread.join()
 
     def stats(self) -> QueueStats:
         totals = _Counts()
@@ -212,6 +225,7 @@ class WorkerPool:
             totals.retried += counts.retried
             totals.dead_lettered += counts.dead_lettered
             totals.deleted += counts.deleted
+            totals.groups_lost += counts.groups_lost
         return QueueStats(
             totals.processed,
             totals.failed,
@@ -219,6 +233,7 @@ class WorkerPool:
             totals.dead_lettered,
             totals.deleted,
             self.permits.in_use,
+            totals.groups_lost,
         )
 
     def running_report(self) -> str:

@@ -47,6 +47,13 @@ class RunSettings:
     housekeeping: Housekeeping | None
     hooks: Sequence[Hooks]
     block: float
+    #: Seconds the run is given to stop at interpreter exit (flowd._lifecycle).
+    stop_timeout: float
+    #: Streams whose group the queue has seen exist (shared with the Queue, across its
+    #: runs): a group missing later means data was lost.
+    groups_seen: set[str]
+    #: Called in a forked child that inherited the run (the Queue resets its lock).
+    after_fork: Callable[[], None]
 
 
 @dataclass(slots=True)
@@ -124,7 +131,10 @@ def add_loops(
             part.reader_session = session
 
         def recreate_group() -> None:
-            ensure_group(session, stream, s.group)
+            created = ensure_group(session, stream, s.group)
+            if created and stream in s.groups_seen:
+                part.dispatcher.group_lost()
+            s.groups_seen.add(stream)
 
         part.loops[role] = LoopThread(
             f"flowd-{role}-{stream}",

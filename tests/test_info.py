@@ -98,6 +98,7 @@ def test_missing_stream_reads_as_empty(info_client: redis.Redis, stream: str) ->
         dlq_stream=f"{{{stream}}}:dead",
         dlq_length=0,
         groups=(),
+        eviction_policy="noeviction",
     )
     assert info.to_dict() == {
         "stream": stream,
@@ -107,6 +108,7 @@ def test_missing_stream_reads_as_empty(info_client: redis.Redis, stream: str) ->
         "dlq_stream": f"{{{stream}}}:dead",
         "dlq_length": 0,
         "groups": [],
+        "eviction_policy": "noeviction",
     }
 
 
