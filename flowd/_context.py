@@ -42,7 +42,8 @@ class StopSignal(threading.Event):
 
 class Dispatch(Protocol):
     """Hands one entry (whose permit the caller holds) to the workers or the dead-letter
-    path; ``fields`` None means the entry was deleted from the stream while pending."""
+    path. ``fields`` None means the entry was deleted from the stream while pending: it
+    is acked, and the caller holds no permit for it."""
 
     def __call__(
         self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False

@@ -51,10 +51,10 @@ class Dispatcher:
     def __call__(
         self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
     ) -> None:
-        """Queue one entry to run, or route it (the caller holds its permit)."""
+        """Queue one entry to run, or route it (the caller holds its permit; a deleted
+        entry, ``fields`` None, needs none: it is only acked)."""
         if fields is None:
             self._ack_deleted(msg_id)
-            self.pool.permits.release()
             return
         try:
             job = decode_job(self.job, fields, msg_id)

@@ -52,6 +52,9 @@ def start_entries(
     held = ctx.permits.try_acquire(len(entries))  # usually all of them, in one step
     dispatch = ctx.dispatch
     for index, (msg_id, fields) in enumerate(entries):
+        if fields is None:  # deleted while pending (re-read history): acked, needs no permit
+            dispatch(msg_id, None, 0)
+            continue
         if held:
             held -= 1
         elif not _take_permit(ctx):
@@ -63,6 +66,8 @@ def start_entries(
             )
             return index
         dispatch(msg_id, fields, 1 if deliveries is None else deliveries.get(msg_id, 1))
+    if held:  # taken for deleted entries
+        ctx.permits.release(held)
     return len(entries)
 
 

@@ -16,8 +16,8 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
-    """The flowd modules an ``from ... import ...`` statement names."""
+def resolve(importer: str, is_package: bool, node: ast.ImportFrom, modules: set[str]) -> set[str]:
+    """The flowd modules a ``from ... import ...`` statement depends on."""
     if node.level:
         base = importer.split(".")
         if not is_package:
@@ -26,8 +26,12 @@ def resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
         prefix = ".".join(base + ([node.module] if node.module else []))
     else:
         prefix = node.module or ""
-    # "from . import cli" names the module flowd.cli; "from .job import Job" names flowd.job
-    return [prefix, *(f"{prefix}.{alias.name}" for alias in node.names)]
+    # "from . import _lifecycle" depends on the module flowd._lifecycle, "from .job import
+    # Job" and "from . import Queue" on the module that defines the name
+    return {
+        f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in modules else prefix
+        for alias in node.names
+    }
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -39,7 +43,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                targets = resolve(name, is_package, node)
+                targets = list(resolve(name, is_package, node, set(files)))
             else:
                 continue
             graph[name].update(t for t in targets if t in files and t != name)
@@ -76,7 +80,9 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     graph = import_graph()
     assert "flowd._redis" in graph["flowd.queue"]  # from ._redis import ...
     assert "flowd._engine" in graph["flowd.handle"]
-    assert "flowd.contrib" in graph["flowd.contrib.flask"]  # from . import ...
+    assert "flowd.contrib" in graph["flowd.contrib.flask"]  # from . import DEFAULT_URL, ...
+    assert "flowd.cli" in graph["flowd.contrib.flask"]  # from .. import cli
+    assert "flowd._lifecycle" in graph["flowd._engine"]  # from . import _lifecycle
     assert sum(len(targets) for targets in graph.values()) > 100
 
 
