@@ -39,7 +39,7 @@ J = TypeVar("J", bound=Job)
 #: A worker: returning means success (the message is acked); raising means failure.
 WorkerFn = Callable[[Task[J]], None]
 
-#: A Queue's claimer unless told otherwise (Claimer is not changed after construction).
+#: Stands for "a Claimer() of the queue's own" in Queue's signature.
 _DEFAULT_CLAIMER = Claimer()
 
 
@@ -157,6 +157,8 @@ class Queue(Generic[J]):
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be an int >= 1, not {concurrency!r}")
         self.concurrency = concurrency
+        if claimer is _DEFAULT_CLAIMER:
+            claimer = Claimer()  # each queue its own, so changing one changes no other
         if claimer is not None and not isinstance(claimer, Claimer):
             raise ConfigurationError(f"claimer must be a flowd.Claimer, not {claimer!r}")
         for partition in self.streams:

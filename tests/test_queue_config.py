@@ -107,6 +107,9 @@ def test_a_queue_has_a_claimer_by_default(
     assert queue.claimer.min_idle_time == 30.0
     assert queue.claimer.max_retries == 3
     assert queue.claimer.dead_letter_stream(stream) == "{" + stream + "}:dead"
+    # (each queue its own: changing one queue's claimer changes no other's)
+    other = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=noop)
+    assert other.claimer is not queue.claimer
 
     # And running it starts a claimer thread, without the "no claimer" warning
     with queue.run():
