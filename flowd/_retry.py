@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._deadletter import DeadLetterPath
+from ._dead_letter_move import DeadLetterMover
 from ._fields import prior_runs
 from ._keys import derived_key
+from ._redis import Script, Session
 from ._timeutil import to_ms
 from .claimer import Claimer
 from .task import Task
@@ -42,7 +43,8 @@ logger = logging.getLogger(__name__)
 # the scheduler's own enqueue would have it.
 # Returns 0 if the message is not pending for this consumer (nothing changed),
 # 1 if its entry was deleted from the stream (acked only), 2 if scheduled.
-_SCHEDULE_LUA = """
+_SCHEDULE = Script(
+    """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #pending == 0 or pending[1][2] ~= ARGV[6] then return 0 end
 local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
@@ -78,6 +80,7 @@ redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
 return result
 """
+)
 
 
 def scheduled_id(msg_id: str, group: str, runs: int) -> str:
@@ -139,6 +142,9 @@ class RetryTimer:
 class RetryControl:
     """Retry decisions for the failed runs of one stream's messages.
 
+    Its Redis calls run on worker threads, each with a
+    :class:`~flowd._redis.Session` of its own (made on first use).
+
     :param release_lease: called before a short retry's XCLAIM: the message
         must no longer be leased (renewed) once its idle time is set.
     """
@@ -150,7 +156,7 @@ class RetryControl:
         group: str,
         consumer: str,
         claimer: Claimer | None,
-        dead_letters: DeadLetterPath | None,
+        dead_letters: DeadLetterMover | None,
         release_lease: Callable[[Task[Any]], None],
     ) -> None:
         self.client = client
@@ -165,7 +171,25 @@ class RetryControl:
         self._scheduled_key = derived_key(stream, "scheduled")
         self._errors_key = derived_key(stream, f"errors:{group}")
         self._tracebacks_key = derived_key(stream, f"tracebacks:{group}")
-        self._schedule = client.register_script(_SCHEDULE_LUA)
+        self._local = threading.local()
+        self._sessions: list[Session] = []
+        self._lock = threading.Lock()
+
+    def _session(self) -> Session:
+        session: Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = Session(self.client, self.stream)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        """Close the worker threads' sessions."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
 
     @property
     def active(self) -> bool:
@@ -227,8 +251,8 @@ class RetryControl:
         idle = max(self.min_idle_ms - to_ms(delay), 0)
         try:
             # JUSTID: the idle time changes, the delivery count does not.
-            self.client.xclaim(
-                self.stream, self.group, self.consumer, 0, [task.id], idle=idle, justid=True
+            self._session().call(
+                "XCLAIM", self.stream, self.group, self.consumer, 0, task.id, "IDLE", idle, "JUSTID"
             )
         except Exception:
             logger.warning(
@@ -261,7 +285,7 @@ class RetryControl:
             derived_key(self.stream, "unique:"),
         ]
         try:
-            result = int(self._schedule(keys=keys, args=args))
+            result = int(self._session().run_script(_SCHEDULE, keys, args))
         except Exception:
             logger.warning(
                 "could not schedule the retry of %s on %s; it stays pending and the claimer "
@@ -318,8 +342,16 @@ class RetryControl:
         limit = self.dead_letters.claimer.max_retries + 1
         count = max(limit - prior_runs(task.fields), 1)
         try:
-            self.client.xclaim(
-                self.stream, self.group, self.consumer, 0, [task.id], retrycount=count, justid=True
+            self._session().call(
+                "XCLAIM",
+                self.stream,
+                self.group,
+                self.consumer,
+                0,
+                task.id,
+                "RETRYCOUNT",
+                count,
+                "JUSTID",
             )
         except Exception:
             logger.warning(
