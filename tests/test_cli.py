@@ -468,11 +468,11 @@ def test_demo_runs_on_an_embedded_server() -> None:
 
     # Then it completes, prints its summary and stops its server
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "started an embedded redis-server" in result.stdout
+    assert "started a private redis-server" in result.stdout
     assert "summary" in result.stdout
     assert "dead letters     2" in result.stdout
     assert "clean stop       True" in result.stdout
-    assert "stopped the embedded redis-server" in result.stdout
+    assert "stopped the private redis-server" in result.stdout
 
 
 def demo_keys(client: redis.Redis) -> set[bytes]:
