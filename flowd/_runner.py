@@ -150,9 +150,7 @@ def run(
     started = time.monotonic()
     for queue in queues:
         where = client_address(queue.client)
-        wait_for_redis(
-            queue.client, where, max(0.0, connect_timeout - (time.monotonic() - started))
-        )
+        wait_for_redis(queue.client, where, connect_timeout, since=started)
         logger.info(
             "worker for %s/%s as consumer %s on %s",
             queue.stream,

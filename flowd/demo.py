@@ -156,15 +156,15 @@ def _tour(client: Any, stream: str, jobs: int) -> int:
         f"4. recovered {len(recovered)} of the crashed consumer's jobs "
         f"(delivered again after min_idle_time)"
     )
-    _say(f"5. dead-lettered {len(dead)} messages after max_retries, each with its reason:")
+    _say(f"5. dead-lettered {len(dead)} messages (unreadable, or out of retries):")
     for reason in dead:
         _say(f"   - {reason}")
     _say(
         "\nsummary\n"
         f"   jobs processed   {stats.processed}: {fresh} new ones in {first_pass:.2f}s "
         f"({fresh / max(first_pass, 1e-9):,.0f} jobs/s), all done after {elapsed:.2f}s\n"
-        f"   retried runs     {stats.retried} (runs of a message delivered before: the "
-        "recovered jobs, and the poison job until it became a dead letter)\n"
+        f"   retried runs     {stats.retried} (runs of a message delivered before: "
+        "the recovered jobs, the poison job)\n"
         f"   dead letters     {stats.dead_lettered} (moved to {dead_letter_stream(stream)})\n"
         f"   still pending    {pending}\n"
         f"   clean stop       {clean}"
