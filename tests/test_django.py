@@ -174,7 +174,8 @@ def test_worker_runs_every_queue_retries_and_stops_cleanly_on_sigterm(
     # Then the failing job is retried by the claimer (MAX_RETRIES 1), then dead-lettered
     dead = wait_until(lambda: recorded(client, stream, "dead"), timeout=20)
     assert dead == ["bad@example.com: RuntimeError: cannot send to bad@example.com"]
-    assert client.xlen(f"{{{stream}-emails}}:dead") == 1
+    # (DLQ_WORKER runs before the move to the dead-letter stream)
+    wait_until(lambda: client.xlen(f"{{{stream}-emails}}:dead") == 1, timeout=10)
     assert recorded(client, stream, "welcomed") == ["ok@example.com in-db=False"]
 
     proc.send_signal(signal.SIGTERM)
