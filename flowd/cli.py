@@ -21,7 +21,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import __version__ as _source_version
 from . import _commands, _runner
-from ._urls import DEFAULT_URL
+from ._connect import resolve_url
+from ._urls import DEFAULT_URL, redact_url
 
 #: The distribution that installs the ``flowd`` package and command.
 DISTRIBUTION = "flowd-queue"
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
     except Exception as exc:
-        failure = _runner.exit_status(exc)
+        failure = _runner.exit_status(exc, redact_url(resolve_url(getattr(args, "url", None))[0]))
         if failure is None:
             raise
         print(f"flowd: {failure}", file=sys.stderr)
