@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 #: How many key names a "no such stream" error scans for streams that do exist.
 _SCAN_LIMIT = 10_000
 _NAMES_SHOWN = 10
+_STREAM_ID = re.compile(r"\d+-\d+")
 
 
 # -- flowd worker
@@ -91,16 +93,18 @@ def _client(args: argparse.Namespace) -> Any:
 def _missing_stream(client: Any, stream: str) -> CommandError:
     """'no stream X', naming (some of) the streams that exist."""
     found: list[str] = []
+    more = False
     try:
         for index, name in enumerate(client.scan_iter(count=1000, _type="stream")):
             text = name.decode() if isinstance(name, bytes) else str(name)
+            if len(found) == _NAMES_SHOWN or index >= _SCAN_LIMIT:
+                more = True
+                break
             if not text.endswith(":dead"):
                 found.append(text)
-            if len(found) >= _NAMES_SHOWN or index >= _SCAN_LIMIT:
-                break
     except Exception:  # a server or client without SCAN TYPE: say less, not nothing
         logger.debug("could not list the streams", exc_info=True)
-    there = ", ".join(sorted(found)) if found else "none found"
+    there = ", ".join(sorted(found) + (["..."] if more else [])) if found else "none found"
     return CommandError(f"no stream {stream!r} at this Redis; streams here: {there}", EXIT_USAGE)
 
 
@@ -140,6 +144,11 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     """``flowd dlq list|requeue|purge STREAM``."""
     from .deadletters import DeadLetters
 
+    if args.action == "list" and args.limit < 1:
+        raise CommandError(f"--limit must be at least 1, not {args.limit}", EXIT_USAGE)
+    for msg_id in getattr(args, "ids", None) or ():
+        if not _STREAM_ID.fullmatch(msg_id):
+            raise CommandError(f"{msg_id!r} is not a stream id like 1712345678901-0", EXIT_USAGE)
     client = _client(args)
     status = EXIT_OK
     for stream in partition_streams(args.stream, args.partitions):

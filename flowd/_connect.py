@@ -48,9 +48,7 @@ def bad_url(url: str, source: str, exc: Exception) -> CommandError:
     """The error for a URL that redis-py cannot parse, naming where it came from."""
     # redis-py's message may quote the URL, password included: only show it without one.
     detail = "" if "@" in url else f": {exc}"
-    return CommandError(
-        f"invalid Redis URL {redact_url(url)!r} (from {source}){detail}", EXIT_USAGE
-    )
+    return CommandError(f"bad Redis URL {redact_url(url)} (from {source}){detail}", EXIT_USAGE)
 
 
 def check_url(url: str, source: str) -> None:

@@ -64,7 +64,7 @@ def _user_error(what: str, module_name: str, exc: Exception) -> CommandError:
         # redis-py's own wording; --url and FLOWD_REDIS_URL were checked before the import.
         own = [f for f in frames if not f.filename.startswith(_REDIS_DIR)]
         where = f", {own[-1].filename}:{own[-1].lineno}" if own else ""
-        message = f"invalid Redis URL in {module_name!r} (its own client{where}): {exc}"
+        message = f"bad Redis URL in {module_name!r} (its own client{where}): {exc}"
     else:
         message = f"{what} {type(exc).__name__}: {exc}"
     detail = ""

@@ -115,7 +115,7 @@ def test_a_malformed_url_names_itself_and_its_source(source: str, stream: str) -
     # Then it exits 2 saying the URL is invalid, which one (redacted), and where it came from
     assert result.returncode == 2, result.stderr
     assert stderr_reasons(result.stderr) == [
-        f"flowd: invalid Redis URL 'htp://:***@127.0.0.1:6390/0' (from {source})"
+        f"flowd: bad Redis URL htp://:***@127.0.0.1:6390/0 (from {source})"
     ], result.stderr
     assert "s3cret" not in result.stderr
 
@@ -133,7 +133,7 @@ def test_a_malformed_url_in_the_module_is_reported_as_the_modules(
     assert result.returncode == 2, result.stderr
     reasons = stderr_reasons(result.stderr)
     assert len(reasons) == 1, result.stderr
-    assert reasons[0].startswith("flowd: invalid Redis URL in 'badurl' (its own client, ")
+    assert reasons[0].startswith("flowd: bad Redis URL in 'badurl' (its own client, ")
     assert "badurl.py:6" in reasons[0]
     assert "cannot import" not in result.stderr
 
