@@ -75,16 +75,19 @@ def connect(url: str, source: str, *, wait: float = 0.0) -> Any:
 
 
 def client_address(client: Any) -> str:
-    """Where a client connects, as a URL without the password."""
+    """Where a client connects, as a URL with any password shown as ``***``."""
     if is_cluster(client):
         node = client.get_default_node()
         return f"redis+cluster://{node.host}:{node.port}"
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"
-    scheme = "rediss" if kwargs.get("ssl") or "ssl_context" in kwargs else "redis"
+    tls = issubclass(client.connection_pool.connection_class, redis.connection.SSLConnection)
+    scheme = "rediss" if tls else "redis"
+    # The password shows as *** (as redact_url shows it): whether one is used, not what.
+    auth = f"{kwargs.get('username') or ''}:***@" if kwargs.get("password") else ""
     return (
-        f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/"
+        f"{scheme}://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/"
         f"{kwargs.get('db', 0)}"
     )
 
