@@ -187,9 +187,11 @@ def _run_here(queues: Sequence[Queue[Any]], *, burst: bool, shutdown_timeout: fl
             f"queue {ended.stream}/{ended.group} ended on its own (see the errors above)"
         )
     if not clean:
+        jobs = running_jobs()
+        which = f"{len(jobs)} job(s) still running" if jobs else "jobs still running"
         raise CommandError(
-            f"unclean stop: jobs still running after {shutdown_timeout:g}s "
-            "stay pending for the claimer"
+            f"unclean stop: {which} after {shutdown_timeout:g}s, left pending for the "
+            f"claimer{': ' + ', '.join(jobs) if jobs else ''}"
         )
     return EXIT_OK
 

@@ -368,11 +368,12 @@ def test_an_unclean_stop_lists_only_the_jobs_still_running(
 
     # Then it exits 1 naming that one job, by message id, and no idle thread
     assert status == 1, worker.stderr()
-    lines = [x for x in worker.stderr().splitlines() if "still running, left pending" in x]
-    assert len(lines) == 1, worker.stderr()
-    listed = lines[0].split("left pending for the claimer: ", 1)[1]
-    assert re.fullmatch(rf"{re.escape(ids[0])} \({re.escape(stream)}\) on flowd-\S+", listed)
-    assert "exiting with 1 job(s)" in lines[0]
+    reasons = stderr_reasons(worker.stderr())
+    assert len(reasons) == 1, worker.stderr()
+    prefix = "flowd: unclean stop: 1 job(s) still running after 1s, left pending for the claimer: "
+    assert reasons[0].startswith(prefix), reasons
+    listed = reasons[0].removeprefix(prefix)
+    assert re.fullmatch(rf"{re.escape(ids[0])} \({re.escape(stream)}\) on flowd-worker-\S+", listed)
     assert ids[0] in pending_ids(client, stream)
 
 
