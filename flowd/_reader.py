@@ -1,4 +1,5 @@
-"""The reader: XREADGROUP for new messages, never more than there are free permits."""
+"""The reader: XREADGROUP for new messages, as many as there are free permits plus
+the read-ahead that recent job durations allow (see flowd._readahead)."""
 
 from __future__ import annotations
 
@@ -71,8 +72,12 @@ class Reader:
 
     def step(self) -> bool:
         runtime = self.runtime
-        free = runtime.permits.wait_free(self._poll)
-        if free <= 0 or runtime.stop_event.is_set():
+        permits = runtime.permits
+        target = runtime.pool.readahead.target()
+        # Read when a permit is free, or (reading ahead) once half the buffer is gone.
+        free, buffered = permits.wait_room(self._poll, target // 2 if target else -1)
+        count = free + target - buffered
+        if count <= 0 or (free <= 0 and buffered > target // 2) or runtime.stop_event.is_set():
             return False
         reply = self.session.call(
             "XREADGROUP",
@@ -80,7 +85,7 @@ class Reader:
             runtime.group,
             runtime.consumer,
             "COUNT",
-            free,
+            count,
             "BLOCK",
             self.block_ms,
             "STREAMS",
@@ -93,7 +98,15 @@ class Reader:
                 logger.debug(
                     "read %d messages from %s/%s", len(entries), runtime.stream, runtime.group
                 )
-            start_entries(runtime, entries, None)
+            prepare = runtime.prepare
+            items = [
+                item
+                for msg_id, fields in entries
+                if (item := prepare(msg_id, fields, 1)) is not None
+            ]
+            put = runtime.pool.tasks.put
+            for item in items[: permits.admit(items)]:
+                put(item)
         return True
 
 

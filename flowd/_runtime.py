@@ -27,6 +27,7 @@ from ._acker import Acker
 from ._deadletter import DeadLetterPath
 from ._keys import derived_key
 from ._permits import Permits
+from ._readahead import ALPHA, ReadAhead
 from ._timeutil import remaining
 from .errors import DecodeError
 from .hooks import HookSet, LogHooks, call_hooks
@@ -48,7 +49,8 @@ class QueueStats:
     raised. ``retried``: runs of a message delivered before. ``dead_lettered``:
     messages moved to the dead-letter path. ``deleted``: pending entries that
     had been deleted from the stream, acked without running. ``in_flight``:
-    jobs running now.
+    jobs running now. ``buffered``: messages read ahead, waiting for a worker
+    (pending under this consumer, leased, handed back on stop).
     """
 
     processed: int = 0
@@ -57,6 +59,7 @@ class QueueStats:
     dead_lettered: int = 0
     deleted: int = 0
     in_flight: int = 0
+    buffered: int = 0
 
 
 class _Counts:
@@ -85,7 +88,12 @@ class WorkerPool:
         self.stop_event = threading.Event()
         #: Lease renewal outlives stop_event: running jobs stay leased until they finish.
         self.lease_stop = threading.Event()
-        self.permits = Permits(queue.concurrency)
+        self.tasks: queue_module.SimpleQueue[Task[Any] | _DeadLetter | None] = (
+            queue_module.SimpleQueue()
+        )
+        self.permits = Permits(queue.concurrency, self.tasks.put)
+        #: How many messages the readers may read beyond the free permits.
+        self.readahead = ReadAhead(queue.concurrency)
         #: (stream, message id) -> (task, monotonic start) of every job running now.
         self.running: dict[tuple[str, str], tuple[Task[Any], float]] = {}
         #: When stop() must be done by (monotonic), once stopping.
@@ -97,9 +105,6 @@ class WorkerPool:
         self._worker_threads: set[threading.Thread] = set()
         self.dispatch_counts = self._new_counts()  # written under dispatch_lock
         self.dispatch_lock = threading.Lock()
-        self.tasks: queue_module.SimpleQueue[Task[Any] | _DeadLetter | None] = (
-            queue_module.SimpleQueue()
-        )
         self.executor = ThreadPoolExecutor(
             max_workers=queue.concurrency, thread_name_prefix=f"flowd-worker-{queue.stream}"
         )
@@ -118,36 +123,43 @@ class WorkerPool:
         # The hot path: names bound once, counters private to this thread.
         self._worker_threads.add(threading.current_thread())
         counts = self._new_counts()
-        get, running, release = self.tasks.get, self.running, self.permits.release
+        get, running, next_or_release = self.tasks.get, self.running, self.permits.next_or_release
         worker, streams, monotonic = self.queue.worker, self.streams, time.monotonic
         before, success = self.hooks.before_job, self.hooks.after_success
+        readahead = self.readahead
+        item: Task[Any] | _DeadLetter | None
         while (item := get()) is not None:
-            if type(item) is _DeadLetter:
-                self._run_dead_letter(item.task, counts)
-                continue
-            task: Task[Any] = item  # type: ignore[assignment]
-            msg_id = task.id
-            key = (task.stream, msg_id)
-            retried = task.deliveries > 1
-            started = monotonic()
-            running[key] = (task, started)
-            try:
-                if before:
-                    call_hooks(before, task)
-                worker(task)
-            except BaseException as exc:
-                counts.failed += 1
-                self._failed(task, exc, monotonic() - started)
-            else:
-                streams[task.stream].acker.add(msg_id, retried)
-                counts.processed += 1
-                if success:
-                    call_hooks(success, task, monotonic() - started)
-            finally:
-                if retried:
-                    counts.retried += 1
-                running.pop(key, None)
-                release()
+            # With read-ahead, go on with buffered items under the same permit.
+            while item is not None:
+                if type(item) is _DeadLetter:
+                    self._run_dead_letter(item.task, counts)
+                    item = next_or_release()
+                    continue
+                task: Task[Any] = item  # type: ignore[assignment]
+                msg_id = task.id
+                key = (task.stream, msg_id)
+                retried = task.deliveries > 1
+                started = monotonic()
+                running[key] = (task, started)
+                try:
+                    if before:
+                        call_hooks(before, task)
+                    worker(task)
+                except BaseException as exc:
+                    counts.failed += 1
+                    self._failed(task, exc, monotonic() - started)
+                else:
+                    streams[task.stream].acker.add(msg_id, retried)
+                    counts.processed += 1
+                    if success:
+                        call_hooks(success, task, monotonic() - started)
+                finally:
+                    if retried:
+                        counts.retried += 1
+                    running.pop(key, None)
+                    seconds = readahead.seconds
+                    readahead.seconds = seconds + (monotonic() - started - seconds) * ALPHA
+                item = next_or_release()
 
     def _failed(self, task: Task[Any], exc: BaseException, duration: float) -> None:
         call_hooks(self.hooks.after_failure, task, exc, duration)
@@ -173,7 +185,6 @@ class WorkerPool:
             )
         finally:
             self.running.pop((task.stream, task.id), None)
-            self.permits.release()
 
     def finish(
         self,
@@ -197,6 +208,12 @@ class WorkerPool:
 
     def shutdown(self, *, wait: bool) -> None:
         """End the worker loops once their current job is done; wait for them if asked."""
+        left = self.permits.take_buffer()  # none may start after stop() returned
+        if left:
+            logger.warning(
+                "%d messages read ahead were not started; they stay pending for the claimer",
+                len(left),
+            )
         for _ in self._loops:
             self.tasks.put(None)
         self.executor.shutdown(wait=wait)
@@ -216,6 +233,7 @@ class WorkerPool:
             totals.dead_lettered,
             totals.deleted,
             self.permits.in_use,
+            self.permits.buffered,
         )
 
     def running_report(self) -> str:
@@ -261,25 +279,43 @@ class Runtime:
         self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
     ) -> None:
         """Queue one entry to run, or route it to the dead-letter path."""
+        item = self.prepare(msg_id, fields, deliveries, claimed=claimed)
+        if item is None:
+            self.permits.release()
+        else:
+            self.pool.tasks.put(item)
+
+    def prepare(
+        self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
+    ) -> Task[Any] | _DeadLetter | None:
+        """The work item for one entry: a Task to run, dead-letter work, or None when
+        there is nothing to run (deleted, or undecodable without a claimer)."""
         if fields is None:
             self.ack_deleted(msg_id)
-            self.permits.release()
-            return
+            return None
         try:
             job = decode_job(self.queue.job, fields, msg_id)
         except DecodeError as exc:
-            self.dead_letter(msg_id, fields, deliveries, None, exc.reason_text())
-            return
+            return self._dead_letter_item(msg_id, fields, deliveries, None, exc.reason_text())
         task = Task(msg_id, job, deliveries, self.stream, fields)
         on_claim = self.pool.hooks.on_claim
         if claimed and on_claim:
             call_hooks(on_claim, task)
-        self.pool.tasks.put(task)
+        return task
 
     def dead_letter(
         self, msg_id: str, fields: Fields, deliveries: int, job: Any, reason: str
     ) -> None:
         """Queue one entry for the dead-letter path (it does not run)."""
+        item = self._dead_letter_item(msg_id, fields, deliveries, job, reason)
+        if item is None:
+            self.permits.release()
+        else:
+            self.pool.tasks.put(item)
+
+    def _dead_letter_item(
+        self, msg_id: str, fields: Fields, deliveries: int, job: Any, reason: str
+    ) -> _DeadLetter | None:
         if self.dead_letters is None:
             logger.error(
                 "message %s on %s/%s cannot be processed (%s); no claimer is "
@@ -289,10 +325,8 @@ class Runtime:
                 self.group,
                 reason,
             )
-            self.permits.release()
-            return
-        task = Task(msg_id, job, deliveries, self.stream, fields, reason)
-        self.pool.tasks.put(_DeadLetter(task))
+            return None
+        return _DeadLetter(Task(msg_id, job, deliveries, self.stream, fields, reason))
 
     def exhausted(self, msg_id: str, fields: Fields, deliveries: int) -> None:
         """A claimed message past max_retries: dead-letter it with its last failure."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._keys import dead_letter_stream
+from ._readahead import ids_of
 from ._redis import Session, parse_xautoclaim, parse_xpending_range, unnamed_deleted
 from ._timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError
@@ -229,7 +230,8 @@ class ClaimLoop:
 
 
 class LeaseLoop:
-    """Keeps running jobs' messages fresh (XCLAIM ... JUSTID) so no claimer takes them."""
+    """Keeps the messages of running jobs, and of those read ahead, fresh (XCLAIM ...
+    JUSTID) so no claimer takes them."""
 
     def __init__(self, runtime: Runtime, session: Session, claimer: Claimer) -> None:
         self.runtime = runtime
@@ -247,6 +249,8 @@ class LeaseLoop:
             for (stream, msg_id), (_, started) in list(runtime.running.items())
             if stream == runtime.stream and started <= cutoff
         ]
+        if not runtime.stop_event.is_set():  # once stopping, they are handed back instead
+            ids += ids_of(runtime.permits.buffered_items(), runtime.stream)
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             # JUSTID does not bump the delivery count; min-idle 0 always resets idle.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from ._readahead import hand_back
 from ._redis import Session
 from ._runtime import QueueStats
 from ._timeutil import remaining, stop_timeout
@@ -173,6 +174,8 @@ class QueueHandle:
         pool.permits.wake()
         for part in parts:
             self._interrupt_reader(part, deadline)
+        if queue.claimer is not None:
+            self._hand_back(parts)
         for part in parts:
             for thread in part.background:
                 thread.join(remaining(deadline))
@@ -206,6 +209,39 @@ class QueueHandle:
             stats.deleted,
         )
         return clean
+
+    def _hand_back(self, parts: list[StreamThreads]) -> None:
+        """Make the messages read ahead and not started claimable by any consumer now.
+
+        Without a claimer nothing would take them back, so they run instead (the
+        workers empty the buffer before wait_all_free() sees every permit free).
+        """
+        items = self._pool.permits.take_buffer()
+        if not items:
+            return
+        for part in parts:
+            runtime = part.runtime
+            session = Session(runtime.client, runtime.stream, address=part.reader_session.address)
+            try:
+                handed = hand_back(session, runtime.stream, runtime.group, runtime.consumer, items)
+            except Exception as exc:
+                logger.warning(
+                    "could not hand back the messages read ahead on %s/%s (%s); they stay "
+                    "pending and are claimed after min_idle_time",
+                    runtime.stream,
+                    runtime.group,
+                    exc,
+                )
+                continue
+            finally:
+                session.close()
+            if handed:
+                logger.info(
+                    "handed back %d messages read ahead and not started on %s/%s",
+                    handed,
+                    runtime.stream,
+                    runtime.group,
+                )
 
     def _interrupt_reader(self, part: StreamThreads, deadline: float | None) -> None:
         """End a blocked XREADGROUP now instead of after its block time."""
