@@ -41,6 +41,8 @@ class Permits:
         self._wakes = 0  # wake() calls so far: ends the waits of wait_free()
         self._buffer: collections.deque[Any] = collections.deque()
         self._refill_at = -1  # wake the waiting reader once the buffer is this short
+        #: Buffered items started so far: the reader sees whether the buffer moves.
+        self.started = 0
 
     @property
     def in_use(self) -> int:
@@ -109,6 +111,7 @@ class Permits:
             buffer = self._buffer
             if buffer:
                 item = buffer.popleft()
+                self.started += 1
                 if len(buffer) <= self._refill_at:
                     self._cond.notify_all()
                 return item
@@ -120,11 +123,18 @@ class Permits:
                 self._cond.notify_all()
             return None
 
-    def take_buffer(self) -> list[Any]:
-        """Empty the buffer and return what it held (a stop hands them back)."""
+    def take_buffer(self, keep: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Take the buffered items (those ``keep`` selects, if given) and return them."""
         with self._cond:
-            items = list(self._buffer)
-            self._buffer.clear()
+            if keep is None:
+                items = list(self._buffer)
+                self._buffer.clear()
+                return items
+            items = [item for item in self._buffer if keep(item)]
+            if items:
+                rest = [item for item in self._buffer if not keep(item)]
+                self._buffer.clear()
+                self._buffer.extend(rest)
             return items
 
     def buffered_items(self) -> list[Any]:
@@ -157,6 +167,7 @@ class Permits:
                 raise ValueError("Permits released too many times")
             buffer = self._buffer
             started = [buffer.popleft() for _ in range(min(n, len(buffer)))]
+            self.started += len(started)
             free = self._free + n - len(started)
             self._free = free
             if self._needs and free >= min(self._needs):

@@ -31,6 +31,9 @@ CAP = 256
 ALPHA = 0.1
 #: What an unmeasured job counts as: slow, so nothing is read ahead at first.
 UNMEASURED = 1.0
+#: A buffer from which no message started for this long waits behind jobs that
+#: turned out slow: it is handed back, for whichever consumer has a free worker.
+STALE = 0.5
 #: Idle time (ms) a handed-back message gets: far above any min_idle_time, and
 #: below the server's clock in ms (XCLAIM turns a larger IDLE into 0).
 HAND_BACK_IDLE_MS = 10 * 365 * 24 * 3600 * 1000

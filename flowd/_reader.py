@@ -7,6 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ._readahead import STALE, hand_back, item_id
 from ._redis import Entry, Session, parse_xpending_range, parse_xreadgroup
 from ._timeutil import to_ms
 
@@ -69,13 +70,19 @@ class Reader:
         self.session = session
         self.block_ms = to_ms(block_seconds(block, session.socket_timeout))
         self._poll = block
+        # Where the buffer stood (messages started from it), and since when.
+        self._started = 0
+        self._since = time.monotonic()
 
     def step(self) -> bool:
         runtime = self.runtime
         permits = runtime.permits
         target = runtime.pool.readahead.target()
         # Read when a permit is free, or (reading ahead) once half the buffer is gone.
-        free, buffered = permits.wait_room(self._poll, target // 2 if target else -1)
+        poll = min(self._poll, STALE) if permits.buffered else self._poll
+        free, buffered = permits.wait_room(poll, target // 2 if target else -1)
+        if buffered and self._stalled(buffered):
+            return True
         count = free + target - buffered
         if count <= 0 or (free <= 0 and buffered > target // 2) or runtime.stop_event.is_set():
             return False
@@ -107,6 +114,28 @@ class Reader:
             put = runtime.pool.tasks.put
             for item in items[: permits.admit(items)]:
                 put(item)
+        return True
+
+    def _stalled(self, buffered: int) -> bool:
+        """Hand the buffer back if nothing started from it for STALE seconds; True if
+        it did (it talked to Redis)."""
+        runtime, permits = self.runtime, self.runtime.permits
+        now = time.monotonic()
+        if permits.started != self._started:
+            self._started, self._since = permits.started, now
+            return False
+        if now - self._since < STALE or runtime.queue.claimer is None:
+            return False
+        self._since = now
+        stream = runtime.stream
+        items = permits.take_buffer(lambda item: item_id(item)[0] == stream)
+        handed = hand_back(self.session, runtime.stream, runtime.group, runtime.consumer, items)
+        logger.info(
+            "handed back %d messages read ahead on %s/%s: the jobs ahead of them are slow",
+            handed,
+            runtime.stream,
+            runtime.group,
+        )
         return True
 
 

@@ -2,8 +2,10 @@
 
 A queue reads beyond its free permits only while recent jobs were short. To
 get messages read ahead and left waiting, the tests enqueue a run of instant
-jobs (which make the queue read ahead) followed by slow ones (which then hold
-every worker while the rest wait in the buffer).
+jobs (which make the queue read ahead) followed by slower ones (which then hold
+every worker while the rest wait in the buffer). Slower means 0.3 s where the
+buffer must stay (it still moves, so it is not handed back as stalled), and
+seconds where the test is about a stalled buffer.
 """
 
 from __future__ import annotations
@@ -169,11 +171,11 @@ def test_read_ahead_messages_are_leased_while_they_wait(
     # Given a consumer whose claimer would reclaim anything idle for 0.6 s
     enqueue(client, stream, range(FAST + SLOW))
     recorder = Recorder()
-    work = recorder.worker("A", lambda n: time.sleep(2.0) if n >= FAST else None)
+    work = recorder.worker("A", lambda n: time.sleep(0.3) if n >= FAST else None)
     claimer = flowd.Claimer(min_idle_time=0.6, interval=0.1)
     handle = queues.run(work, concurrency=2, consumer="A", claimer=claimer)
 
-    # When messages wait in its buffer behind two slow jobs for over a second
+    # When messages wait in its buffer behind slower jobs for over a second
     wait_for_buffered(handle, 5)
     waiting_from = time.monotonic()
     max_idle = 0
@@ -196,7 +198,7 @@ def test_stop_hands_back_read_ahead_messages_to_other_consumers(
     # Given consumer A with messages read ahead and waiting behind two slow jobs
     enqueue(client, stream, range(FAST + SLOW))
     recorder = Recorder()
-    work_a = recorder.worker("A", lambda n: time.sleep(0.5) if n >= FAST else None)
+    work_a = recorder.worker("A", lambda n: time.sleep(0.3) if n >= FAST else None)
     interval = 3.0  # claimer sweeps; min_idle_time is far longer
     claimer = flowd.Claimer(min_idle_time=60.0, interval=interval)
     a = queues.run(work_a, concurrency=2, consumer="A", claimer=claimer)
@@ -249,6 +251,29 @@ def test_stop_without_claimer_runs_read_ahead_messages(
     wait_until(lambda: int(client.xpending(stream, GROUP)["pending"]) == 0, timeout=WAIT)
 
 
+def test_a_stalled_buffer_is_handed_to_an_idle_consumer(
+    client: redis.Redis, stream: str, queues: Queues
+) -> None:
+    # Given consumer A reading ahead, then stuck on two long jobs, and an idle consumer B
+    enqueue(client, stream, range(FAST + SLOW))
+    recorder = Recorder()
+    work_a = recorder.worker("A", lambda n: time.sleep(3.0) if n >= FAST else None)
+    claimer = flowd.Claimer(min_idle_time=60.0, interval=0.2)
+    a = queues.run(work_a, concurrency=2, consumer="A", claimer=claimer)
+    wait_for_buffered(a, 5)
+    queues.run(recorder.worker("B"), concurrency=2, consumer="B", claimer=claimer)
+
+    # When nothing starts from A's buffer for a while
+    # Then A hands it back and B runs those jobs, long before min_idle_time, as first
+    # deliveries: slow jobs do not make a consumer hoard work another one could do
+    wait_until(lambda: len(recorder.by("B")) >= SLOW - 2, timeout=WAIT)
+    assert a.stats().buffered == 0
+    assert all(d == 1 for _, d, _ in recorder.by("B"))
+    assert {n for n, _, _ in recorder.by("B")} <= set(range(FAST, FAST + SLOW))
+    for handle in queues.handles:
+        handle.stop(timeout=0.5)  # A's two long jobs stay pending for a later claim
+
+
 # ---------------------------------------------------------------------------
 # Done when: SIGKILL while holding read-ahead messages
 
@@ -272,7 +297,7 @@ def test_sigkill_with_read_ahead_messages_loses_none(
         return {m for m in pending_rows(client, stream, "crashy") if number[m] not in started}
 
     proc = subprocess.Popen(
-        [sys.executable, str(CRASH_WORKER), redis_url, stream, GROUP, "crashy", "3.0", str(FAST)],
+        [sys.executable, str(CRASH_WORKER), redis_url, stream, GROUP, "crashy", "0.3", str(FAST)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=str(Path(__file__).parent.parent),
