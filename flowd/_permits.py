@@ -75,33 +75,56 @@ class Permits:
         return len(self._buffer)
 
     def wait_room(self, timeout: float | None, refill_at: int) -> tuple[int, int]:
-        """Wait until a permit is free, the buffer holds ``refill_at`` items or fewer,
-        or wake(); return (free permits, buffered items)."""
+        """Wait until a permit is spare (free, and not needed by a buffered item), the
+        buffer holds ``refill_at`` items or fewer, or wake(); return (spare permits,
+        buffered items)."""
         with self._cond:
             buffer = self._buffer
-            if self._free < 1 and len(buffer) > refill_at:
+            if self._free - len(buffer) < 1 and len(buffer) > refill_at:
                 wakes = self._wakes
                 self._needs.append(1)
                 self._refill_at = refill_at
                 try:
                     self._cond.wait_for(
-                        lambda: self._free >= 1 or len(buffer) <= refill_at or self._wakes != wakes,
+                        lambda: (
+                            self._free - len(buffer) >= 1
+                            or len(buffer) <= refill_at
+                            or self._wakes != wakes
+                        ),
                         timeout,
                     )
                 finally:
                     self._needs.remove(1)
                     self._refill_at = -1
-            return self._free, len(buffer)
+            return max(0, self._free - len(buffer)), len(buffer)
 
-    def admit(self, items: list[Any]) -> int:
-        """Take a permit for each of the first items while any are free, and buffer the
-        rest; returns how many took a permit (the caller starts those)."""
+    def admit(self, items: list[Any], start: int) -> int:
+        """Take a permit for each of the first ``start`` items (fewer if fewer are
+        free) and buffer the rest; returns how many took one (the caller starts those).
+
+        Starting fewer than the free permits wakes fewer worker threads: the ones
+        started go on with the buffer (:meth:`next_or_release`).
+        """
         with self._cond:
-            taken = min(len(items), self._free)
+            taken = min(len(items), start, self._free)
             self._free -= taken
             if taken < len(items):
                 self._buffer.extend(items[taken:])
             return taken
+
+    def start_spare(self) -> int:
+        """Start buffered items on the free permits (the workers on it are slow to get
+        through it); returns how many started."""
+        with self._cond:
+            buffer = self._buffer
+            started = [buffer.popleft() for _ in range(min(self._free, len(buffer)))]
+            self._free -= len(started)
+            self.started += len(started)
+        if started:
+            assert self.start is not None, "items are buffered only with a start callback"
+            for item in started:
+                self.start(item)
+        return len(started)
 
     def next_or_release(self) -> Any:
         """The next buffered item, keeping the caller's permit; or, with the buffer

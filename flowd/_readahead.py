@@ -31,6 +31,8 @@ CAP = 256
 ALPHA = 0.1
 #: What an unmeasured job counts as: slow, so nothing is read ahead at first.
 UNMEASURED = 1.0
+#: A buffer from which no message started for this long gets the free workers too.
+NUDGE = 0.05
 #: A buffer from which no message started for this long waits behind jobs that
 #: turned out slow: it is handed back, for whichever consumer has a free worker.
 STALE = 0.5
@@ -52,6 +54,12 @@ class ReadAhead:
         self.concurrency = concurrency
         #: Moving average of recent job durations, in seconds.
         self.seconds = UNMEASURED
+
+    def starters(self, items: int) -> int:
+        """Worker threads to start on ``items`` read: enough to finish them within
+        HORIZON, so that tiny jobs run on one thread with no thread switch per job."""
+        needed = items * self.seconds / HORIZON
+        return max(1, min(items, int(needed) + 1))
 
     def target(self) -> int:
         """Messages to keep buffered beyond the running ones (0 while jobs are slow)."""

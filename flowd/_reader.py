@@ -7,7 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ._readahead import STALE, hand_back, item_id
+from ._readahead import NUDGE, STALE, hand_back, item_id
 from ._redis import Entry, Session, parse_xpending_range, parse_xreadgroup
 from ._timeutil import to_ms
 
@@ -77,14 +77,15 @@ class Reader:
     def step(self) -> bool:
         runtime = self.runtime
         permits = runtime.permits
-        target = runtime.pool.readahead.target()
-        # Read when a permit is free, or (reading ahead) once half the buffer is gone.
-        poll = min(self._poll, STALE) if permits.buffered else self._poll
-        free, buffered = permits.wait_room(poll, target // 2 if target else -1)
-        if buffered and self._stalled(buffered):
+        readahead = runtime.pool.readahead
+        target = readahead.target()
+        # Read when a permit is spare, or (reading ahead) once half the buffer is gone.
+        poll = min(self._poll, NUDGE) if permits.buffered else self._poll
+        spare, buffered = permits.wait_room(poll, target // 2 if target else -1)
+        if buffered and self._stalled():
             return True
-        count = free + target - buffered
-        if count <= 0 or (free <= 0 and buffered > target // 2) or runtime.stop_event.is_set():
+        count = spare + max(0, target - buffered)
+        if count <= 0 or (spare <= 0 and buffered > target // 2) or runtime.stop_event.is_set():
             return False
         reply = self.session.call(
             "XREADGROUP",
@@ -112,17 +113,20 @@ class Reader:
                 if (item := prepare(msg_id, fields, 1)) is not None
             ]
             put = runtime.pool.tasks.put
-            for item in items[: permits.admit(items)]:
+            for item in items[: permits.admit(items, readahead.starters(len(items)))]:
                 put(item)
         return True
 
-    def _stalled(self, buffered: int) -> bool:
-        """Hand the buffer back if nothing started from it for STALE seconds; True if
-        it did (it talked to Redis)."""
+    def _stalled(self) -> bool:
+        """If nothing started from the buffer for NUDGE seconds, start it on the free
+        permits too; if for STALE seconds with none free, hand it back. True if it
+        talked to Redis."""
         runtime, permits = self.runtime, self.runtime.permits
         now = time.monotonic()
         if permits.started != self._started:
             self._started, self._since = permits.started, now
+            return False
+        if now - self._since >= NUDGE and permits.start_spare():
             return False
         if now - self._since < STALE or runtime.queue.claimer is None:
             return False

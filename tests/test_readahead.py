@@ -106,15 +106,15 @@ def test_buffered_items_run_on_the_permit_of_the_worker_that_finished() -> None:
     started: list[str] = []
     permits = Permits(2, started.append)
     # Given both permits free and three items read
-    assert permits.admit(["a", "b", "c"]) == 2  # a and b start, c waits
+    assert permits.admit(["a", "b", "c"], 3) == 2  # a and b start, c waits
     assert permits.buffered == 1
     # When a worker finishes, it takes c with its own permit; the next finish frees one
     assert permits.next_or_release() == "c"
     assert permits.next_or_release() is None
     assert permits.in_use == 1
     # And a permit given back while items wait (the claimer held it) starts one of them
-    assert permits.admit(["d"]) == 1
-    assert permits.admit(["e", "f"]) == 0
+    assert permits.admit(["d"], 1) == 1
+    assert permits.admit(["e", "f"], 2) == 0
     permits.release()
     assert started == ["e"]
     assert permits.take_buffer() == ["f"]
