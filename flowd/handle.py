@@ -174,11 +174,11 @@ class QueueHandle:
         pool.permits.wake()
         for part in parts:
             self._interrupt_reader(part, deadline)
-        if queue.claimer is not None:
-            self._hand_back(parts)
         for part in parts:
             for thread in part.background:
                 thread.join(remaining(deadline))
+        if queue.claimer is not None:  # after the claimer's end: it would take them itself
+            self._hand_back(parts)
         finished = pool.permits.wait_all_free(remaining(deadline))
         leases = [part.lease for part in parts if part.lease is not None]
         pool.finish(leases, deadline, finished=finished, ack_deadline=deadline)

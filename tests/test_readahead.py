@@ -214,12 +214,12 @@ def test_stop_hands_back_read_ahead_messages_to_other_consumers(
     assert stop_took < 3.0, f"stop() took {stop_took:.2f}s"
     ran_on_a = {msg_id for _, _, msg_id in recorder.by("A")}
     handed = pending_rows(client, stream, "A")
-    assert handed, "A should have handed messages back"
+    assert handed, f"A should have handed messages back; stats {a.stats()}, before {before}"
     assert not set(handed) & ran_on_a
     # ... the handed-back ones are idle for years, their delivery count not increased
     for msg_id, (idle, deliveries) in handed.items():
         assert idle > 3600_000
-        assert deliveries <= before[msg_id][1]
+        assert deliveries <= before.get(msg_id, (0, 1))[1]  # read once with ">": 1
 
     # And when consumer B starts, its first claimer sweep runs every one of them,
     # within one claimer interval (not after min_idle_time), as their first delivery
