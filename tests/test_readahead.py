@@ -157,10 +157,25 @@ FAST = 300  # instant jobs first: they make the queue read ahead
 SLOW = 40  # then slow ones, which hold every worker while the rest wait
 
 
-def wait_for_buffered(handle: flowd.QueueHandle, at_least: int) -> int:
+class SlowAfterFast:
+    """A body: instant for n < FAST, then ``seconds`` long; remembers the slow ones started."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: set[int] = set()
+
+    def __call__(self, n: int) -> None:
+        if n >= FAST:
+            self.started.add(n)
+            time.sleep(self.seconds)
+
+
+def wait_for_buffered(handle: flowd.QueueHandle, body: SlowAfterFast, at_least: int) -> int:
+    """Wait until slow jobs run and at least ``at_least`` messages wait behind them."""
+
     def enough() -> int:
-        stats = handle.stats()
-        return stats.buffered if stats.buffered >= at_least and stats.in_flight > 0 else 0
+        buffered = handle.stats().buffered
+        return buffered if body.started and buffered >= at_least else 0
 
     return int(wait_until(enough, timeout=WAIT, message="messages read ahead and waiting"))
 
@@ -168,18 +183,18 @@ def wait_for_buffered(handle: flowd.QueueHandle, at_least: int) -> int:
 def test_read_ahead_messages_are_leased_while_they_wait(
     client: redis.Redis, stream: str, queues: Queues
 ) -> None:
-    # Given a consumer whose claimer would reclaim anything idle for 0.6 s
+    # Given a consumer whose claimer would reclaim anything idle for 1.5 s
     enqueue(client, stream, range(FAST + SLOW))
     recorder = Recorder()
-    work = recorder.worker("A", lambda n: time.sleep(0.3) if n >= FAST else None)
-    claimer = flowd.Claimer(min_idle_time=0.6, interval=0.1)
-    handle = queues.run(work, concurrency=2, consumer="A", claimer=claimer)
+    body = SlowAfterFast(0.3)
+    claimer = flowd.Claimer(min_idle_time=1.5, interval=0.1)
+    handle = queues.run(recorder.worker("A", body), concurrency=2, consumer="A", claimer=claimer)
 
-    # When messages wait in its buffer behind slower jobs for over a second
-    wait_for_buffered(handle, 5)
+    # When messages wait in its buffer behind slower jobs for longer than min_idle_time
+    wait_for_buffered(handle, body, 5)
     waiting_from = time.monotonic()
     max_idle = 0
-    while time.monotonic() - waiting_from < 1.5:
+    while time.monotonic() - waiting_from < 2.5:
         started = {msg_id for _, _, msg_id in recorder.by("A")}
         rows = pending_rows(client, stream, "A")
         max_idle = max([max_idle] + [idle for m, (idle, _) in rows.items() if m not in started])
@@ -188,7 +203,7 @@ def test_read_ahead_messages_are_leased_while_they_wait(
     # Then their idle time is renewed like running jobs' (never reaching min_idle_time),
     # so no claimer (its own included) takes them: each ran once, as a first delivery
     assert handle.stats().buffered > 0
-    assert max_idle < 600, f"a message read ahead stayed idle for {max_idle} ms"
+    assert max_idle < 1500, f"a message read ahead stayed idle for {max_idle} ms"
     assert all(d == 1 for _, d, _ in recorder.by("A"))
 
 
@@ -198,11 +213,11 @@ def test_stop_hands_back_read_ahead_messages_to_other_consumers(
     # Given consumer A with messages read ahead and waiting behind two slow jobs
     enqueue(client, stream, range(FAST + SLOW))
     recorder = Recorder()
-    work_a = recorder.worker("A", lambda n: time.sleep(0.3) if n >= FAST else None)
+    body = SlowAfterFast(0.3)
     interval = 3.0  # claimer sweeps; min_idle_time is far longer
     claimer = flowd.Claimer(min_idle_time=60.0, interval=interval)
-    a = queues.run(work_a, concurrency=2, consumer="A", claimer=claimer)
-    wait_for_buffered(a, 5)
+    a = queues.run(recorder.worker("A", body), concurrency=2, consumer="A", claimer=claimer)
+    wait_for_buffered(a, body, 5)
     before = pending_rows(client, stream, "A")
 
     # When A stops
@@ -239,9 +254,9 @@ def test_stop_without_claimer_runs_read_ahead_messages(
     # Given a queue without a claimer (nothing could take messages handed back)
     enqueue(client, stream, range(FAST + 10))
     recorder = Recorder()
-    work = recorder.worker("A", lambda n: time.sleep(0.1) if n >= FAST else None)
-    handle = queues.run(work, concurrency=2, consumer="A", claimer=None)
-    wait_for_buffered(handle, 2)
+    body = SlowAfterFast(0.1)
+    handle = queues.run(recorder.worker("A", body), concurrency=2, consumer="A", claimer=None)
+    wait_for_buffered(handle, body, 2)
 
     # When it stops with a deadline that allows them to run
     assert handle.stop(timeout=20) is True
@@ -257,10 +272,10 @@ def test_a_stalled_buffer_is_handed_to_an_idle_consumer(
     # Given consumer A reading ahead, then stuck on two long jobs, and an idle consumer B
     enqueue(client, stream, range(FAST + SLOW))
     recorder = Recorder()
-    work_a = recorder.worker("A", lambda n: time.sleep(3.0) if n >= FAST else None)
+    body = SlowAfterFast(3.0)
     claimer = flowd.Claimer(min_idle_time=60.0, interval=0.2)
-    a = queues.run(work_a, concurrency=2, consumer="A", claimer=claimer)
-    wait_for_buffered(a, 5)
+    a = queues.run(recorder.worker("A", body), concurrency=2, consumer="A", claimer=claimer)
+    wait_for_buffered(a, body, 5)
     queues.run(recorder.worker("B"), concurrency=2, consumer="B", claimer=claimer)
 
     # When nothing starts from A's buffer for a while
