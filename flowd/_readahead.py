@@ -15,10 +15,11 @@ any consumer's next claimer sweep takes them at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from ._redis import Session
+from ._redis import Fields, Session
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,18 @@ class ReadAhead:
         if seconds <= 0.0:
             return CAP
         return min(CAP, int(self.concurrency * HORIZON / seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What a reader needs to read ahead: the policy, how an entry becomes a work
+    item (without a permit), how an item with its permit reaches the workers, and
+    whether a stalled buffer can be handed back (only a claimer takes it again)."""
+
+    policy: ReadAhead
+    prepare: Callable[[str, Fields | None, int], Any]
+    submit: Callable[[Any], None]
+    hand_back_stalled: bool
 
 
 def item_id(item: Any) -> tuple[str, str]:
