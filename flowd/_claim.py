@@ -13,6 +13,9 @@ from ._timeutil import to_ms
 
 logger = logging.getLogger(__name__)
 
+#: Ids per XCLAIM ... JUSTID when refreshing the ids this process holds.
+_REFRESH_CHUNK = 1000
+
 
 class ClaimOutcome(enum.Enum):
     """What one :meth:`ClaimLoop.claim_batch` did."""
@@ -68,6 +71,8 @@ class ClaimLoop:
             # Taken before the claim: an id that finishes meanwhile is acked before
             # XAUTOCLAIM (so not returned) or is in this snapshot.
             held = ctx.held()
+            if held:
+                self._refresh(held)
             start = self.cursor
             reply = ctx.redis.call(
                 "XAUTOCLAIM",
@@ -98,6 +103,25 @@ class ClaimLoop:
         finally:
             permits.release(taken - handed)
         return ClaimOutcome.DONE if cursor in ("0-0", "0") else ClaimOutcome.MORE
+
+    def _refresh(self, held: set[str]) -> None:
+        """Make the ids this process holds look busy, so XAUTOCLAIM does not return them.
+
+        XAUTOCLAIM counts a delivery for every id it returns: skipping a held id
+        after claiming it would spend one of its retries without a run. XCLAIM
+        with JUSTID resets the idle time and leaves the count alone.
+        """
+        ctx = self.ctx
+        ids = sorted(held)
+        chunks = [ids[i : i + _REFRESH_CHUNK] for i in range(0, len(ids), _REFRESH_CHUNK)]
+        for reply in ctx.redis.call_many(
+            [
+                ("XCLAIM", ctx.stream, ctx.group, ctx.consumer, 0, *chunk, "JUSTID")
+                for chunk in chunks
+            ]
+        ):
+            if isinstance(reply, Exception):
+                raise reply
 
     def _ack_unnamed_deleted(self, start: str, skip: set[str]) -> None:
         """Redis 6.2 claimed deleted entries without naming them: find and ack them.
