@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+from . import _throughput
 from ._redis import Session, is_nogroup
 from ._threads import Backoff
 
@@ -123,6 +124,8 @@ class Acker:
         ]
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
+        # The dashboard's per-minute history rides on the same round trip.
+        commands += _throughput.processed_commands(self.stream, len(ids))
         replies = self._session.call_many(commands)
         for reply in replies:
             if isinstance(reply, Exception):

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _throughput
 from ._acker import Acker
 from ._deadletter import DeadLetterPath
 from ._keys import derived_key
@@ -151,6 +152,7 @@ class WorkerPool:
 
     def _failed(self, task: Task[Any], exc: BaseException, duration: float) -> None:
         call_hooks(self.hooks.after_failure, task, exc, duration)
+        _throughput.count_failed(self.queue.client, task.stream)
         dead_letters = self.streams[task.stream].dead_letters
         if dead_letters is not None:
             dead_letters.record_failure(task.id, exc)

@@ -28,6 +28,7 @@ import redis.exceptions
 from ._keys import partition_streams
 from ._redis import is_cluster
 from ._urls import redact_url
+from .dashboard.cli import add_dashboard_parser
 from .errors import ConfigurationError
 from .queue import Queue
 
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=10_000)
     url_option(demo)
     demo.set_defaults(func=cmd_demo)
+    add_dashboard_parser(sub, url_option, partitions_option)
     return parser
 
 
