@@ -238,3 +238,9 @@ def test_worker_exits_3_when_redis_is_unreachable(django_env: dict[str, str]) ->
     result = run_python(["-m", "django", "flowd_worker", "emails", "--connect-timeout", "0.3"], env)
     assert result.returncode == 3, result.stderr
     assert "cannot reach Redis" in result.stderr
+
+
+def test_dashboard_mounted_behind_staff_login(django_env: dict[str, str]) -> None:
+    # Given the dashboard mounted under /ops/flowd/ with django_urls (see scenarios.dashboard)
+    # Then anonymous and non-staff users are redirected to login, and staff see the pages
+    scenario("dashboard", django_env)
