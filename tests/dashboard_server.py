@@ -1,0 +1,71 @@
+"""Serve a Dashboard over real HTTP for the tests (waitress on a free loopback port)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import waitress
+
+from flowd._keys import dead_letter_stream
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 until the block ends; yields its base URL."""
+    server: Any = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, name="test-dashboard-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
+        thread.join(timeout=10)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def http(
+    url: str,
+    *,
+    data: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, str]:
+    """One request (POST when ``data`` is given), redirects not followed: status, headers, body."""
+    body = None if data is None else urllib.parse.urlencode(data).encode()
+    request = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with _opener.open(request, timeout=30) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode()
+
+
+def add_dead_letter(
+    client: redis.Redis, stream: str, fields: dict[str, str], reason: str, deliveries: int = 4
+) -> str:
+    """A dead letter as flowd's dead-letter path writes it (original fields, then flowd:*)."""
+    meta = {
+        "flowd:id": f"{int(time.time() * 1000)}-0",
+        "flowd:stream": stream,
+        "flowd:group": "g",
+        "flowd:consumer": "c1",
+        "flowd:deliveries": str(deliveries),
+        "flowd:reason": reason,
+        "flowd:time": str(int(time.time() * 1000)),
+    }
+    return client.xadd(dead_letter_stream(stream), {**fields, **meta}).decode()

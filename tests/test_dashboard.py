@@ -1,0 +1,354 @@
+"""The dashboard over real HTTP (waitress on loopback) against the test Redis."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+
+import flowd
+from flowd import _throughput
+from flowd._keys import dead_letter_stream, derived_key
+from flowd.dashboard import Dashboard
+from flowd.dashboard.security import CONTENT_SECURITY_POLICY
+from tests.dashboard_server import add_dead_letter, http, serving
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@dataclass
+class Site:
+    """A served dashboard, its base URL, and a browser-like session (cookie + token)."""
+
+    base: str
+    app: Dashboard
+
+    def get(self, path: str, **headers: str) -> tuple[int, dict[str, str], str]:
+        return http(self.base + path, headers=headers)
+
+    def session(self) -> tuple[str, str]:
+        """(cookie header, csrf token) as a browser holds them after a first GET."""
+        status, headers, body = self.get("/")
+        assert status == 200, body
+        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        token = re.search(r'name="csrf" value="([^"]+)"', self.get("/", Cookie=cookie)[2])
+        return cookie, cookie.split("=", 1)[1] if token is None else token[1]
+
+    def post(
+        self, path: str, data: dict[str, str], *, same_site: bool = True, **headers: str
+    ) -> tuple[int, dict[str, str], str]:
+        if same_site:
+            headers.setdefault("Origin", self.base)
+        return http(self.base + path, data=data, headers=headers)
+
+
+@pytest.fixture
+def site_for(client: redis.Redis) -> Iterator[Any]:
+    servers: list[Any] = []
+
+    def make(streams: list[str] | None, **kwargs: Any) -> Site:
+        app = Dashboard(client, streams, **kwargs)
+        context = serving(app)
+        base = context.__enter__()
+        servers.append(context)
+        return Site(base, app)
+
+    yield make
+    for context in servers:
+        context.__exit__(None, None, None)
+
+
+def with_group(client: redis.Redis, stream: str, entries: int = 3, pending: int = 1) -> None:
+    for n in range(entries):
+        client.xadd(stream, {"n": str(n)})
+    client.xgroup_create(stream, "g", "0")
+    if pending:
+        client.xreadgroup("g", "c1", {stream: ">"}, count=pending)
+
+
+def test_overview_finds_streams_with_groups_and_shows_their_counts(
+    client: redis.Redis, stream: str, site_for: Any
+) -> None:
+    # Given a stream with a group, a pending entry, two dead letters and a scheduled job
+    with_group(client, stream, entries=5, pending=2)
+    add_dead_letter(client, stream, {"n": "7"}, "ValueError: no")
+    add_dead_letter(client, stream, {"n": "8"}, "ValueError: no")
+    client.zadd(derived_key(stream, "scheduled"), {"job-1": 1})
+    # And a stream without groups (not a queue)
+    client.xadd(f"{stream}-plain", {"n": "1"})
+    site = site_for(None)
+
+    # When the overview is opened
+    status, headers, body = site.get("/")
+
+    # Then the queue is listed with its counts, and the plain stream is not
+    assert status == 200
+    row = body[body.index(f">{stream}</a>") :].split("</tr>", 1)[0]
+    cells = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
+    # length, groups, lag, pending, consumers, dead letters, scheduled, processed, failed
+    assert cells[:7] == ["5", "1", "3", "2", "1", "2", "1"], cells
+    assert f">{stream}-plain<" not in body
+    assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "<svg" in body and "<script" not in body
+
+
+def test_a_real_queue_writes_the_history_the_chart_shows(
+    client: redis.Redis, stream: str, site_for: Any
+) -> None:
+    # Given a queue whose worker fails on odd numbers, drained once
+    def worker(task: flowd.Task[Any]) -> None:
+        if task.job.n % 2:
+            raise ValueError("odd")
+
+    producer = flowd.Producer(client, stream)
+    from tests.helpers import Numbered
+
+    producer.enqueue_bulk([Numbered(n=n) for n in range(7)])
+    queue = flowd.Queue(client, stream=stream, group="g", job=Numbered, worker=worker)
+    assert queue.drain(timeout=30) == 4
+
+    # Then this minute's counters are in Redis, expiring within two hours
+    minute = _throughput.history(client, [stream], minutes=2)
+    assert sum(m.processed for m in minute) == 4
+    assert sum(m.failed for m in minute) == 3
+    key = _throughput.minute_key(stream, minute[-1].start // 60)
+    if not client.exists(key):  # the minute turned during the drain
+        key = _throughput.minute_key(stream, minute[0].start // 60)
+    assert 0 < client.ttl(key) <= _throughput.MINUTE_TTL
+
+    # And a dashboard started afterwards shows them (history lives in Redis, not in memory)
+    status, _, body = site_for([stream]).get("/")
+    assert status == 200
+    assert '<strong class="total-processed">4</strong>' in body
+    assert '<strong class="total-failed">3</strong>' in body
+    assert "processed, 3 failed</title>" in body or "processed, 2 failed</title>" in body
+
+
+def test_stream_page_shows_groups_consumers_pending_and_dead_letters(
+    client: redis.Redis, stream: str, site_for: Any
+) -> None:
+    # Given a pending message with a recorded failure, and a dead letter
+    with_group(client, stream, entries=2, pending=1)
+    pending_id = client.xpending_range(stream, "g", "-", "+", 1)[0]["message_id"].decode()
+    client.hset(derived_key(stream, "errors:g"), pending_id, "TimeoutError: slow API")
+    add_dead_letter(client, stream, {"to": "a@example.com"}, "ValueError: card declined")
+    site = site_for([stream])
+
+    # When the stream's page is opened
+    status, _, body = site.get(f"/stream?name={stream}")
+
+    # Then it shows the group, its consumer, the pending message with its last error,
+    # and the dead letter with its reason and fields, with a Requeue button
+    assert status == 200
+    assert '<td><a href="/stream?name=' in body and ">g</a>" in body
+    assert "<td>c1</td>" in body
+    assert pending_id in body and "TimeoutError: slow API" in body
+    assert "ValueError: card declined" in body
+    assert "<dt>to</dt><dd>a@example.com</dd>" in body
+    assert ">Requeue</button>" in body and ">Purge</button>" in body
+
+
+def test_fields_and_reasons_are_text_never_markup(
+    client: redis.Redis, stream: str, site_for: Any
+) -> None:
+    # Given a dead letter whose field, name and reason hold markup
+    with_group(client, stream)
+    add_dead_letter(client, stream, {XSS: XSS, "note": "</dd><script>x()</script>"}, XSS)
+
+    # When the stream page is rendered
+    status, headers, body = site_for([stream]).get(f"/stream?name={stream}")
+
+    # Then every one is escaped, and the policy forbids scripts anyway
+    assert status == 200
+    assert "<img" not in body and "<script>" not in body
+    assert "&lt;img src=x onerror=alert(1)&gt;" in body
+    assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none' applies
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+
+def test_requeue_replayed_from_another_origin_without_cookies_is_refused(
+    client: redis.Redis, stream: str, site_for: Any
+) -> None:
+    # Given a dead letter, and the form a logged-in browser got (cookie + token)
+    with_group(client, stream)
+    dlq_id = add_dead_letter(client, stream, {"n": "9"}, "ValueError: no")
+    site = site_for([stream])
+    cookie, token = site.session()
+    form = {"csrf": token, "stream": stream, "id": dlq_id}
+    before = client.xlen(stream)
+
+    # When the POST is replayed from another origin, without the browser's cookies
+    evil = site.post("/requeue", form, same_site=False, Origin="http://evil.example")
+    # Or with no Origin or Referer at all, or with the cookie but a forged token
+    bare = site.post("/requeue", form, same_site=False)
+    forged = site.post("/requeue", {**form, "csrf": "guess"}, Cookie=cookie)
+    # Or with the right cookie and token but from another origin
+    cross = site.post(
+        "/requeue", form, same_site=False, Cookie=cookie, Origin="http://evil.example"
+    )
+
+    # Then each is refused with 403 and nothing changes
+    for status, _, body in (evil, bare, forged, cross):
+        assert status == 403, body
+    assert client.xlen(dead_letter_stream(stream)) == 1
+    assert client.xlen(stream) == before
+
+    # When the same POST comes from the dashboard's own page (cookie, token, origin)
+    status, headers, _ = site.post("/requeue", form, Cookie=cookie)
+
+    # Then it is done, and the browser is sent back to the stream page
+    assert status == 303
+    assert headers["Location"] == f"/stream?name={stream}&done=requeued&n=1"
+    assert client.xlen(dead_letter_stream(stream)) == 0
+    assert client.xrevrange(stream, count=1)[0][1] == {b"n": b"9"}
+
+
+def test_the_csrf_cookie_is_strict_and_http_only(stream: str, site_for: Any) -> None:
+    _, headers, _ = site_for([stream]).get("/")
+    cookie = headers["Set-Cookie"]
+    assert "SameSite=Strict" in cookie and "HttpOnly" in cookie and "Path=/" in cookie
+
+
+def test_basic_auth_is_required_when_given(stream: str, site_for: Any) -> None:
+    site = site_for([stream], auth="ops:s3cret-pw")
+
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    # Without credentials, or with wrong ones: 401 and a challenge
+    for headers in ({}, {"Authorization": basic("ops", "wrong")}, {"Authorization": "Bearer x"}):
+        status, response_headers, body = site.get("/", **headers)
+        assert status == 401
+        assert response_headers["WWW-Authenticate"].startswith("Basic realm=")
+        assert "s3cret" not in body
+    # With them: 200, on every page
+    good = {"Authorization": basic("ops", "s3cret-pw")}
+    assert site.get("/", **good)[0] == 200
+    assert site.get(f"/stream?name={stream}", **good)[0] == 200
+    # And the password is in no repr
+    assert "s3cret" not in repr(site.app)
+
+
+def test_read_only_shows_no_buttons_and_refuses_posts(
+    client: redis.Redis, stream: str, site_for: Any
+) -> None:
+    with_group(client, stream)
+    dlq_id = add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+    site = site_for([stream], read_only=True)
+    cookie, _ = site.session()
+    status, _, body = site.get(f"/stream?name={stream}", Cookie=cookie)
+    assert status == 200 and "read-only" in body
+    assert "<button" not in body and "<form" not in body
+    token = cookie.split("=", 1)[1]
+    for path in ("/requeue", "/purge", "/requeue-all"):
+        refused = site.post(
+            path, {"csrf": token, "stream": stream, "id": dlq_id, "confirm": "yes"}, Cookie=cookie
+        )
+        assert refused[0] == 403
+    assert client.xlen(dead_letter_stream(stream)) == 1
+
+
+def test_destroying_actions_ask_for_confirmation_first(
+    client: redis.Redis, stream: str, site_for: Any
+) -> None:
+    with_group(client, stream)
+    for n in range(3):
+        add_dead_letter(client, stream, {"n": str(n)}, "ValueError: no")
+    site = site_for([stream])
+    cookie, token = site.session()
+    form = {"csrf": token, "stream": stream}
+
+    # When Purge is posted without confirmation
+    status, _, body = site.post("/purge", form, Cookie=cookie)
+    # Then a confirmation page asks, and nothing is deleted yet
+    assert status == 200 and "Delete all 3 dead letters" in body
+    assert 'name="confirm" value="yes"' in body
+    assert client.xlen(dead_letter_stream(stream)) == 3
+
+    # When "Requeue all" is confirmed: all three go back to the stream
+    status, headers, _ = site.post("/requeue-all", {**form, "confirm": "yes"}, Cookie=cookie)
+    assert status == 303 and headers["Location"].endswith("done=requeued-all&n=3")
+    assert client.xlen(dead_letter_stream(stream)) == 0
+
+    # When purge is confirmed on a new dead letter: it is gone
+    add_dead_letter(client, stream, {"n": "4"}, "ValueError: no")
+    status, headers, _ = site.post("/purge", {**form, "confirm": "yes"}, Cookie=cookie)
+    assert status == 303 and headers["Location"].endswith("done=purged&n=1")
+    assert client.xlen(dead_letter_stream(stream)) == 0
+    page = site.get(headers["Location"], Cookie=cookie)[2]
+    assert "Purged 1 dead letter(s)." in page
+
+
+def test_long_lists_are_paginated(client: redis.Redis, stream: str, site_for: Any) -> None:
+    # Given 120 dead letters and 60 pending messages
+    with_group(client, stream, entries=60, pending=60)
+    pipe = client.pipeline()
+    for n in range(120):
+        pipe.xadd(dead_letter_stream(stream), {"n": str(n), "flowd:reason": f"reason {n}"})
+    pipe.execute()
+    site = site_for([stream])
+
+    # When the dead letters are paged through with "Older"
+    seen: list[int] = []
+    path: str | None = f"/stream?name={stream}"
+    pages = 0
+    while path is not None:
+        status, _, body = site.get(path)
+        assert status == 200
+        pages += 1
+        seen += [int(n) for n in re.findall(r"<dt>n</dt><dd>(\d+)</dd>", body)]
+        older = re.search(r'<a class="next" href="([^"]+)#dead"', body)
+        path = older[1].replace("&amp;", "&") if older else None
+    # Then three pages of at most 50 show each one once, newest first
+    assert pages == 3
+    assert seen == list(range(119, -1, -1))
+
+    # And the pending list shows 50, with a next page holding the other 10
+    body = site.get(f"/stream?name={stream}")[2]
+    assert len(re.findall(r'<tr><td class="mono">\d+-\d+</td><td>c1</td>', body)) == 50
+    nxt = re.search(r'<a class="next" href="([^"]+)#pending"', body)
+    assert nxt is not None
+    body = site.get(nxt[1].replace("&amp;", "&"))[2]
+    assert len(re.findall(r'<tr><td class="mono">\d+-\d+</td><td>c1</td>', body)) == 10
+
+
+def test_unknown_streams_and_pages_are_404(client: redis.Redis, stream: str, site_for: Any) -> None:
+    with_group(client, stream)
+    other = f"{stream}-other"
+    with_group(client, other)
+    add_dead_letter(client, other, {"n": "1"}, "ValueError: no")
+    site = site_for([stream])
+    assert site.get(f"/stream?name={other}")[0] == 404
+    assert site.get("/nothing")[0] == 404
+    assert site.get("/static/../app.py")[0] == 404
+    # And no action reaches a stream the dashboard does not show
+    cookie, token = site.session()
+    status = site.post("/purge", {"csrf": token, "stream": other, "confirm": "yes"}, Cookie=cookie)
+    assert status[0] == 404
+    assert client.xlen(dead_letter_stream(other)) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"streams": "emails"}, "write ['emails']"),
+        ({"streams": [""]}, "non-empty str"),
+        ({"auth": "no-colon-s3cret"}, "USER:PASSWORD"),
+        ({"auth": ":s3cret"}, "non-empty user"),
+        ({"read_only": "yes"}, "read_only must be a bool"),
+    ],
+)
+def test_bad_arguments_are_named(client: redis.Redis, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(flowd.ConfigurationError, match=re.escape(message)) as caught:
+        Dashboard(client, **kwargs)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_not_a_client_is_refused() -> None:
+    with pytest.raises(flowd.ConfigurationError, match=r"redis\.Redis"):
+        Dashboard("redis://localhost")
