@@ -26,9 +26,16 @@ def serving(app: Any) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.close()
-        server.task_dispatcher.shutdown()
+        # Close every channel in the server's own loop thread (browsers keep connections
+        # alive, and the loop runs until none is left).
+        def close_all() -> None:
+            for channel in list(server._map.values()):
+                channel.close()
+
+        server.trigger.pull_trigger(close_all)
         thread.join(timeout=10)
+        server.task_dispatcher.shutdown()
+        assert not thread.is_alive(), "the test dashboard server did not stop"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -72,19 +72,23 @@ def with_group(client: redis.Redis, stream: str, entries: int = 3, pending: int 
 
 
 def test_overview_finds_streams_with_groups_and_shows_their_counts(
-    client: redis.Redis, stream: str, site_for: Any
+    private_redis: Any, stream: str
 ) -> None:
-    # Given a stream with a group, a pending entry, two dead letters and a scheduled job
+    # Given a server of this test's own (discovery sees every stream on it)
+    client = redis.Redis.from_url(private_redis.url)
+    # And a stream with a group, pending entries, two dead letters and a scheduled job
     with_group(client, stream, entries=5, pending=2)
     add_dead_letter(client, stream, {"n": "7"}, "ValueError: no")
     add_dead_letter(client, stream, {"n": "8"}, "ValueError: no")
     client.zadd(derived_key(stream, "scheduled"), {"job-1": 1})
     # And a stream without groups (not a queue)
     client.xadd(f"{stream}-plain", {"n": "1"})
-    site = site_for(None)
+    app = Dashboard(client)
 
     # When the overview is opened
-    status, headers, body = site.get("/")
+    with serving(app) as base:
+        status, headers, body = Site(base, app).get("/")
+    client.close()
 
     # Then the queue is listed with its counts, and the plain stream is not
     assert status == 200

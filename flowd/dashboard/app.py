@@ -229,10 +229,15 @@ class Dashboard:
     ) -> Response:
         if action == "cancel":
             question = f"Cancel the scheduled job {form.get('id', '')!r} of {stream}?"
+            yes = "Yes, cancel it"
         else:
             count = int(self.client.xlen(dead_letter_stream(stream)))
-            verb = "Delete" if action == "purge" else "Move back to the stream"
-            question = f"{verb} all {count} dead letters of {stream}?"
+            if action == "purge":
+                question = f"Delete all {count} dead letters of {stream}? This cannot be undone."
+                yes = f"Yes, delete {count} dead letters"
+            else:
+                question = f"Move all {count} dead letters of {stream} back to the stream?"
+                yes = f"Yes, requeue {count} dead letters"
         return self._page(
             200,
             "confirm.html",
@@ -242,6 +247,7 @@ class Dashboard:
             stream=stream,
             item=form.get("id", ""),
             question=question,
+            yes=yes,
         )
 
     # -- rendering
