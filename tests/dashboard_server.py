@@ -14,7 +14,7 @@ from typing import Any
 import redis
 import waitress
 
-from flowd._keys import dead_letter_stream
+from flowd._keys import dead_letter_stream, derived_key
 
 
 @contextmanager
@@ -76,3 +76,43 @@ def add_dead_letter(
         "flowd:time": str(int(time.time() * 1000)),
     }
     return client.xadd(dead_letter_stream(stream), {**fields, **meta}).decode()
+
+
+# Adds ARGV[1] entries to KEYS[1] in one script call: the fast way to build big streams.
+_FILL_LUA = """
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('XADD', KEYS[1], '*', 'to', 'user' .. i .. '@example.com', 'subject', 'Hello',
+             'attempt', '0')
+end
+"""
+# The same for dead letters, with the flowd:* fields of the dead-letter path.
+_FILL_DEAD_LUA = """
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('XADD', KEYS[1], '*', 'to', 'user' .. i .. '@example.com', 'subject', 'Hello',
+             'attempt', '0', 'flowd:id', i .. '-0', 'flowd:stream', ARGV[2],
+             'flowd:group', 'mailers', 'flowd:consumer', 'c1', 'flowd:deliveries', '4',
+             'flowd:reason', 'ValueError: card declined', 'flowd:time', ARGV[3])
+end
+"""
+_FILL_CHUNK = 50_000
+
+
+def fill_big_queue(
+    client: redis.Redis, stream: str, entries: int, dead: int, pending: int = 1000
+) -> None:
+    """``entries`` jobs in ``stream`` (group ``mailers``, ``pending`` of them delivered to
+    consumer c1, with a recorded failure each) and ``dead`` dead letters."""
+    fill = client.register_script(_FILL_LUA)
+    fill_dead = client.register_script(_FILL_DEAD_LUA)
+    for done in range(0, entries, _FILL_CHUNK):
+        fill(keys=[stream], args=[min(_FILL_CHUNK, entries - done)])
+    now = str(int(time.time() * 1000))
+    for done in range(0, dead, _FILL_CHUNK):
+        count = min(_FILL_CHUNK, dead - done)
+        fill_dead(keys=[dead_letter_stream(stream)], args=[count, stream, now])
+    client.xgroup_create(stream, "mailers", "0")
+    delivered = client.xreadgroup("mailers", "c1", {stream: ">"}, count=pending)
+    ids = [msg_id for msg_id, _ in delivered[0][1]] if delivered else []
+    if ids:
+        errors = derived_key(stream, "errors:mailers")
+        client.hset(errors, mapping={i: "TimeoutError: slow API" for i in ids})
