@@ -356,3 +356,27 @@ def test_bad_arguments_are_named(client: redis.Redis, kwargs: dict[str, Any], me
 def test_not_a_client_is_refused() -> None:
     with pytest.raises(flowd.ConfigurationError, match=r"redis\.Redis"):
         Dashboard("redis://localhost")
+
+
+def test_pages_read_the_same_with_a_decoding_client(
+    redis_url: str, client: redis.Redis, stream: str
+) -> None:
+    # Given a queue with a pending failure and a dead letter, read by a decode_responses client
+    with_group(client, stream, entries=2, pending=1)
+    pending_id = client.xpending_range(stream, "g", "-", "+", 1)[0]["message_id"].decode()
+    client.hset(derived_key(stream, "errors:g"), pending_id, "TimeoutError: slow")
+    add_dead_letter(client, stream, {"to": "b@example.com"}, "ValueError: declined")
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+    app = Dashboard(decoding, [stream])
+    try:
+        with serving(app) as base:
+            site = Site(base, app)
+            overview = site.get("/")
+            page = site.get(f"/stream?name={stream}")
+    finally:
+        decoding.close()
+    # Then both pages render what the bytes client's pages show
+    assert overview[0] == 200 and f">{stream}</a>" in overview[2]
+    assert page[0] == 200
+    for text in (pending_id, "TimeoutError: slow", "ValueError: declined", "b@example.com"):
+        assert text in page[2], text
