@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import urllib.error
@@ -116,3 +117,22 @@ def fill_big_queue(
     if ids:
         errors = derived_key(stream, "errors:mailers")
         client.hset(errors, mapping={i: "TimeoutError: slow API" for i in ids})
+
+
+def call(
+    app: Any, method: str, path: str, environ: dict[str, str], form: dict[str, str] | None = None
+) -> tuple[str, dict[str, str], str]:
+    """Call a WSGI app directly, with the environ a server (or proxy set-up) would give it."""
+    body = urllib.parse.urlencode(form or {}).encode()
+    started: list[Any] = []
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "CONTENT_LENGTH": str(len(body)),
+        **environ,
+    }
+    out = b"".join(app(env, lambda status, headers: started.append((status, headers))))
+    return started[0][0], dict(started[0][1]), out.decode()

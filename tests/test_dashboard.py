@@ -16,7 +16,7 @@ from flowd import _throughput
 from flowd._keys import dead_letter_stream, derived_key
 from flowd.dashboard import Dashboard
 from flowd.dashboard.security import CONTENT_SECURITY_POLICY
-from tests.dashboard_server import add_dead_letter, http, serving
+from tests.dashboard_server import add_dead_letter, call, http, serving
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -380,3 +380,42 @@ def test_pages_read_the_same_with_a_decoding_client(
     assert page[0] == 200
     for text in (pending_id, "TimeoutError: slow", "ValueError: declined", "b@example.com"):
         assert text in page[2], text
+
+
+def test_behind_a_tls_proxy_the_browsers_origin_is_accepted(
+    client: redis.Redis, stream: str
+) -> None:
+    # Given a WSGI server behind a proxy that terminates TLS for https://ops.example
+    # (gunicorn and Django pass X-Forwarded-* on; waitress only from a trusted_proxy)
+    with_group(client, stream)
+    dlq_id = add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+    app = Dashboard(client, [stream])
+    proxied = {"HTTP_HOST": "127.0.0.1:8700", "HTTP_X_FORWARDED_HOST": "ops.example"}
+    proxied["HTTP_X_FORWARDED_PROTO"] = "https"
+    status, headers, _ = call(app, "GET", "/", proxied)
+    # Then the cookie is Secure
+    assert status.startswith("200") and "; Secure" in headers["Set-Cookie"]
+    cookie = headers["Set-Cookie"].split(";", 1)[0]
+    form = {"csrf": cookie.split("=", 1)[1], "stream": stream, "id": dlq_id}
+    session = {**proxied, "HTTP_COOKIE": cookie}
+    # And a POST from another site through the same proxy is refused
+    evil = {**session, "HTTP_ORIGIN": "https://evil.example"}
+    assert call(app, "POST", "/requeue", evil, form)[0].startswith("403")
+    assert client.xlen(dead_letter_stream(stream)) == 1
+    # And the page's own POST (Origin https://ops.example) is accepted
+    own = {**session, "HTTP_ORIGIN": "https://ops.example"}
+    assert call(app, "POST", "/requeue", own, form)[0].startswith("303")
+    assert client.xlen(dead_letter_stream(stream)) == 0
+
+
+def test_redis_down_gives_an_error_page_not_a_crash(stream: str) -> None:
+    from tests.redis_server import free_port
+
+    down = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    app = Dashboard(down, [stream])
+    with serving(app) as base:
+        status, headers, body = http(base + "/")
+        assert status == 503 and "Redis error" in body
+        assert "Content-Security-Policy" in headers
+        # And it serves again as soon as Redis is back (nothing is cached)
+        assert http(base + "/static/dashboard.css")[0] == 200

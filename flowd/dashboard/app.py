@@ -114,7 +114,9 @@ class Dashboard:
                 token = security.new_token()
             response = self._respond(request, token)
             if fresh:
-                cookie = security.token_cookie(token, request.script_name or "/")
+                cookie = security.token_cookie(
+                    token, request.script_name or "/", security.is_https(environ)
+                )
                 response.headers.append(("Set-Cookie", cookie))
         response.headers.extend(security.SECURITY_HEADERS)
         return response(start_response)

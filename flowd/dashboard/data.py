@@ -227,7 +227,7 @@ def scheduled_page(client: Any, stream: str, offset: int) -> tuple[int, Page, li
         ScheduledRow(
             id=str(item.id),
             due=item.due,
-            fields=[(text(k), shown(_value(v))) for k, v in dict(item.fields).items()],
+            fields=[(text(k), shown(_value(v))) for k, v in (item.fields or {}).items()],
         )
         for item in items[:PAGE]
     ]

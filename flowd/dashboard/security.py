@@ -7,6 +7,9 @@ A POST must pass two independent checks (either alone stops a forged request):
   neither read the cookie nor make the browser send it;
 - same origin: the ``Origin`` header (else ``Referer``) must name the host the
   request was sent to. A POST with neither is refused.
+
+The cookie is ``Secure`` when the request came over HTTPS (directly or
+through a proxy that says so in ``X-Forwarded-Proto``).
 """
 
 from __future__ import annotations
@@ -96,28 +99,41 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def token_cookie(token: str, path: str) -> str:
+def is_https(environ: Mapping[str, Any]) -> bool:
+    """True when the browser talks HTTPS to us or to a proxy in front of us."""
+    forwarded = str(environ.get("HTTP_X_FORWARDED_PROTO", "")).split(",")[0].strip()
+    return environ.get("wsgi.url_scheme") == "https" or forwarded.lower() == "https"
+
+
+def token_cookie(token: str, path: str, secure: bool) -> str:
     """The Set-Cookie value that hands ``token`` to the browser."""
-    return f"{CSRF_COOKIE}={token}; Path={path or '/'}; SameSite=Strict; HttpOnly"
+    flags = "; Secure" if secure else ""
+    return f"{CSRF_COOKIE}={token}; Path={path or '/'}; SameSite=Strict; HttpOnly{flags}"
 
 
 def same_origin(environ: Mapping[str, Any]) -> bool:
-    """True when Origin (else Referer) names the host and scheme this request was sent to."""
-    host = str(environ.get("HTTP_HOST") or "")
+    """True when Origin (else Referer) names the host this request was sent to.
+
+    The host is the one the browser used: ``X-Forwarded-Host`` (set by a proxy
+    in front; a cross-site form cannot set headers), else ``Host``. Schemes
+    are not compared, so a TLS-terminating proxy needs no configuration.
+    """
+    host = str(environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST") or "")
+    host = host.split(",")[0].strip()
     if not host:
-        host = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
-    scheme = str(environ.get("wsgi.url_scheme", "http"))
+        return False
     source = environ.get("HTTP_ORIGIN") or environ.get("HTTP_REFERER")
     if not source or source == "null":
         return False
     parts = urlsplit(str(source))
-    return parts.scheme == scheme and _netloc(parts.netloc, scheme) == _netloc(host, scheme)
+    return parts.scheme in ("http", "https") and _netloc(parts.netloc) == _netloc(host)
 
 
-def _netloc(netloc: str, scheme: str) -> str:
-    default = ":443" if scheme == "https" else ":80"
+def _netloc(netloc: str) -> str:
     netloc = netloc.lower()
-    return netloc.removesuffix(default)
+    for default in (":80", ":443"):
+        netloc = netloc.removesuffix(default)
+    return netloc
 
 
 def csrf_ok(environ: Mapping[str, Any], form: Mapping[str, str]) -> bool:
