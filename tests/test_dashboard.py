@@ -140,7 +140,10 @@ def test_stream_page_shows_groups_consumers_pending_and_dead_letters(
     with_group(client, stream, entries=2, pending=1)
     pending_id = client.xpending_range(stream, "g", "-", "+", 1)[0]["message_id"].decode()
     client.hset(derived_key(stream, "errors:g"), pending_id, "TimeoutError: slow API")
-    add_dead_letter(client, stream, {"to": "a@example.com"}, "ValueError: card declined")
+    tb = 'Traceback (most recent call last):\n  File "jobs.py", line 3\nValueError: card declined'
+    add_dead_letter(
+        client, stream, {"to": "a@example.com", "flowd:traceback": tb}, "ValueError: card declined"
+    )
     site = site_for([stream])
 
     # When the stream's page is opened
@@ -154,6 +157,8 @@ def test_stream_page_shows_groups_consumers_pending_and_dead_letters(
     assert pending_id in body and "TimeoutError: slow API" in body
     assert "ValueError: card declined" in body
     assert "<dt>to</dt><dd>a@example.com</dd>" in body
+    assert "<summary>Traceback</summary><pre>Traceback (most recent call last):" in body
+    assert "flowd:traceback" not in body  # flowd's own fields are not job fields
     assert ">Requeue</button>" in body and ">Purge</button>" in body
 
 

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from flowd import partition_streams
 from tests.dashboard_server import add_dead_letter, http
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,6 +125,25 @@ def test_read_only_shows_no_buttons_and_refuses_posts(
     )
     assert refused[0] == 403
     assert client.xlen("{" + stream + "}:dead") == 1
+    server.stop()
+
+
+def test_partitions_show_each_stream_of_the_queue(
+    redis_url: str, client: redis.Redis, stream: str, served: Any
+) -> None:
+    # Given a queue of three partitions, each with its group
+    names = partition_streams(stream, 3)
+    for name in names:
+        client.xadd(name, {"n": "1"})
+        client.xgroup_create(name, "g", "0")
+    # When the dashboard is asked for the queue with --partitions 3
+    server = served(stream, "--url", redis_url, "--port", "0", "--partitions", "3")
+    body = http(server.url + "/")[2]
+    # Then each partition has its row and its page
+    for name in names:
+        assert f">{name}</a>" in body
+        link = f"{server.url}/stream?{urllib.parse.urlencode({'name': name})}"
+        assert http(link)[0] == 200
     server.stop()
 
 
