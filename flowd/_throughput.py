@@ -12,6 +12,7 @@ its own (field expiry needs Redis 7.4).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,18 @@ def processed_commands(stream: str, count: int) -> list[tuple[Any, ...]]:
     return [("HINCRBY", key, "processed", count), ("EXPIRE", key, MINUTE_TTL)]
 
 
+def check_replies(replies: Sequence[Any], stream: str) -> None:
+    """Log the first error among the replies of :func:`processed_commands`; never raises.
+
+    The counters are statistics: an error there (e.g. an ACL user without
+    HINCRBY) must never hold back the acks sent in the same round trip.
+    """
+    for reply in replies:
+        if isinstance(reply, Exception):
+            _cannot_count(stream, reply)
+            return
+
+
 def count_failed(client: Any, stream: str) -> None:
     """Add one failed run to this minute (one round trip); never raises."""
     key = minute_key(stream, int(time.time()) // 60)
@@ -46,7 +59,25 @@ def count_failed(client: Any, stream: str) -> None:
         pipe.execute()
     except Exception as exc:
         # A statistic is not worth failing a job's bookkeeping for.
-        logger.debug("could not count a failure of %s: %s", stream, exc)
+        _cannot_count(stream, exc)
+
+
+_warned = threading.Event()
+
+
+def _cannot_count(stream: str, exc: BaseException) -> None:
+    if _warned.is_set():
+        logger.debug("could not count jobs of %s: %s", stream, exc)
+        return
+    _warned.set()
+    logger.warning(
+        "could not write the throughput counters of %s (%s: %s); the dashboard's chart "
+        "stays empty. Allow HINCRBY and EXPIRE on its {stream}:stats:* keys. "
+        "Said once per process.",
+        stream,
+        type(exc).__name__,
+        exc,
+    )
 
 
 @dataclass(frozen=True, slots=True)

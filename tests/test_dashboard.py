@@ -424,3 +424,32 @@ def test_redis_down_gives_an_error_page_not_a_crash(stream: str) -> None:
         assert "Content-Security-Policy" in headers
         # And it serves again as soon as Redis is back (nothing is cached)
         assert http(base + "/static/dashboard.css")[0] == 200
+
+
+def test_a_user_without_counter_rights_still_acks_and_is_told_once(
+    private_redis: Any, stream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.helpers import Numbered
+    from tests.test_security import FLOWD_COMMANDS, acl_rules
+
+    # Given an ACL user with the commands flowd needed before the counters (no HINCRBY/EXPIRE)
+    admin = redis.Redis.from_url(private_redis.url)
+    rules = [r for r in acl_rules(stream, "pw") if r not in ("+hincrby", "+expire")]
+    assert len(rules) == len(acl_rules(stream, "pw")) - 2 and "+hincrby" in FLOWD_COMMANDS
+    admin.execute_command("ACL", "SETUSER", "old", *rules)
+    user = redis.Redis.from_url(private_redis.url, username="old", password="pw")
+    flowd.Producer(user, stream).enqueue_bulk([Numbered(n=n) for n in range(5)])
+
+    # When a queue runs its jobs as that user
+    queue = flowd.Queue(user, stream=stream, group="g", job=Numbered, worker=lambda task: None)
+    _throughput._warned.clear()  # said once per process: make this test's process fresh
+    with caplog.at_level("WARNING", logger="flowd"):
+        assert queue.drain(timeout=30) == 5
+
+    # Then every job is acked all the same, and one WARNING says what to grant
+    assert admin.xpending(stream, "g")["pending"] == 0
+    warnings = [r for r in caplog.records if "throughput counters" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "Allow HINCRBY and EXPIRE" in warnings[0].getMessage()
+    user.close()
+    admin.close()

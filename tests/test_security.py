@@ -80,6 +80,9 @@ FLOWD_COMMANDS = (
     "+hdel",
     "+set",
     "+get",
+    # the per-minute throughput counters ({stream}:stats:<minute>) the dashboard charts
+    "+hincrby",
+    "+expire",
     # housekeeping scripts (trim, idle consumers)
     "+exists",
     "+xinfo|groups",
