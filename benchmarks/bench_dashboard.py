@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--dead", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--deep", type=int, default=100, help="DLQ page to time (default 100)")
+    parser.add_argument(
+        "--streams", type=int, default=100, help="small queues on one overview (default 100)"
+    )
     args = parser.parse_args()
 
     server = RedisServer()
@@ -98,6 +101,12 @@ def main() -> None:
                     )
                 else:
                     small = (overview, page, pending)
+        many = [f"many-{i}" for i in range(args.streams)]
+        for name in many:
+            fill_big_queue(client, name, 10, 2, pending=5)
+        with serving(Dashboard(client, many)) as base:
+            wide = timed(base + "/", max(3, args.repeat // 4))
+        print(f"overview of {args.streams} queues: median {wide[0]:6.1f} ms, max {wide[1]:6.1f} ms")
         for label, b, s in zip(("overview", "stream page", "pending p.2"), big, small, strict=True):
             print(
                 f"{label:<12} big: median {b[0]:6.1f} ms, max {b[1]:6.1f} ms | small: median "

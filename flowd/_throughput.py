@@ -1,12 +1,13 @@
 """Per-minute throughput counters in Redis: written by workers, read by the dashboard.
 
-Each minute of each stream has a HASH ``{stream}:stats:<minute>`` (minute =
-Unix time // 60, by the writing worker's clock) with the fields
-``processed`` (entries acked after a successful run) and ``failed`` (runs
+Each minute of each stream has two counters (minute = Unix time // 60, by
+the writing worker's clock): ``{stream}:stats:<minute>:processed`` (entries
+acked after a successful run) and ``{stream}:stats:<minute>:failed`` (runs
 that raised). Every write renews a two-hour expiry, so the history covers
-every worker, survives a dashboard restart, and cleans itself up. A key per
-minute, rather than one hash per stream, lets Redis expire old minutes on
-its own (field expiry needs Redis 7.4).
+every worker, survives a dashboard restart, and cleans itself up. Keys per
+minute, rather than one hash per stream, let Redis expire old minutes on its
+own (field expiry needs Redis 7.4); plain counters let one MGET read a
+stream's hour (its keys share the stream's slot).
 """
 
 from __future__ import annotations
@@ -26,22 +27,22 @@ logger = logging.getLogger(__name__)
 MINUTE_TTL = 7200
 
 
-def minute_key(stream: str, minute: int) -> str:
-    """The counters of one minute (Unix time // 60) of ``stream``."""
-    return derived_key(stream, f"stats:{minute}")
+def minute_key(stream: str, minute: int, what: str) -> str:
+    """The ``processed`` or ``failed`` counter of one minute (Unix time // 60) of ``stream``."""
+    return derived_key(stream, f"stats:{minute}:{what}")
 
 
 def processed_commands(stream: str, count: int) -> list[tuple[Any, ...]]:
     """Commands that add ``count`` processed entries to this minute; for a flush pipeline."""
-    key = minute_key(stream, int(time.time()) // 60)
-    return [("HINCRBY", key, "processed", count), ("EXPIRE", key, MINUTE_TTL)]
+    key = minute_key(stream, int(time.time()) // 60, "processed")
+    return [("INCRBY", key, count), ("EXPIRE", key, MINUTE_TTL)]
 
 
 def check_replies(replies: Sequence[Any], stream: str) -> None:
     """Log the first error among the replies of :func:`processed_commands`; never raises.
 
     The counters are statistics: an error there (e.g. an ACL user without
-    HINCRBY) must never hold back the acks sent in the same round trip.
+    INCRBY) must never hold back the acks sent in the same round trip.
     """
     for reply in replies:
         if isinstance(reply, Exception):
@@ -51,10 +52,10 @@ def check_replies(replies: Sequence[Any], stream: str) -> None:
 
 def count_failed(client: Any, stream: str) -> None:
     """Add one failed run to this minute (one round trip); never raises."""
-    key = minute_key(stream, int(time.time()) // 60)
+    key = minute_key(stream, int(time.time()) // 60, "failed")
     try:
         pipe = client.pipeline(transaction=False)
-        pipe.hincrby(key, "failed", 1)
+        pipe.incrby(key, 1)
         pipe.expire(key, MINUTE_TTL)
         pipe.execute()
     except Exception as exc:
@@ -72,7 +73,7 @@ def _cannot_count(stream: str, exc: BaseException) -> None:
     _warned.set()
     logger.warning(
         "could not write the throughput counters of %s (%s: %s); the dashboard's chart "
-        "stays empty. Allow HINCRBY and EXPIRE on its {stream}:stats:* keys. "
+        "stays empty. Allow INCRBY and EXPIRE on its {stream}:stats:* keys. "
         "Said once per process.",
         stream,
         type(exc).__name__,
@@ -89,25 +90,44 @@ class Minute:
     failed: int
 
 
-def history(client: Any, streams: Sequence[str], minutes: int = 60) -> list[Minute]:
-    """The last ``minutes`` minutes (oldest first, the current one last), summed over ``streams``.
+def history_by_stream(
+    client: Any, streams: Sequence[str], minutes: int = 60
+) -> dict[str, list[Minute]]:
+    """The last ``minutes`` minutes of each stream (oldest first, the current one last).
 
-    One pipelined round trip of ``len(streams) * minutes`` HMGETs.
+    One pipelined round trip: an MGET of ``2 * minutes`` keys per stream.
     """
     now = int(time.time()) // 60
     span = range(now - minutes + 1, now + 1)
-    totals = {minute: [0, 0] for minute in span}
-    if streams:
-        pipe = client.pipeline(transaction=False)
-        for stream in streams:
-            for minute in span:
-                pipe.hmget(minute_key(stream, minute), "processed", "failed")
-        replies = pipe.execute()
-        index = 0
-        for _ in streams:
-            for minute in span:
-                processed, failed = replies[index]
-                index += 1
-                totals[minute][0] += int(processed or 0)
-                totals[minute][1] += int(failed or 0)
-    return [Minute(minute * 60, *totals[minute]) for minute in span]
+    out: dict[str, list[Minute]] = {}
+    if not streams:
+        return out
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        prefix = derived_key(stream, "stats:")  # hash_tag() once, not per key
+        keys = [f"{prefix}{m}:{what}" for m in span for what in ("processed", "failed")]
+        pipe.execute_command("MGET", *keys)
+    for stream, values in zip(streams, pipe.execute(), strict=True):
+        counts = [int(v or 0) for v in values]
+        out[stream] = [Minute(m * 60, counts[2 * i], counts[2 * i + 1]) for i, m in enumerate(span)]
+    return out
+
+
+def history(client: Any, streams: Sequence[str], minutes: int = 60) -> list[Minute]:
+    """The last ``minutes`` minutes summed over ``streams`` (oldest first)."""
+    now = int(time.time()) // 60
+    totals = [Minute(minute * 60, 0, 0) for minute in range(now - minutes + 1, now + 1)]
+    return sum_minutes(totals, *history_by_stream(client, streams, minutes).values())
+
+
+def sum_minutes(*series: list[Minute]) -> list[Minute]:
+    """Minute-by-minute sums of series of the same span."""
+    first = series[0]
+    return [
+        Minute(
+            first[i].start,
+            sum(s[i].processed for s in series),
+            sum(s[i].failed for s in series),
+        )
+        for i in range(len(first))
+    ]

@@ -80,8 +80,8 @@ FLOWD_COMMANDS = (
     "+hdel",
     "+set",
     "+get",
-    # the per-minute throughput counters ({stream}:stats:<minute>) the dashboard charts
-    "+hincrby",
+    # the per-minute throughput counters the dashboard charts ({stream}:stats:<minute>:...)
+    "+incrby",
     "+expire",
     # housekeeping scripts (trim, idle consumers)
     "+exists",

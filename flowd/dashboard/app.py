@@ -18,6 +18,7 @@ from ..deadletters import DeadLetters
 from ..errors import ConfigurationError
 from ..info import stream_info
 from . import chart, data, security
+from .overview import LAG_SCAN_LIMIT, overview
 from .web import Request, Response, plain, redirect
 
 __all__ = ["Dashboard"]
@@ -140,7 +141,7 @@ class Dashboard:
             return self._static(path.removeprefix("/static/"))
         if path in ("/", ""):
             streams = self.known_streams()
-            rows, minutes = data.overview(self.client, streams)
+            rows, minutes = overview(self.client, streams)
             return self._page(
                 200, "overview.html", token, request=request, rows=rows, chart=chart.build(minutes)
             )
@@ -155,7 +156,7 @@ class Dashboard:
 
     def _stream_page(self, request: Request, token: str, stream: str) -> Response:
         q = request.query
-        info = stream_info(self.client, stream, lag_scan_limit=data.LAG_SCAN_LIMIT)
+        info = stream_info(self.client, stream, lag_scan_limit=LAG_SCAN_LIMIT)
         groups = [g.name for g in info.groups]
         group = q.get("group") if q.get("group") in groups else (groups[0] if groups else None)
         pending = (

@@ -8,7 +8,6 @@ entries or ten million, and the dashboard keeps nothing between requests.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,14 +15,11 @@ from typing import Any
 from .. import _throughput
 from .._keys import dead_letter_stream, derived_key
 from ..deadletters import DeadLetter
-from ..info import StreamInfo, stream_info
 
 history = _throughput.history
 
 #: Rows per page of every long list.
 PAGE = 50
-#: Entries read to count a group's lag where the server does not report it.
-LAG_SCAN_LIMIT = 1000
 #: Consumers listed per group (XINFO CONSUMERS has no COUNT; the rest are counted).
 MAX_CONSUMERS = 100
 #: Longest field value shown in full; longer ones are cut.
@@ -77,61 +73,6 @@ def discover(client: Any) -> list[str]:
         if isinstance(groups, list) and groups
     )
     return with_groups[:MAX_STREAMS]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRow:
-    """One stream on the overview."""
-
-    info: StreamInfo
-    scheduled: int | None
-    processed: int
-    failed: int
-
-    @property
-    def lag(self) -> str:
-        exact = all(g.lag_exact for g in self.info.groups)
-        total = sum(g.lag for g in self.info.groups)
-        return str(total) if exact else f">= {total}"
-
-    @property
-    def pending(self) -> int:
-        return sum(g.pending for g in self.info.groups)
-
-    @property
-    def consumers(self) -> int:
-        return sum(len(g.consumers) for g in self.info.groups)
-
-
-def scheduled_count(client: Any, stream: str) -> int:
-    """Jobs waiting for their time (ZCARD of the stream's scheduled set)."""
-    return int(client.zcard(derived_key(stream, "scheduled")))
-
-
-def overview(client: Any, streams: Sequence[str]) -> tuple[list[StreamRow], list[Any]]:
-    """A row per stream, and the last hour per minute summed over all of them."""
-    rows = []
-    totals: list[_throughput.Minute] = []
-    for stream in streams:
-        info = stream_info(client, stream, lag_scan_limit=LAG_SCAN_LIMIT)
-        last_hour = _throughput.history(client, [stream])
-        rows.append(
-            StreamRow(
-                info=info,
-                scheduled=scheduled_count(client, stream),
-                processed=sum(m.processed for m in last_hour),
-                failed=sum(m.failed for m in last_hour),
-            )
-        )
-        totals = (
-            last_hour
-            if not totals
-            else [
-                _throughput.Minute(a.start, a.processed + b.processed, a.failed + b.failed)
-                for a, b in zip(totals, last_hour, strict=True)
-            ]
-        )
-    return rows, totals or _throughput.history(client, [])
 
 
 @dataclass(frozen=True, slots=True)
