@@ -336,6 +336,9 @@ def test_unknown_streams_and_pages_are_404(client: redis.Redis, stream: str, sit
     assert site.get(f"/stream?name={other}")[0] == 404
     assert site.get("/nothing")[0] == 404
     assert site.get("/static/../app.py")[0] == 404
+    # And a cursor that is not a stream id just means the first page
+    junk = site.get(f"/stream?name={stream}&dead_before=junk&pending_after=1-x")
+    assert junk[0] == 200 and "Dead letters" in junk[2]
     # And no action reaches a stream the dashboard does not show
     cookie, token = site.session()
     status = site.post("/purge", {"csrf": token, "stream": other, "confirm": "yes"}, Cookie=cookie)

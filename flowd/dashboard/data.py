@@ -8,6 +8,7 @@ entries or ten million, and the dashboard keeps nothing between requests.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,14 @@ MAX_VALUE = 4000
 #: Streams found by discovery at most, and SCAN calls spent looking.
 MAX_STREAMS = 200
 MAX_SCAN_CALLS = 200
+
+
+_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def cursor(value: str | None) -> str | None:
+    """A page cursor from the URL if it is a stream id; anything else means the first page."""
+    return value if value is not None and _ID.fullmatch(value) else None
 
 
 def text(value: Any) -> str:
@@ -97,6 +106,7 @@ class Page:
 
 def pending_page(client: Any, stream: str, group: str, after: str | None) -> Page:
     """Pending messages of ``group`` after the id ``after`` (oldest first), with last errors."""
+    after = cursor(after)
     start = "-" if after is None else "(" + after
     raw = client.xpending_range(stream, group, min=start, max="+", count=PAGE + 1)
     more = len(raw) > PAGE
@@ -134,6 +144,7 @@ def _raw_fields(raw: Any) -> dict[bytes, bytes]:
 
 def dead_page(client: Any, stream: str, before: str | None) -> Page:
     """Dead letters of ``stream``, newest first, older than the id ``before``."""
+    before = cursor(before)
     end = "+" if before is None else "(" + before
     entries = client.xrevrange(dead_letter_stream(stream), end, "-", count=PAGE + 1)
     more = len(entries) > PAGE
