@@ -457,3 +457,16 @@ def test_a_user_without_counter_rights_still_acks_and_is_told_once(
     assert "Allow INCRBY and EXPIRE" in warnings[0].getMessage()
     user.close()
     admin.close()
+
+
+def test_mount_helpers_name_bad_arguments(client: redis.Redis) -> None:
+    from flask import Flask
+
+    from flowd.dashboard.mount import mount_flask
+
+    app = Flask(__name__)
+    for prefix in ("flowd", "/", ""):
+        with pytest.raises(flowd.ConfigurationError, match="prefix must be a path"):
+            mount_flask(app, Dashboard(client, ["s"]), prefix)
+    with pytest.raises(flowd.ConfigurationError, match=r"expected a flowd\.dashboard\.Dashboard"):
+        mount_flask(app, object(), "/flowd")  # type: ignore[arg-type]

@@ -180,3 +180,21 @@ def test_the_options_are_documented_in_help(env: dict[str, str]) -> None:
     )
     for option in ("--url", "--bind", "--port", "--partitions", "--auth", "--read-only"):
         assert option in result.stdout
+
+
+def test_the_flowd_command_does_not_need_the_dashboard_extra(env: dict[str, str]) -> None:
+    # The dashboard's libraries are imported only when `flowd dashboard` runs
+    code = (
+        "import sys, flowd.cli; flowd.cli.build_parser(); "
+        "assert not {'jinja2', 'waitress'} & set(sys.modules), sorted(sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
