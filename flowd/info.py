@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._keys import dead_letter_stream
-from ._redis import Session, check_client, is_nogroup, parse_entries
+from ._redis import (
+    SAFE_EVICTION_POLICIES,
+    Session,
+    check_client,
+    eviction_policy,
+    is_nogroup,
+    parse_entries,
+)
 from .errors import ConfigurationError
 
 __all__ = ["ConsumerInfo", "GroupInfo", "StreamInfo", "stream_info"]
@@ -87,6 +94,8 @@ class StreamInfo:
     :ivar first_id: the oldest entry's id, None when the stream is empty.
     :ivar last_id: the newest entry's id, None when the stream is empty.
     :ivar dlq_length: entries in the dead-letter stream.
+    :ivar eviction_policy: the server's ``maxmemory-policy`` (None if it cannot
+        be read); any ``allkeys-*`` policy can evict the stream and lose jobs.
     """
 
     stream: str
@@ -96,6 +105,14 @@ class StreamInfo:
     dlq_stream: str
     dlq_length: int
     groups: tuple[GroupInfo, ...]
+    eviction_policy: str | None = None
+
+    @property
+    def eviction_unsafe(self) -> bool:
+        """True when the server may evict the stream under memory pressure."""
+        return self.eviction_policy is not None and (
+            self.eviction_policy not in SAFE_EVICTION_POLICIES
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, ready for ``json.dumps``."""
@@ -107,6 +124,7 @@ class StreamInfo:
             "dlq_stream": self.dlq_stream,
             "dlq_length": self.dlq_length,
             "groups": [group.to_dict() for group in self.groups],
+            "eviction_policy": self.eviction_policy,
         }
 
     def to_text(self) -> str:
@@ -116,6 +134,11 @@ class StreamInfo:
             f"stream {self.stream}: {self.length} entries{span}; "
             f"dead letters: {self.dlq_length} in {self.dlq_stream}"
         ]
+        if self.eviction_unsafe:
+            lines.append(
+                f"WARNING: maxmemory-policy is {self.eviction_policy}: Redis may evict this "
+                "stream under memory pressure and lose its jobs; use noeviction"
+            )
         if not self.groups:
             lines.append("no consumer groups")
         for group in self.groups:
@@ -243,6 +266,7 @@ def _read(
         dlq_stream=dlq,
         dlq_length=int(dlq_length),
         groups=(),
+        eviction_policy=eviction_policy(session),
     )
     if not int(exists):
         return info
@@ -277,6 +301,7 @@ def _read(
         dlq_stream=info.dlq_stream,
         dlq_length=info.dlq_length,
         groups=tuple(groups),
+        eviction_policy=info.eviction_policy,
     )
 
 

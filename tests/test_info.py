@@ -102,6 +102,7 @@ def test_missing_stream_reads_as_empty(info_client: redis.Redis, stream: str) ->
         dlq_stream=f"{{{stream}}}:dead",
         dlq_length=0,
         groups=(),
+        eviction_policy="noeviction",
     )
     assert info.to_dict() == {
         "stream": stream,
@@ -111,6 +112,7 @@ def test_missing_stream_reads_as_empty(info_client: redis.Redis, stream: str) ->
         "dlq_stream": f"{{{stream}}}:dead",
         "dlq_length": 0,
         "groups": [],
+        "eviction_policy": "noeviction",
     }
 
 
