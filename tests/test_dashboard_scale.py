@@ -68,8 +68,21 @@ def commands_of(client: redis.Redis, render: Any) -> list[list[str]]:
     return [c for c in commands if c[0].upper() not in ("CONFIG", "SLOWLOG")]
 
 
+def _small_hash(key: str) -> bool:
+    """Hashes whose size does not grow with the queue: one scheduled job, the schedules."""
+    return key.endswith(":schedules") or ":scheduled:" in key
+
+
+def _bounded_index_range(command: list[str]) -> bool:
+    try:
+        start, stop = int(command[2]), int(command[3])
+    except (IndexError, ValueError):
+        return False
+    return 0 <= start <= stop and stop - start <= 1000
+
+
 def unbounded(commands: list[list[str]]) -> list[list[str]]:
-    """Commands whose work grows with the size of a stream or set."""
+    """Commands whose work grows with the size of a stream, set or hash."""
     bad = []
     for command in commands:
         name = command[0].upper()
@@ -78,9 +91,11 @@ def unbounded(commands: list[list[str]]) -> list[list[str]]:
             bad.append(command)
         elif name == "XPENDING" and len(command) > 3 and len(command) < 6:
             bad.append(command)  # the extended form needs start, end and count
-        elif name in ("KEYS", "HGETALL", "SMEMBERS", "LRANGE", "HKEYS", "HVALS"):
+        elif name in ("KEYS", "SMEMBERS", "LRANGE"):
             bad.append(command)
-        elif name == "ZRANGE" and "LIMIT" not in upper and command[-1] != command[-2]:
+        elif name in ("HGETALL", "HKEYS", "HVALS") and not _small_hash(command[1]):
+            bad.append(command)
+        elif name == "ZRANGE" and "LIMIT" not in upper and not _bounded_index_range(command):
             bad.append(command)
         elif name == "XINFO" and "FULL" in upper:
             bad.append(command)
