@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -470,3 +471,36 @@ def test_mount_helpers_name_bad_arguments(client: redis.Redis) -> None:
             mount_flask(app, Dashboard(client, ["s"]), prefix)
     with pytest.raises(flowd.ConfigurationError, match=r"expected a flowd\.dashboard\.Dashboard"):
         mount_flask(app, object(), "/flowd")  # type: ignore[arg-type]
+
+
+def test_on_redis_cluster_a_partitioned_queue_is_shown_and_requeued() -> None:
+    from tests.redis_cluster import RedisCluster
+
+    # Given a three-master cluster and a queue of three partitions, each on its own master
+    cluster = RedisCluster(3)
+    cluster.start()
+    client = cluster.client()
+    try:
+        names = flowd.partition_streams("orders", 3)
+        for name in names:
+            client.xadd(name, {"n": "1"})
+            client.xgroup_create(name, "g", "0")
+        dlq_id = add_dead_letter(client, names[2], {"n": "2"}, "ValueError: no")
+        # And a dashboard that finds the streams itself (SCAN on every master)
+        app = Dashboard(client)
+        with serving(app) as base:
+            site = Site(base, app)
+            overview = site.get("/")[2]
+            page = site.get(f"/stream?name={urllib.parse.quote(names[2])}")
+            cookie, token = site.session()
+            form = {"csrf": token, "stream": names[2], "id": dlq_id}
+            moved = site.post("/requeue", form, Cookie=cookie)
+        # Then every partition is listed, its page renders, and Requeue works across the slot
+        for name in names:
+            assert f">{name}</a>" in overview
+        assert page[0] == 200 and "ValueError: no" in page[2]
+        assert moved[0] == 303
+        assert client.xlen(dead_letter_stream(names[2])) == 0 and client.xlen(names[2]) == 2
+    finally:
+        client.close()
+        cluster.close()
