@@ -3,7 +3,7 @@
 Each minute of each stream has two counters (minute = Unix time // 60, by
 the writing worker's clock): ``{stream}:stats:<minute>:processed`` (entries
 acked after a successful run) and ``{stream}:stats:<minute>:failed`` (runs
-that raised). Every write renews a two-hour expiry, so the history covers
+that raised, counted where their reason is recorded: with a claimer). Every write renews a two-hour expiry, so the history covers
 every worker, survives a dashboard restart, and cleans itself up. Keys per
 minute, rather than one hash per stream, let Redis expire old minutes on its
 own (field expiry needs Redis 7.4); plain counters let one MGET read a
@@ -39,7 +39,7 @@ def processed_commands(stream: str, count: int) -> list[tuple[Any, ...]]:
 
 
 def check_replies(replies: Sequence[Any], stream: str) -> None:
-    """Log the first error among the replies of :func:`processed_commands`; never raises.
+    """Log the first error among the replies of the counter commands; never raises.
 
     The counters are statistics: an error there (e.g. an ACL user without
     INCRBY) must never hold back the acks sent in the same round trip.
@@ -50,17 +50,10 @@ def check_replies(replies: Sequence[Any], stream: str) -> None:
             return
 
 
-def count_failed(client: Any, stream: str) -> None:
-    """Add one failed run to this minute (one round trip); never raises."""
+def failed_commands(stream: str) -> list[tuple[Any, ...]]:
+    """Commands that add one failed run to this minute; sent with the failure's record."""
     key = minute_key(stream, int(time.time()) // 60, "failed")
-    try:
-        pipe = client.pipeline(transaction=False)
-        pipe.incrby(key, 1)
-        pipe.expire(key, MINUTE_TTL)
-        pipe.execute()
-    except Exception as exc:
-        # A statistic is not worth failing a job's bookkeeping for.
-        _cannot_count(stream, exc)
+    return [("INCRBY", key, 1), ("EXPIRE", key, MINUTE_TTL)]
 
 
 _warned = threading.Event()
