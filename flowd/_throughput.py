@@ -3,11 +3,12 @@
 Each minute of each stream has two counters (minute = Unix time // 60, by
 the writing worker's clock): ``{stream}:stats:<minute>:processed`` (entries
 acked after a successful run) and ``{stream}:stats:<minute>:failed`` (runs
-that raised, counted where their reason is recorded: with a claimer). Every write renews a two-hour expiry, so the history covers
-every worker, survives a dashboard restart, and cleans itself up. Keys per
-minute, rather than one hash per stream, let Redis expire old minutes on its
-own (field expiry needs Redis 7.4); plain counters let one MGET read a
-stream's hour (its keys share the stream's slot).
+that raised, counted where their reason is recorded: with a claimer). Every
+write renews a two-hour expiry, so the history covers every worker, survives
+a dashboard restart, and cleans itself up. Keys per minute, rather than one
+hash per stream, let Redis expire old minutes on its own (field expiry needs
+Redis 7.4); plain counters let one MGET read a stream's hour (its keys share
+the stream's slot).
 """
 
 from __future__ import annotations
