@@ -408,7 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=10_000)
     url_option(demo)
     demo.set_defaults(func=cmd_demo)
-    add_dashboard_parser(sub, url_option, partitions_option)
+    add_dashboard_parser(
+        sub,
+        url_option,
+        partitions_option,
+        lambda url: (connect(resolve_url(url)), resolve_url(url)),
+    )
     return parser
 
 

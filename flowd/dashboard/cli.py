@@ -15,10 +15,18 @@ AUTH_ENV = "FLOWD_DASHBOARD_AUTH"
 DEFAULT_PORT = 8700
 
 Option = Callable[[argparse.ArgumentParser], None]
+#: ``--url`` (or None) -> a connected client and the URL used; errors are the CLI's own.
+Connect = Callable[[str | None], tuple[Any, str]]
 
 
-def add_dashboard_parser(sub: Any, url_option: Option, partitions_option: Option) -> None:
-    """Add the ``dashboard`` subcommand to the ``flowd`` parser."""
+def add_dashboard_parser(
+    sub: Any, url_option: Option, partitions_option: Option, connect: Connect
+) -> None:
+    """Add the ``dashboard`` subcommand to the ``flowd`` parser.
+
+    The CLI passes its option helpers and its way of connecting in, so this
+    module never imports ``flowd.cli`` (which imports it).
+    """
     parser = sub.add_parser("dashboard", help="serve a web dashboard of the queues")
     parser.add_argument(
         "streams",
@@ -38,7 +46,7 @@ def add_dashboard_parser(sub: Any, url_option: Option, partitions_option: Option
     parser.add_argument(
         "--read-only", action="store_true", help="show no action buttons; refuse every POST"
     )
-    parser.set_defaults(func=cmd_dashboard)
+    parser.set_defaults(func=lambda args: cmd_dashboard(args, connect))
 
 
 def is_loopback(host: str) -> bool:
@@ -55,34 +63,35 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    """Run ``flowd dashboard`` until SIGINT or SIGTERM."""
-    from .. import cli
+def cmd_dashboard(args: argparse.Namespace, connect: Connect) -> int:
+    """Run ``flowd dashboard`` until SIGINT or SIGTERM (exit status 0).
+
+    :raises ConfigurationError: a public address without auth, a bad port, or
+        the ``dashboard`` extra missing (the CLI exits 2 with the message).
+    """
     from .._keys import partition_streams
     from .._urls import redact_url
+    from ..errors import ConfigurationError
 
     auth = args.auth or os.environ.get(AUTH_ENV) or None
     if not is_loopback(args.bind) and auth is None:
-        raise cli.CommandError(
+        raise ConfigurationError(
             f"refusing to serve the dashboard on {args.bind} without a password: anyone who "
             f"can reach that address could requeue and purge jobs. Pass --auth USER:PASSWORD "
-            f"(or set {AUTH_ENV}), or bind 127.0.0.1",
-            cli.EXIT_USAGE,
+            f"(or set {AUTH_ENV}), or bind 127.0.0.1"
         )
     if not 0 <= args.port <= 65535:
-        raise cli.CommandError(f"--port must be 0..65535, not {args.port}", cli.EXIT_USAGE)
+        raise ConfigurationError(f"--port must be 0..65535, not {args.port}")
     try:
         import waitress
 
         from .app import Dashboard
     except ImportError as exc:
-        raise cli.CommandError(
+        raise ConfigurationError(
             f"the dashboard needs the 'dashboard' extra ({exc.name} is missing): "
-            "pip install 'flowd[dashboard]'",
-            cli.EXIT_USAGE,
+            "pip install 'flowd[dashboard]'"
         ) from None
-    url = cli.resolve_url(args.url)
-    client = cli.connect(url)
+    client, url = connect(args.url)
     streams = [name for s in args.streams for name in partition_streams(s, args.partitions)]
     app = Dashboard(client, streams or None, read_only=args.read_only, auth=auth)
     server: Any = waitress.create_server(app, host=args.bind, port=args.port, threads=4)
@@ -104,4 +113,4 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         server.close()
         client.close()
     print("flowd dashboard: stopped", file=sys.stderr, flush=True)
-    return cli.EXIT_OK
+    return 0
