@@ -7,37 +7,39 @@ import ipaddress
 import os
 import signal
 import sys
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 AUTH_ENV = "FLOWD_DASHBOARD_AUTH"
 DEFAULT_PORT = 8700
 
-Option = Callable[[argparse.ArgumentParser], None]
-#: ``--url`` (or None) -> a connected client and the URL used; errors are the CLI's own.
-Connect = Callable[[str | None], tuple[Any, str]]
 
-
-def add_dashboard_parser(
-    sub: Any, url_option: Option, partitions_option: Option, connect: Connect
-) -> None:
-    """Add the ``dashboard`` subcommand to the ``flowd`` parser.
-
-    The CLI passes its option helpers and its way of connecting in, so this
-    module never imports ``flowd.cli`` (which imports it).
-    """
-    parser = sub.add_parser("dashboard", help="serve a web dashboard of the queues")
+def add_dashboard_parser(sub: Any) -> None:
+    """Add the ``dashboard`` subcommand to the ``flowd`` parser (an entry of its COMMANDS)."""
+    parser = sub.add_parser(
+        "dashboard",
+        help="serve a web dashboard of the queues",
+        description="Serve a web dashboard of the queues until SIGTERM or SIGINT.",
+    )
     parser.add_argument(
         "streams",
         nargs="*",
         metavar="STREAM",
         help="streams to show (default: every stream that has a consumer group)",
     )
-    url_option(parser)
+    parser.add_argument(
+        "--url",
+        help="Redis URL (redis://, rediss://, unix://, redis+cluster://); default: "
+        "$FLOWD_REDIS_URL, else redis://localhost:6379/0",
+    )
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
-    partitions_option(parser)
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="the queue's partitions: show each of its streams (default 1)",
+    )
     parser.add_argument(
         "--auth",
         metavar="USER:PASSWORD",
@@ -46,7 +48,7 @@ def add_dashboard_parser(
     parser.add_argument(
         "--read-only", action="store_true", help="show no action buttons; refuse every POST"
     )
-    parser.set_defaults(func=lambda args: cmd_dashboard(args, connect))
+    parser.set_defaults(func=cmd_dashboard)
 
 
 def is_loopback(host: str) -> bool:
@@ -63,12 +65,13 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def cmd_dashboard(args: argparse.Namespace, connect: Connect) -> int:
+def cmd_dashboard(args: argparse.Namespace) -> int:
     """Run ``flowd dashboard`` until SIGINT or SIGTERM (exit status 0).
 
     :raises ConfigurationError: a public address without auth, a bad port, or
         the ``dashboard`` extra missing (the CLI exits 2 with the message).
     """
+    from .._connect import connect, resolve_url
     from .._keys import partition_streams
     from .._urls import redact_url
     from ..errors import ConfigurationError
@@ -91,7 +94,8 @@ def cmd_dashboard(args: argparse.Namespace, connect: Connect) -> int:
             f"the dashboard needs the 'dashboard' extra ({exc.name} is missing): "
             "pip install 'flowd[dashboard]'"
         ) from None
-    client, url = connect(args.url)
+    url, source = resolve_url(args.url)
+    client = connect(url, source)
     streams = [name for s in args.streams for name in partition_streams(s, args.partitions)]
     app = Dashboard(client, streams or None, read_only=args.read_only, auth=auth)
     server: Any = waitress.create_server(app, host=args.bind, port=args.port, threads=4)
