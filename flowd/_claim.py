@@ -8,6 +8,7 @@ import threading
 import time
 
 from ._context import StreamContext
+from ._readahead import ids_of
 from ._redis import Entry, parse_entries, parse_xautoclaim, parse_xpending_range, unnamed_deleted
 from ._retry import RetryTimer
 from ._timeutil import to_ms
@@ -214,7 +215,8 @@ class ClaimLoop:
 
 
 class LeaseLoop:
-    """Keeps running jobs' messages fresh (XCLAIM ... JUSTID) so no claimer takes them.
+    """Keeps the messages of running jobs, and of those read ahead, fresh (XCLAIM ...
+    JUSTID) so no claimer takes them.
 
     Its context's stop event outlives the reader's: running jobs stay leased
     until they finish.
@@ -233,6 +235,7 @@ class LeaseLoop:
             return False
         with self.lock:
             ids = ctx.running_since(time.monotonic() - self.interval / 2)
+            ids += ids_of(ctx.permits.buffered_items(), ctx.stream)  # read ahead, not started
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 # JUSTID does not bump the delivery count; min-idle 0 always resets idle.

@@ -11,8 +11,10 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from . import _throughput
 from ._failure import traceback_of
 from ._keys import derived_key
 from ._redis import Script, Session
@@ -109,17 +111,32 @@ class DeadLetterMover:
 
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str | None = None) -> None:
         """Keep the reason and traceback of a failed run, for the dead-letter path."""
-        self.record_reason(msg_id, reason_of(exc), traceback or traceback_of(exc))
+        # The dashboard's per-minute failure count rides on the same round trip.
+        self.record_reason(
+            msg_id, reason_of(exc), traceback or traceback_of(exc), _throughput.failed_commands
+        )
 
-    def record_reason(self, msg_id: str, reason: str, traceback: str | None) -> None:
+    def record_reason(
+        self,
+        msg_id: str,
+        reason: str,
+        traceback: str | None,
+        extra: Callable[[str], list[tuple[Any, ...]]] | None = None,
+    ) -> None:
         """Keep a reason (and traceback) as the message's last failure."""
         commands: list[tuple[Any, ...]] = [("HSET", self.errors_key, msg_id, reason)]
         if traceback:
             commands.append(("HSET", self.tracebacks_key, msg_id, traceback))
+        own = len(commands)
+        if extra is not None:
+            commands += extra(self.stream)
         try:
-            for reply in self._session().call_many(commands):
+            replies = self._session().call_many(commands)
+            for reply in replies[:own]:
                 if isinstance(reply, Exception):
                     raise reply
+            if extra is not None:
+                _throughput.check_replies(replies[own:], self.stream)
         except Exception:
             logger.warning(
                 "could not record the failure of %s on %s", msg_id, self.stream, exc_info=True

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from ._dead_letter_move import reason_of
 from ._failure import traceback_of
 from ._permits import Permits
+from ._readahead import ALPHA, ReadAhead
 from ._retry import RetryControl
 from ._timelimit import TimeLimiter
 from .errors import GiveUp, Retry, TimeLimitExceeded
@@ -41,12 +42,13 @@ class QueueStats:
 
     ``processed``: jobs that returned (and were acked). ``failed``: runs that
     raised (Retry and GiveUp aside). ``retried``: runs of a message delivered
-    before. ``dead_lettered``: messages moved to the dead-letter path.
-    ``deleted``: pending entries that had been deleted from the stream, acked
-    without running. ``in_flight``: jobs running now. ``groups_lost``: times
-    the consumer group vanished while running (the stream evicted, flushed or
-    deleted): data was lost. ``retry_requested``: runs that raised
-    :class:`flowd.Retry`. ``gave_up``: runs that raised :class:`flowd.GiveUp`.
+    before. ``dead_lettered``: messages moved to the dead-letter path. ``deleted``: pending entries that
+    had been deleted from the stream, acked without running. ``in_flight``:
+    jobs running now. ``groups_lost``: times the consumer group vanished while
+    running (the stream evicted, flushed or deleted): data was lost.
+    ``buffered``: messages read ahead, waiting for a worker (pending under this
+    consumer, leased, handed back on stop). ``retry_requested``: runs that
+    raised :class:`flowd.Retry`. ``gave_up``: runs that raised :class:`flowd.GiveUp`.
     """
 
     processed: int = 0
@@ -56,6 +58,7 @@ class QueueStats:
     deleted: int = 0
     in_flight: int = 0
     groups_lost: int = 0
+    buffered: int = 0
     retry_requested: int = 0
     gave_up: int = 0
 
@@ -108,8 +111,6 @@ class WorkerPool:
     :param hooks: the application's hooks (LogHooks come first).
     :param concurrency: worker threads, and permits.
     :param name: the worker threads are ``flowd-worker-<name>_<n>``.
-    :param time_limit: seconds a job may run (None: no limit), watched by a
-        ``flowd-timelimit-<name>`` thread.
     """
 
     def __init__(
@@ -121,7 +122,14 @@ class WorkerPool:
         time_limit: float | None = None,
     ) -> None:
         self.worker = worker
-        self.permits = Permits(concurrency)
+        self.tasks: queue_module.SimpleQueue[Task[Any] | DeadLetterWork | None] = (
+            queue_module.SimpleQueue()
+        )
+        #: Hand a task (permit held) to the worker loops.
+        self.submit = self.tasks.put
+        self.permits = Permits(concurrency, self.submit)
+        #: How many messages the readers may read beyond the free permits.
+        self.readahead = ReadAhead(concurrency)
         #: Held by the lease loops while they renew: a retry waits for it before setting
         #: its message's idle time, so no renewal in flight resets that afterwards.
         self.lease_lock = threading.Lock()
@@ -135,11 +143,6 @@ class WorkerPool:
         self._worker_threads: set[threading.Thread] = set()
         self.dispatch_counts = self._new_counts()  # written under dispatch_lock
         self.dispatch_lock = threading.Lock()
-        self.tasks: queue_module.SimpleQueue[Task[Any] | DeadLetterWork | None] = (
-            queue_module.SimpleQueue()
-        )
-        #: Hand a task (permit held) to the worker loops.
-        self.submit = self.tasks.put
         # Daemon threads, not a ThreadPoolExecutor: interpreter exit stops the queue
         # gracefully first (flowd._lifecycle), and a job that never returns must not then
         # keep the process alive (concurrent.futures joins its threads without a limit).
@@ -183,45 +186,51 @@ class WorkerPool:
         # The hot path: names bound once, counters private to this thread.
         self._worker_threads.add(threading.current_thread())
         counts = self._new_counts()
-        get, running, release = self.tasks.get, self.running, self.permits.release
+        get, running, next_or_release = self.tasks.get, self.running, self.permits.next_or_release
         worker, routes, monotonic = self.worker, self.routes, time.monotonic
         before, success = self.hooks.before_job, self.hooks.after_success
-        limiter = self.limiter
+        readahead, limiter = self.readahead, self.limiter
+        item: Task[Any] | DeadLetterWork | None
         while (item := get()) is not None:
-            if type(item) is DeadLetterWork:
-                self._run_dead_letter(item.task, counts)
-                continue
-            task: Task[Any] = item  # type: ignore[assignment]
-            msg_id = task.id
-            key = (task.stream, msg_id)
-            retried = task.deliveries > 1
-            started = monotonic()
-            running[key] = (task, started)
-            try:
-                if before:
-                    call_hooks(before, task)
-                if limiter is None:
-                    worker(task)
-                else:
-                    token = limiter.enter(task)
-                    try:
+            # With read-ahead, go on with buffered items under the same permit.
+            while item is not None:
+                if type(item) is DeadLetterWork:
+                    self._run_dead_letter(item.task, counts)
+                    item = next_or_release()
+                    continue
+                task: Task[Any] = item  # type: ignore[assignment]
+                msg_id = task.id
+                key = (task.stream, msg_id)
+                retried = task.deliveries > 1
+                started = monotonic()
+                running[key] = (task, started)
+                try:
+                    if before:
+                        call_hooks(before, task)
+                    if limiter is None:
                         worker(task)
-                    finally:
-                        limiter.exit(token)
-            except BaseException as exc:
-                if limiter is not None:
-                    limiter.exit_current()  # if the exception cut exit() short
-                self._failed(task, exc, monotonic() - started, counts)
-            else:
-                routes[task.stream].ack(msg_id, retried)
-                counts.processed += 1
-                if success:
-                    call_hooks(success, task, monotonic() - started)
-            finally:
-                if retried:
-                    counts.retried += 1
-                running.pop(key, None)
-                release()
+                    else:
+                        token = limiter.enter(task)
+                        try:
+                            worker(task)
+                        finally:
+                            limiter.exit(token)
+                except BaseException as exc:
+                    if limiter is not None:
+                        limiter.exit_current()  # if the exception cut exit() short
+                    self._failed(task, exc, monotonic() - started, counts)
+                else:
+                    routes[task.stream].ack(msg_id, retried)
+                    counts.processed += 1
+                    if success:
+                        call_hooks(success, task, monotonic() - started)
+                finally:
+                    if retried:
+                        counts.retried += 1
+                    running.pop(key, None)
+                    seconds = readahead.seconds
+                    readahead.seconds = seconds + (monotonic() - started - seconds) * ALPHA
+                item = next_or_release()
 
     def _failed(
         self, task: Task[Any], exc: BaseException, duration: float, counts: _Counts
@@ -270,10 +279,15 @@ class WorkerPool:
             )
         finally:
             self.running.pop((task.stream, task.id), None)
-            self.permits.release()
 
     def shutdown(self, *, wait: bool) -> None:
         """End the worker loops once their current job is done; wait for them if asked."""
+        left = self.permits.take_buffer()  # none may start after stop() returned
+        if left:
+            logger.warning(
+                "%d messages read ahead were not started; they stay pending for the claimer",
+                len(left),
+            )
         for _ in self._loops:
             self.tasks.put(None)
         if wait:
@@ -301,6 +315,7 @@ class WorkerPool:
             deleted=totals.deleted,
             in_flight=self.permits.in_use,
             groups_lost=totals.groups_lost,
+            buffered=self.permits.buffered,
             retry_requested=totals.retry_requested,
             gave_up=totals.gave_up,
         )

@@ -23,6 +23,7 @@ from . import __version__ as _source_version
 from . import _commands, _runner
 from ._connect import resolve_url
 from ._urls import DEFAULT_URL, redact_url
+from .dashboard.cli import add_dashboard_parser
 
 #: The distribution that installs the ``flowd`` package and command.
 DISTRIBUTION = "flowd-queue"
@@ -161,6 +162,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _info,
     _dlq,
     _demo,
+    add_dashboard_parser,
 ]
 
 

@@ -80,6 +80,9 @@ FLOWD_COMMANDS = (
     "+hdel",
     "+set",
     "+get",
+    # the per-minute throughput counters the dashboard charts ({stream}:stats:<minute>:...)
+    "+incrby",
+    "+expire",
     # housekeeping scripts (trim, idle consumers)
     "+exists",
     "+xinfo|groups",
