@@ -42,9 +42,9 @@ class QueueStats:
 
     ``processed``: jobs that returned (and were acked). ``failed``: runs that
     raised (Retry and GiveUp aside). ``retried``: runs of a message delivered
-    before. ``dead_lettered``: messages moved to the dead-letter path. ``deleted``: pending entries that
-    had been deleted from the stream, acked without running. ``in_flight``:
-    jobs running now. ``groups_lost``: times the consumer group vanished while
+    before. ``dead_lettered``: messages moved to the dead-letter path.
+    ``deleted``: pending entries that had been deleted from the stream, acked
+    without running. ``in_flight``: jobs running now. ``groups_lost``: times the consumer group vanished while
     running (the stream evicted, flushed or deleted): data was lost.
     ``buffered``: messages read ahead, waiting for a worker (pending under this
     consumer, leased, handed back on stop). ``retry_requested``: runs that
