@@ -44,11 +44,12 @@ class QueueStats:
     raised (Retry and GiveUp aside). ``retried``: runs of a message delivered
     before. ``dead_lettered``: messages moved to the dead-letter path.
     ``deleted``: pending entries that had been deleted from the stream, acked
-    without running. ``in_flight``: jobs running now. ``groups_lost``: times the consumer group vanished while
-    running (the stream evicted, flushed or deleted): data was lost.
-    ``buffered``: messages read ahead, waiting for a worker (pending under this
-    consumer, leased, handed back on stop). ``retry_requested``: runs that
-    raised :class:`flowd.Retry`. ``gave_up``: runs that raised :class:`flowd.GiveUp`.
+    without running. ``in_flight``: jobs running now. ``groups_lost``: times
+    the consumer group vanished while running (the stream evicted, flushed or
+    deleted): data was lost. ``buffered``: messages read ahead, waiting for a
+    worker (pending under this consumer, leased, handed back on stop).
+    ``retry_requested``: runs that raised :class:`flowd.Retry`. ``gave_up``:
+    runs that raised :class:`flowd.GiveUp`.
     """
 
     processed: int = 0
