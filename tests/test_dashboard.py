@@ -102,6 +102,25 @@ def test_overview_finds_streams_with_groups_and_shows_their_counts(
     assert "<svg" in body and "<script" not in body
 
 
+def test_an_evicting_server_is_called_out_on_the_overview(private_redis: Any, stream: str) -> None:
+    # Given a server whose maxmemory-policy can evict streams, and a queue on it
+    client = redis.Redis.from_url(private_redis.url)
+    with_group(client, stream)
+    app = Dashboard(client, [stream])
+    try:
+        with serving(app) as base:
+            quiet = Site(base, app).get("/")[2]
+            client.config_set("maxmemory-policy", "allkeys-lru")
+            # When the overview is opened
+            status, _, body = Site(base, app).get("/")
+    finally:
+        client.close()
+    # Then it says so, naming the policy; with noeviction it said nothing
+    assert status == 200
+    assert 'id="eviction"' in body and "maxmemory-policy allkeys-lru" in body
+    assert 'id="eviction"' not in quiet
+
+
 def test_a_real_queue_writes_the_history_the_chart_shows(
     client: redis.Redis, stream: str, site_for: Any
 ) -> None:

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium``), driven by Playwright.
 
-The pages are saved as PNGs in docs/_static (the README and docs show them).
+The pages are saved as PNGs: in docs/_static (the README and docs show them) when
+FLOWD_UPDATE_SCREENSHOTS=1, else in a scratch folder.
 Without /usr/bin/chromium these tests fail under CI=true (.ci/run installs
 it) and are skipped elsewhere, naming the package to install.
 """
@@ -8,6 +9,7 @@ it) and are skipped elsewhere, naming the package to install.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from tests.helpers import Email, Numbered, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "_static"
+SCRATCH_SHOTS = Path(tempfile.gettempdir()) / "flowd-dashboard-shots"
 XSS = "<img src=x onerror=window.__pwned=1>"
 
 
@@ -68,8 +71,11 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def shot(page: Any, name: str, height: int | None = None) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = str(SHOTS / f"dashboard-{name}.png")
+    """Screenshot a page: into docs/_static with FLOWD_UPDATE_SCREENSHOTS=1 (README's
+    pictures), else into a scratch folder, so a test run leaves the work tree unchanged."""
+    folder = SHOTS if os.environ.get("FLOWD_UPDATE_SCREENSHOTS") == "1" else SCRATCH_SHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = str(folder / f"dashboard-{name}.png")
     if height is None:
         page.screenshot(path=path, full_page=True)
     else:

@@ -18,7 +18,7 @@ from ..deadletters import DeadLetters
 from ..errors import ConfigurationError
 from ..info import stream_info
 from . import chart, data, security
-from .overview import LAG_SCAN_LIMIT, overview
+from .overview import LAG_SCAN_LIMIT, overview, unsafe_eviction_policy
 from .web import Request, Response, plain, redirect
 
 __all__ = ["Dashboard"]
@@ -142,7 +142,13 @@ class Dashboard:
             streams = self.known_streams()
             rows, minutes = overview(self.client, streams)
             return self._page(
-                200, "overview.html", token, request=request, rows=rows, chart=chart.build(minutes)
+                200,
+                "overview.html",
+                token,
+                request=request,
+                rows=rows,
+                chart=chart.build(minutes),
+                eviction_policy=unsafe_eviction_policy(self.client),
             )
         if path == "/stream":
             stream = request.query.get("name", "")

@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import _throughput
 from .._keys import dead_letter_stream, derived_key
+from .._redis import SAFE_EVICTION_POLICIES
 
 #: Entries read to count a group's lag where the server does not report it
 #: (Redis 6.2, or 7.x after deletions); past it the lag shows as ">= N".
@@ -109,3 +110,18 @@ def _lags(client: Any, streams: Sequence[str], groups: list[list[dict[str, Any]]
             if len(entries) >= LAG_SCAN_LIMIT:
                 exact[index] = False
     return [str(t) if e else f">= {t}" for t, e in zip(totals, exact, strict=True)]
+
+
+def unsafe_eviction_policy(client: Any) -> str | None:
+    """The server's maxmemory-policy when it can evict streams (``allkeys-*``), else None."""
+    try:
+        info = client.info("memory")
+    except Exception:  # INFO not allowed, or the server is down: nothing to warn about here
+        return None
+    # A cluster client answers per node: any node that can evict is reason enough.
+    nodes = info.values() if info and all(isinstance(v, dict) for v in info.values()) else [info]
+    for node in nodes:
+        policy = _text(node.get("maxmemory_policy", "noeviction"))
+        if policy not in SAFE_EVICTION_POLICIES:
+            return policy
+    return None
