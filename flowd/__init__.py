@@ -23,6 +23,8 @@ from .info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
 from .job import Job, Mapper, field
 from .producer import Producer
 from .queue import Queue, WorkerFn
+from .schedule import Schedule
+from .scheduled import ScheduledJob, ScheduledJobs, ScheduleState
 from .task import Task
 
 __version__ = "0.1.0"
@@ -50,6 +52,10 @@ __all__ = [
     "QueueStats",
     "RedisVersionError",
     "ReplicationError",
+    "Schedule",
+    "ScheduleState",
+    "ScheduledJob",
+    "ScheduledJobs",
     "StreamInfo",
     "Task",
     "TrimResult",

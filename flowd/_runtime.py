@@ -27,6 +27,7 @@ from ._acker import Acker
 from ._deadletter import DeadLetterPath
 from ._keys import derived_key
 from ._permits import Permits
+from ._scheduler import UniqueRelease
 from ._timeutil import remaining
 from .errors import DecodeError
 from .hooks import HookSet, LogHooks, call_hooks
@@ -90,7 +91,7 @@ class WorkerPool:
         self.running: dict[tuple[str, str], tuple[Task[Any], float]] = {}
         #: When stop() must be done by (monotonic), once stopping.
         self.deadline: float | None = None
-        self.hooks = HookSet([LogHooks(), *queue.hooks])
+        self.hooks = HookSet([LogHooks(), UniqueRelease(queue.client), *queue.hooks])
         #: stream -> its Runtime; filled by Runtime() before any job runs.
         self.streams: dict[str, Runtime] = {}
         self._counts: list[_Counts] = []

@@ -9,7 +9,9 @@ from typing import Any
 
 from ._keys import dead_letter_stream
 from ._redis import Session, check_client, is_nogroup, parse_entries
+from ._scheduling import scheduled_key, schedules_key
 from .errors import ConfigurationError
+from .scheduled import ScheduleState, schedule_state
 
 __all__ = ["ConsumerInfo", "GroupInfo", "StreamInfo", "stream_info"]
 
@@ -87,6 +89,10 @@ class StreamInfo:
     :ivar first_id: the oldest entry's id, None when the stream is empty.
     :ivar last_id: the newest entry's id, None when the stream is empty.
     :ivar dlq_length: entries in the dead-letter stream.
+    :ivar scheduled: jobs waiting for their time (``delay``/``at``) in the stream's
+        sorted set of scheduled jobs.
+    :ivar schedules: the periodic schedules that ran on this stream, with their
+        last and next run.
     """
 
     stream: str
@@ -96,6 +102,8 @@ class StreamInfo:
     dlq_stream: str
     dlq_length: int
     groups: tuple[GroupInfo, ...]
+    scheduled: int = 0
+    schedules: tuple[ScheduleState, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, ready for ``json.dumps``."""
@@ -107,6 +115,8 @@ class StreamInfo:
             "dlq_stream": self.dlq_stream,
             "dlq_length": self.dlq_length,
             "groups": [group.to_dict() for group in self.groups],
+            "scheduled": self.scheduled,
+            "schedules": [schedule.to_dict() for schedule in self.schedules],
         }
 
     def to_text(self) -> str:
@@ -114,8 +124,13 @@ class StreamInfo:
         span = f" ({self.first_id} .. {self.last_id})" if self.first_id else ""
         lines = [
             f"stream {self.stream}: {self.length} entries{span}; "
-            f"dead letters: {self.dlq_length} in {self.dlq_stream}"
+            f"dead letters: {self.dlq_length} in {self.dlq_stream}; "
+            f"scheduled: {self.scheduled}"
         ]
+        for schedule in self.schedules:
+            last = schedule.last_run.isoformat() if schedule.last_run else "never"
+            nxt = schedule.next_run.isoformat() if schedule.next_run else "unknown"
+            lines.append(f"schedule {schedule.name} ({schedule.spec}): last {last}, next {nxt}")
         if not self.groups:
             lines.append("no consumer groups")
         for group in self.groups:
@@ -223,7 +238,7 @@ def stream_info(
 def _read(
     session: Session, stream: str, only: str | None, dlq: str, lag_scan_limit: int
 ) -> StreamInfo:
-    now, length, first, last, dlq_length, exists, groups_reply = session.call_many(
+    replies = session.call_many(
         [
             ("TIME",),
             ("XLEN", stream),
@@ -232,9 +247,12 @@ def _read(
             ("XLEN", dlq),
             ("EXISTS", stream),
             ("XINFO", "GROUPS", stream),
+            ("ZCARD", scheduled_key(stream)),
+            ("HGETALL", schedules_key(stream)),
         ]
     )
-    _raise_errors([now, length, first, last, dlq_length, exists])
+    now, length, first, last, dlq_length, exists, groups_reply, scheduled, states = replies
+    _raise_errors([now, length, first, last, dlq_length, exists, scheduled, states])
     info = StreamInfo(
         stream=stream,
         length=int(length),
@@ -243,6 +261,8 @@ def _read(
         dlq_stream=dlq,
         dlq_length=int(dlq_length),
         groups=(),
+        scheduled=int(scheduled),
+        schedules=_schedules(states),
     )
     if not int(exists):
         return info
@@ -277,7 +297,14 @@ def _read(
         dlq_stream=info.dlq_stream,
         dlq_length=info.dlq_length,
         groups=tuple(groups),
+        scheduled=info.scheduled,
+        schedules=info.schedules,
     )
+
+
+def _schedules(reply: Any) -> tuple[ScheduleState, ...]:
+    states = (schedule_state(_text(name), raw) for name, raw in _as_map(reply).items())
+    return tuple(sorted((s for s in states if s is not None), key=lambda s: s.name))
 
 
 def _group(

@@ -18,6 +18,8 @@ from ._permits import Permits
 from ._reader import Reader, read_own_pending, start_entries
 from ._redis import Session, check_client, ensure_group, is_transient, parse_xreadgroup
 from ._runtime import Runtime, WorkerPool
+from ._scheduler import SchedulerLoop
+from ._scheduling import move_all_due
 from ._threads import LoopThread
 from ._timeutil import Seconds, remaining, to_seconds
 from .claimer import Claimer, ClaimLoop, LeaseLoop
@@ -26,6 +28,7 @@ from .handle import QueueHandle, StreamThreads
 from .hooks import Hooks
 from .housekeeping import Housekeeping, HousekeepingLoop
 from .job import Job, plan_of
+from .schedule import Schedule, check_schedules, fire_schedules, stream_of
 from .task import Task
 
 __all__ = ["Queue", "WorkerFn"]
@@ -131,6 +134,9 @@ class Queue(Generic[J]):
         and dead-letter stream, and all share ``concurrency``. 1 (the default)
         is the plain ``stream``.
     :param block: seconds one XREADGROUP blocks while the stream is empty.
+    :param schedules: periodic jobs (:class:`Schedule`) this queue enqueues. Every
+        running queue (and ``drain()``) also moves the stream's due scheduled
+        jobs into it, on a ``flowd-scheduler-<stream>`` thread.
     """
 
     def __init__(
@@ -149,6 +155,7 @@ class Queue(Generic[J]):
         consumer: str | None = None,
         read_client: Any = None,
         block: Seconds = 2.0,
+        schedules: Sequence[Schedule] = (),
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -185,6 +192,7 @@ class Queue(Generic[J]):
             raise ConfigurationError(f"hooks must be a list of flowd.Hooks, not {hooks!r}")
         self.hooks: tuple[Hooks, ...] = tuple(hooks)
         self.block = to_seconds(block, "block")
+        self.schedules = check_schedules(schedules)
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
 
@@ -322,6 +330,18 @@ class Queue(Generic[J]):
                 lease_session,
                 runtime.lease_stop,
             )
+        scheduler = SchedulerLoop(
+            self.client, stream, runtime.stop_event, self._schedules_of(stream)
+        )
+        background.append(
+            LoopThread(
+                f"flowd-scheduler-{stream}",
+                f"scheduler of {stream}",
+                scheduler.step,
+                runtime.stop_event,
+                on_exit=scheduler.session.close,
+            )
+        )
         if self.housekeeping is not None:
             background.append(
                 LoopThread(
@@ -333,10 +353,23 @@ class Queue(Generic[J]):
             )
         return StreamThreads(runtime, reader, reader_session, background, lease)
 
+    def _schedules_of(self, stream: str) -> list[Schedule]:
+        """The schedules that ``stream`` (one partition) fires."""
+        return [s for s in self.schedules if stream_of(self.streams, s.name) == stream]
+
+    def _move_due(self, session: Session, stream: str) -> None:
+        """drain(): enqueue due schedule ticks and move due scheduled jobs before reading."""
+        schedules = self._schedules_of(stream)
+        if schedules and fire_schedules(session, stream, schedules) is None:
+            fire_schedules(session, stream, schedules)
+        move_all_due(session, stream)
+
     def drain(self, timeout: Seconds | None = None, *, stop: threading.Event | None = None) -> int:
         """Process the backlog, then return how many jobs succeeded (cron mode).
 
-        Runs this consumer's own pending messages (left by an earlier run
+        First moves the stream's due scheduled jobs into it (and enqueues due
+        schedule ticks); jobs scheduled for later stay scheduled. Then runs this
+        consumer's own pending messages (left by an earlier run
         under the same ``consumer`` name), then new messages until the stream
         has none, then, with a claimer, one sweep of messages idle longer than
         ``min_idle_time``. Jobs run on ``concurrency`` worker threads, as in
@@ -380,6 +413,7 @@ class Queue(Generic[J]):
         try:
             drain_limit = _DrainLimit(deadline, stop)
             for runtime, session in zip(runtimes, sessions, strict=True):
+                self._move_due(session, runtime.stream)
                 self._drain_reads(runtime, session, drain_limit)
             finished = pool.permits.wait_all_free(remaining(deadline))
         finally:
