@@ -25,6 +25,7 @@ import redis
 import redis.cluster
 import redis.exceptions
 
+from . import _cli_scheduled
 from ._keys import partition_streams
 from ._redis import is_cluster
 from ._urls import redact_url
@@ -388,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     partitions_option(dlq)
     url_option(dlq)
     dlq.set_defaults(func=cmd_dlq)
+
+    _cli_scheduled.add_parser(sub, url_option, partitions_option)
 
     demo = sub.add_parser("demo", help="a self-contained tour: enqueue, process, recover")
     demo.add_argument("--jobs", type=int, default=10_000)

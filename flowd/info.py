@@ -124,9 +124,10 @@ class StreamInfo:
         span = f" ({self.first_id} .. {self.last_id})" if self.first_id else ""
         lines = [
             f"stream {self.stream}: {self.length} entries{span}; "
-            f"dead letters: {self.dlq_length} in {self.dlq_stream}; "
-            f"scheduled: {self.scheduled}"
+            f"dead letters: {self.dlq_length} in {self.dlq_stream}"
         ]
+        if self.scheduled or self.schedules:
+            lines.append(f"scheduled: {self.scheduled} jobs waiting for their time")
         for schedule in self.schedules:
             last = schedule.last_run.isoformat() if schedule.last_run else "never"
             nxt = schedule.next_run.isoformat() if schedule.next_run else "unknown"

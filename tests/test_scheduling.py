@@ -185,7 +185,7 @@ def test_drain_runs_due_jobs_and_leaves_future_ones(client: redis.Redis, stream:
     assert runs.done() == set(range(5))
     info = flowd.stream_info(client, stream)
     assert info.scheduled == 3
-    assert info.to_dict()["scheduled"] == 3 and "scheduled: 3" in info.to_text()
+    assert info.to_dict()["scheduled"] == 3 and "scheduled: 3 jobs" in info.to_text()
     assert {job.id for job in flowd.ScheduledJobs(client, stream).list()} == set(future)
 
 
