@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 #: Due jobs moved by one script call: a few ms of Redis time even on a loaded
 #: machine, so one call never blocks Redis for long, however many jobs are due.
-MOVE_BATCH = 200
+MOVE_BATCH = 100
 
 #: Lua's unpack() stops at about 8,000 values: a scheduled job's fields must fit.
 MAX_FIELD_VALUES = 7000
