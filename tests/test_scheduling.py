@@ -369,9 +369,14 @@ def test_scheduled_jobs_survive_a_restart_with_aof(private_redis: RedisServer) -
         producer = flowd.Producer(client, "aof")
         ids = producer.enqueue_bulk((Numbered(n) for n in range(5)), delay=1.0)
         unique = producer.enqueue(Numbered(9), delay=1.0, unique_key="u")
+        schedule = flowd.Schedule("nightly", Numbered(0), cron="0 3 * * *", tz="Europe/Paris")
+        flowd.schedule.fire_schedules(client, "aof", [schedule])
+        states = flowd.ScheduledJobs(client, "aof").schedule_states()
         private_redis.restart()
         client.connection_pool.disconnect()
         assert flowd.ScheduledJobs(client, "aof").count() == 6
+        assert flowd.ScheduledJobs(client, "aof").schedule_states() == states
+        assert states[0].next_run is not None and states[0].next_run.hour in (1, 2)  # 03:00 Paris
         assert producer.enqueue(Numbered(10), unique_key="u") == unique
         runs = Runs()
         queue = _queue(client, "aof", runs.add)
@@ -412,3 +417,20 @@ def test_delayed_jobs_on_a_cluster_with_three_partitions(
         for handle in handles:
             assert handle.stop(timeout=10)
         client.close()
+
+
+# -- clients with decode_responses=True, and partitions on one Redis
+
+
+def test_scheduling_with_any_client(any_client: redis.Redis, stream: str) -> None:
+    producer = flowd.Producer(any_client, stream, partitions=2)
+    ids = producer.enqueue_bulk([Numbered(1), Numbered(2)], delay=60)
+    unique = producer.enqueue(Numbered(3), delay=60, unique_key="k")
+    assert producer.enqueue(Numbered(4), unique_key="k") == unique
+    streams = producer.streams
+    listed = [job for s in streams for job in flowd.ScheduledJobs(any_client, s).list()]
+    assert sorted(job.id for job in listed) == sorted([*ids, unique])
+    assert {job.fields["n"] for job in listed if job.fields} == {"1", "2", "3"}
+    assert producer.cancel(unique) and producer.cancel(ids[1])
+    assert producer.enqueue(Numbered(5), unique_key="k") != unique
+    assert sum(flowd.stream_info(any_client, s).scheduled for s in streams) == 1
