@@ -200,7 +200,9 @@ class Producer:
         if not self.replicas:
             return _as_str(sched.ENQUEUE(self.client, keys, args)[1])
         command = ["EVAL", sched.ENQUEUE.source, len(keys), *keys, *args]
-        reply: list[Any] = self._send_durable([command], [stream])[0]
+        reply: list[Any] = self._send_durable(
+            [command], [stream], lambda reply: [_as_str(reply[1])]
+        )[0]
         return _as_str(reply[1])
 
     def cancel(self, job_id: str) -> bool:
@@ -267,7 +269,11 @@ class Producer:
             if self.replicas:
                 script = sched.ENQUEUE_MANY
                 commands = [["EVAL", script.source, len(k), *k, *a] for _, k, a, _ in calls]
-                replies = self._send_durable(commands, [stream for stream, _, _, _ in calls])
+                replies = self._send_durable(
+                    commands,
+                    [stream for stream, _, _, _ in calls],
+                    lambda reply: [_as_str(msg_id) for msg_id in reply],
+                )
             else:
                 replies = sched.ENQUEUE_MANY.pipelined(
                     self.client, [(k, a) for _, k, a, _ in calls]
@@ -308,11 +314,17 @@ class Producer:
             call[3].append(index)
         return calls
 
-    def _send_durable(self, commands: list[list[Any]], streams: list[str] | None = None) -> Any:
+    def _send_durable(
+        self,
+        commands: list[list[Any]],
+        streams: list[str] | None = None,
+        ids_of: Callable[[Any], list[str]] | None = None,
+    ) -> Any:
         """Commands then WAIT, on one connection per stream (WAIT covers that connection's
         writes); replies (ids for XADDs) come back in the order of ``commands``.
 
         :param streams: the stream of each command; by default its second word (XADD's key).
+        :param ids_of: the job ids in a script's reply (for ReplicationError.ids).
         """
         by_stream: dict[str, list[int]] = {}
         for index, command in enumerate(commands):
@@ -331,7 +343,9 @@ class Producer:
                 pipe.execute_command("WAIT", self.replicas, to_ms(self.replica_timeout))
                 replies = pipe.execute()
             written = [
-                _as_str(reply) if streams is None else _as_str(reply[1]) for reply in replies[:-1]
+                msg_id
+                for reply in replies[:-1]
+                for msg_id in (ids_of(reply) if ids_of is not None else [_as_str(reply)])
             ]
             for index, reply in zip(indexes, replies[:-1], strict=True):
                 ids[index] = _as_str(reply) if streams is None else reply

@@ -434,3 +434,18 @@ def test_scheduling_with_any_client(any_client: redis.Redis, stream: str) -> Non
     assert producer.cancel(unique) and producer.cancel(ids[1])
     assert producer.enqueue(Numbered(5), unique_key="k") != unique
     assert sum(flowd.stream_info(any_client, s).scheduled for s in streams) == 1
+
+
+def test_durable_delayed_enqueue_waits_for_replicas(client: redis.Redis, stream: str) -> None:
+    # A lone server has no replica: the scheduled writes are made, then WAIT says too few.
+    producer = flowd.Producer(client, stream, replicas=1, replica_timeout=0.1)
+    with pytest.raises(flowd.ReplicationError, match="only 0 of 1 replicas") as info:
+        producer.enqueue(Numbered(1), delay=60)
+    assert info.value.ids[0].startswith("s-")
+    with pytest.raises(flowd.ReplicationError) as bulk:
+        producer.enqueue_bulk([Numbered(2), Numbered(3)], delay=60)
+    assert len(bulk.value.ids) == 2 and all(i.startswith("s-") for i in bulk.value.ids)
+    with pytest.raises(flowd.ReplicationError) as unique:
+        producer.enqueue(Numbered(4), unique_key="k")
+    assert unique.value.ids == [client.xrange(stream)[0][0].decode()]
+    assert flowd.ScheduledJobs(client, stream).count() == 3 and client.xlen(stream) == 1
