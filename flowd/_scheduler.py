@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._redis import Session
-from ._scheduling import MOVE_BATCH, RELEASE, UNIQUE_FIELD, move_due, unique_key
+from ._scheduling import MOVE_BATCH, RELEASE, UNIQUE_FIELD, move_all_due, move_due, unique_key
+from ._threads import LoopThread
 from .hooks import Hooks
-from .schedule import Schedule, fire_schedules
+from .schedule import Schedule, fire_schedules, stream_of
 from .task import Task
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,41 @@ class SchedulerLoop:
                 wait = min(wait, (nxt - result.now_ms) / 1000)
         self.stop.wait(max(wait, _MIN_WAIT))
         return True
+
+
+def schedules_of(
+    stream: str, schedules: Sequence[Schedule], streams: Sequence[str]
+) -> list[Schedule]:
+    """The schedules that ``stream`` (one partition of ``streams``) fires."""
+    return [s for s in schedules if stream_of(streams, s.name) == stream]
+
+
+def scheduler_thread(
+    client: Any,
+    stream: str,
+    stop: threading.Event,
+    schedules: Sequence[Schedule],
+    streams: Sequence[str],
+) -> LoopThread:
+    """The ``flowd-scheduler-<stream>`` thread of a running queue (not started)."""
+    loop = SchedulerLoop(client, stream, stop, schedules_of(stream, schedules, streams))
+    return LoopThread(
+        f"flowd-scheduler-{stream}",
+        f"scheduler of {stream}",
+        loop.step,
+        stop,
+        on_exit=loop.session.close,
+    )
+
+
+def move_due_before_drain(
+    session: Session, stream: str, schedules: Sequence[Schedule], streams: Sequence[str]
+) -> None:
+    """drain(): enqueue due schedule ticks, then move every due scheduled job."""
+    mine = schedules_of(stream, schedules, streams)
+    if mine and fire_schedules(session, stream, mine) is None:
+        fire_schedules(session, stream, mine)
+    move_all_due(session, stream)
 
 
 class UniqueRelease(Hooks):

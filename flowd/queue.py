@@ -18,8 +18,7 @@ from ._permits import Permits
 from ._reader import Reader, read_own_pending, start_entries
 from ._redis import Session, check_client, ensure_group, is_transient, parse_xreadgroup
 from ._runtime import Runtime, WorkerPool
-from ._scheduler import SchedulerLoop
-from ._scheduling import move_all_due
+from ._scheduler import move_due_before_drain, scheduler_thread
 from ._threads import LoopThread
 from ._timeutil import Seconds, remaining, to_seconds
 from .claimer import Claimer, ClaimLoop, LeaseLoop
@@ -28,7 +27,7 @@ from .handle import QueueHandle, StreamThreads
 from .hooks import Hooks
 from .housekeeping import Housekeeping, HousekeepingLoop
 from .job import Job, plan_of
-from .schedule import Schedule, check_schedules, fire_schedules, stream_of
+from .schedule import Schedule, check_schedules
 from .task import Task
 
 __all__ = ["Queue", "WorkerFn"]
@@ -330,17 +329,8 @@ class Queue(Generic[J]):
                 lease_session,
                 runtime.lease_stop,
             )
-        scheduler = SchedulerLoop(
-            self.client, stream, runtime.stop_event, self._schedules_of(stream)
-        )
         background.append(
-            LoopThread(
-                f"flowd-scheduler-{stream}",
-                f"scheduler of {stream}",
-                scheduler.step,
-                runtime.stop_event,
-                on_exit=scheduler.session.close,
-            )
+            scheduler_thread(self.client, stream, runtime.stop_event, self.schedules, self.streams)
         )
         if self.housekeeping is not None:
             background.append(
@@ -352,17 +342,6 @@ class Queue(Generic[J]):
                 )
             )
         return StreamThreads(runtime, reader, reader_session, background, lease)
-
-    def _schedules_of(self, stream: str) -> list[Schedule]:
-        """The schedules that ``stream`` (one partition) fires."""
-        return [s for s in self.schedules if stream_of(self.streams, s.name) == stream]
-
-    def _move_due(self, session: Session, stream: str) -> None:
-        """drain(): enqueue due schedule ticks and move due scheduled jobs before reading."""
-        schedules = self._schedules_of(stream)
-        if schedules and fire_schedules(session, stream, schedules) is None:
-            fire_schedules(session, stream, schedules)
-        move_all_due(session, stream)
 
     def drain(self, timeout: Seconds | None = None, *, stop: threading.Event | None = None) -> int:
         """Process the backlog, then return how many jobs succeeded (cron mode).
@@ -413,7 +392,7 @@ class Queue(Generic[J]):
         try:
             drain_limit = _DrainLimit(deadline, stop)
             for runtime, session in zip(runtimes, sessions, strict=True):
-                self._move_due(session, runtime.stream)
+                move_due_before_drain(session, runtime.stream, self.schedules, self.streams)
                 self._drain_reads(runtime, session, drain_limit)
             finished = pool.permits.wait_all_free(remaining(deadline))
         finally:
