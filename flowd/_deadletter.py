@@ -46,7 +46,13 @@ _MOVE_ATTEMPTS = 3
 
 def reason_of(exc: BaseException) -> str:
     """The text kept as a failure's reason: exception type and message, bounded."""
-    text = f"{type(exc).__name__}: {exc}"
+    detail = str(exc)
+    # Their str() is empty or a bare exit code: say what happened instead.
+    if isinstance(exc, SystemExit):
+        detail = f"the job called sys.exit({exc.code!r})"
+    elif isinstance(exc, KeyboardInterrupt) and not detail:
+        detail = "the job was interrupted (SIGINT / Ctrl-C while it ran)"
+    text = f"{type(exc).__name__}: {detail}"
     return text if len(text) <= _REASON_LIMIT else text[:_REASON_LIMIT] + "..."
 
 

@@ -296,15 +296,51 @@ class Session:
                 logger.debug("disconnect failed", exc_info=True)
 
 
-def ensure_group(session: Session, stream: str, group: str) -> None:
-    """Create the group (and the stream) if missing; jobs already in the stream are kept."""
+def ensure_group(session: Session, stream: str, group: str) -> bool:
+    """Create the group (and the stream) if missing; jobs already in the stream are kept.
+
+    :returns: True if this call created the group, False if it existed.
+    """
     try:
         session.call("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
     except redis.exceptions.ResponseError as exc:
         if not is_busygroup(exc):
             raise
-    else:
-        logger.info("created consumer group %s on stream %s", group, stream)
+        return False
+    logger.info("created consumer group %s on stream %s", group, stream)
+    return True
+
+
+#: maxmemory policies that never evict a stream: streams carry no TTL.
+SAFE_EVICTION_POLICIES = (
+    "noeviction",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+)
+
+
+def eviction_policy(session: Session) -> str | None:
+    """The server's ``maxmemory-policy``: from INFO memory, else CONFIG GET.
+
+    INFO first: a least-privilege ACL user may read it, while a denied CONFIG
+    would fill the server's ACL log. None when neither may be read.
+    """
+    try:
+        info = session.call("INFO", "memory")
+    except redis.exceptions.ResponseError:
+        info = b""
+    text = _text(info) if isinstance(info, bytes | str) else ""
+    for line in text.splitlines():
+        if line.startswith("maxmemory_policy:"):
+            return line.partition(":")[2].strip()
+    try:
+        reply = session.call("CONFIG", "GET", "maxmemory-policy")
+    except redis.exceptions.ResponseError:
+        return None  # INFO and CONFIG renamed, disabled or not allowed
+    values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1::2]
+    return _text(values[0]) if values else None
 
 
 def _entry(raw: Any) -> Entry:

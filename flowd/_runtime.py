@@ -1,12 +1,12 @@
 """What one run (or drain) of a Queue shares between its threads.
 
 A :class:`WorkerPool` is shared by every stream of the queue (one, or one per
-partition): the permits that bound concurrency, the executor and its worker
+partition): the permits that bound concurrency, the worker threads and their
 loops, the counters and the jobs running now. A :class:`Runtime` is one
 stream's part: its acker and its dead-letter path.
 
 The reader and the claimer hand entries to :meth:`Runtime.dispatch` while
-holding one permit per entry. Each of the executor's ``concurrency`` threads
+holding one permit per entry. Each of the pool's ``concurrency`` worker threads
 runs one long-lived loop that takes tasks from a queue (a SimpleQueue handoff
 costs far less per message than ``executor.submit``), runs them, and gives the
 permit back when the job, or its dead-letter handling, is done.
@@ -19,7 +19,6 @@ import queue as queue_module
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +48,8 @@ class QueueStats:
     raised. ``retried``: runs of a message delivered before. ``dead_lettered``:
     messages moved to the dead-letter path. ``deleted``: pending entries that
     had been deleted from the stream, acked without running. ``in_flight``:
-    jobs running now.
+    jobs running now. ``groups_lost``: times the consumer group vanished while
+    running (the stream evicted, flushed or deleted): data was lost.
     """
 
     processed: int = 0
@@ -58,15 +58,17 @@ class QueueStats:
     dead_lettered: int = 0
     deleted: int = 0
     in_flight: int = 0
+    groups_lost: int = 0
 
 
 class _Counts:
     """Counters written by one thread only (or under a lock); stats() sums them."""
 
-    __slots__ = ("dead_lettered", "deleted", "failed", "processed", "retried")
+    __slots__ = ("dead_lettered", "deleted", "failed", "groups_lost", "processed", "retried")
 
     def __init__(self) -> None:
         self.processed = self.failed = self.retried = self.dead_lettered = self.deleted = 0
+        self.groups_lost = 0
 
 
 class _DeadLetter:
@@ -79,7 +81,7 @@ class _DeadLetter:
 
 
 class WorkerPool:
-    """Permits, executor, counters and running jobs shared by a queue's streams."""
+    """Permits, worker threads, counters and running jobs shared by a queue's streams."""
 
     def __init__(self, queue: Queue[Any]) -> None:
         self.queue = queue
@@ -101,18 +103,31 @@ class WorkerPool:
         self.tasks: queue_module.SimpleQueue[Task[Any] | _DeadLetter | None] = (
             queue_module.SimpleQueue()
         )
-        self.executor = ThreadPoolExecutor(
-            max_workers=queue.concurrency, thread_name_prefix=f"flowd-worker-{queue.stream}"
-        )
-        self._loops = [self.executor.submit(self._worker_loop) for _ in range(queue.concurrency)]
+        # Daemon threads, not a ThreadPoolExecutor: interpreter exit stops the queue
+        # gracefully first (flowd._lifecycle), and a job that never returns must not then
+        # keep the process alive (concurrent.futures joins its threads without a limit).
+        self._loops = [
+            threading.Thread(
+                target=self._worker_loop, name=f"flowd-worker-{queue.stream}_{i}", daemon=True
+            )
+            for i in range(queue.concurrency)
+        ]
+        for thread in self._loops:
+            thread.start()
 
     def _new_counts(self) -> _Counts:
         counts = _Counts()
         self._counts.append(counts)
         return counts
 
+    def forget_after_fork(self) -> None:
+        """In a forked child, which has none of these threads: nothing runs here."""
+        self.stop_event.set()
+        self.lease_stop.set()
+        self.queue.forget_after_fork()
+
     def is_worker_thread(self, thread: threading.Thread) -> bool:
-        """True for the executor threads of this pool."""
+        """True for the worker threads of this pool."""
         return thread in self._worker_threads
 
     def _worker_loop(self) -> None:
@@ -200,7 +215,9 @@ class WorkerPool:
         """End the worker loops once their current job is done; wait for them if asked."""
         for _ in self._loops:
             self.tasks.put(None)
-        self.executor.shutdown(wait=wait)
+        if wait:
+            for thread in self._loops:
+                thread.join()
 
     def stats(self) -> QueueStats:
         totals = _Counts()
@@ -210,6 +227,7 @@ class WorkerPool:
             totals.retried += counts.retried
             totals.dead_lettered += counts.dead_lettered
             totals.deleted += counts.deleted
+            totals.groups_lost += counts.groups_lost
         return QueueStats(
             totals.processed,
             totals.failed,
@@ -217,6 +235,7 @@ class WorkerPool:
             totals.dead_lettered,
             totals.deleted,
             self.permits.in_use,
+            totals.groups_lost,
         )
 
     def running_report(self) -> str:
@@ -306,6 +325,18 @@ class Runtime:
             last = self.dead_letters.last_failure(msg_id)
             reason = last or f"no success after {deliveries - 1} deliveries"
         self.dead_letter(msg_id, fields, deliveries, job, reason)
+
+    def group_lost(self) -> None:
+        """The group vanished while running and was just recreated: say that data was lost."""
+        logger.error(
+            "consumer group %s of stream %s vanished while the queue was running: the stream "
+            "was evicted (maxmemory-policy), flushed or deleted, or the group destroyed; the "
+            "jobs and pending entries it held are lost. The group was recreated",
+            self.group,
+            self.stream,
+        )
+        with self.pool.dispatch_lock:
+            self.pool.dispatch_counts.groups_lost += 1
 
     def ack_deleted(self, msg_id: str) -> None:
         """A pending entry deleted from the stream: ack it so it leaves the PEL, count it."""

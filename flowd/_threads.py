@@ -77,7 +77,9 @@ class LoopThread(threading.Thread):
         on_fatal: Callable[[BaseException], None] | None = None,
         on_exit: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(name=name, daemon=False)
+        # Daemon: interpreter exit stops queues first (flowd._lifecycle); a thread stuck
+        # on a stalled connection must not then keep the process alive.
+        super().__init__(name=name, daemon=True)
         self.what = what
         self._step = step
         self._stop_event = stop
@@ -100,9 +102,8 @@ class LoopThread(threading.Thread):
                     return
                 except Exception as exc:
                     if is_nogroup(exc) and self._on_nogroup is not None:
-                        logger.warning(
-                            "%s: consumer group missing (%s); recreating it", self.what, exc
-                        )
+                        # on_nogroup says whether data was lost (it knows if it recreated it).
+                        logger.debug("%s: consumer group missing (%s)", self.what, exc)
                         try:
                             self._on_nogroup()
                             continue

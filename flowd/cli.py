@@ -296,8 +296,22 @@ def _dlq_action(dead: Any, args: argparse.Namespace) -> None:
         print(f"purged {dead.purge(None if args.all else args.ids)} dead messages")
 
 
+#: Characters of one field that `flowd dlq list` prints; the rest is summarised.
+FIELD_PRINT_LIMIT = 1000
+
+
 def _printable(fields: dict[str, str | bytes]) -> dict[str, str]:
-    return {k: v if isinstance(v, str) else repr(v) for k, v in fields.items()}
+    out = {}
+    for name, value in fields.items():
+        text = value if isinstance(value, str) else repr(value)
+        if len(text) > FIELD_PRINT_LIMIT:
+            text = f"{text[:FIELD_PRINT_LIMIT]}... ({len(value):,} {_unit(value)} in all)"
+        out[name] = text
+    return out
+
+
+def _unit(value: str | bytes) -> str:
+    return "characters" if isinstance(value, str) else "bytes"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from . import _lifecycle
 from ._redis import Session
 from ._runtime import QueueStats
 from ._timeutil import remaining, stop_timeout
@@ -65,6 +66,7 @@ class QueueHandle:
         self._stopper: threading.Thread | None = None
         self._done = threading.Event()
         self._clean = False
+        _lifecycle.started(self, pool.queue.stop_timeout)
 
     def __repr__(self) -> str:
         return (
@@ -149,7 +151,19 @@ class QueueHandle:
         finally:
             self._state = _State.STOPPED
             self._done.set()
+            _lifecycle.stopped(self)
         return self._clean
+
+    def forget_after_fork(self) -> str:
+        """In a forked child: this queue's threads are the parent's; mark it stopped here."""
+        self._state_lock = threading.Lock()  # may have been held by a parent thread at fork
+        self._state = _State.STOPPED
+        self._stopper = threading.current_thread()
+        self._clean = True
+        self._done = threading.Event()
+        self._done.set()
+        self._pool.forget_after_fork()
+        return f"{self._pool.queue.stream}/{self._pool.queue.group}"
 
     def _stop_in_background(self, timeout: float | None) -> None:
         self._pool.stop_event.set()

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._keys import dead_letter_stream
-from ._redis import Session, check_client, is_nogroup, parse_entries
+from ._redis import (
+    SAFE_EVICTION_POLICIES,
+    Session,
+    check_client,
+    eviction_policy,
+    is_nogroup,
+    parse_entries,
+)
 from ._scheduling import scheduled_key, schedules_key
 from .errors import ConfigurationError
 from .scheduled import ScheduleState, schedule_state
@@ -93,6 +100,8 @@ class StreamInfo:
         sorted set of scheduled jobs.
     :ivar schedules: the periodic schedules that ran on this stream, with their
         last and next run.
+    :ivar eviction_policy: the server's ``maxmemory-policy`` (None if it cannot
+        be read); any ``allkeys-*`` policy can evict the stream and lose jobs.
     """
 
     stream: str
@@ -104,6 +113,14 @@ class StreamInfo:
     groups: tuple[GroupInfo, ...]
     scheduled: int = 0
     schedules: tuple[ScheduleState, ...] = ()
+    eviction_policy: str | None = None
+
+    @property
+    def eviction_unsafe(self) -> bool:
+        """True when the server may evict the stream under memory pressure."""
+        return self.eviction_policy is not None and (
+            self.eviction_policy not in SAFE_EVICTION_POLICIES
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, ready for ``json.dumps``."""
@@ -117,6 +134,7 @@ class StreamInfo:
             "groups": [group.to_dict() for group in self.groups],
             "scheduled": self.scheduled,
             "schedules": [schedule.to_dict() for schedule in self.schedules],
+            "eviction_policy": self.eviction_policy,
         }
 
     def to_text(self) -> str:
@@ -132,6 +150,11 @@ class StreamInfo:
             last = schedule.last_run.isoformat() if schedule.last_run else "never"
             nxt = schedule.next_run.isoformat() if schedule.next_run else "unknown"
             lines.append(f"schedule {schedule.name} ({schedule.spec}): last {last}, next {nxt}")
+        if self.eviction_unsafe:
+            lines.append(
+                f"WARNING: maxmemory-policy is {self.eviction_policy}: Redis may evict this "
+                "stream under memory pressure and lose its jobs; use noeviction"
+            )
         if not self.groups:
             lines.append("no consumer groups")
         for group in self.groups:
@@ -264,6 +287,7 @@ def _read(
         groups=(),
         scheduled=int(scheduled),
         schedules=_schedules(states),
+        eviction_policy=eviction_policy(session),
     )
     if not int(exists):
         return info
@@ -300,6 +324,7 @@ def _read(
         groups=tuple(groups),
         scheduled=info.scheduled,
         schedules=info.schedules,
+        eviction_policy=info.eviction_policy,
     )
 
 

@@ -16,7 +16,15 @@ import redis.exceptions
 from ._keys import dead_letter_stream, key_slot, partition_streams
 from ._permits import Permits
 from ._reader import Reader, read_own_pending, start_entries
-from ._redis import Session, check_client, ensure_group, is_transient, parse_xreadgroup
+from ._redis import (
+    SAFE_EVICTION_POLICIES,
+    Session,
+    check_client,
+    ensure_group,
+    eviction_policy,
+    is_transient,
+    parse_xreadgroup,
+)
 from ._runtime import Runtime, WorkerPool
 from ._scheduler import move_due_before_drain, scheduler_thread
 from ._threads import LoopThread
@@ -136,6 +144,11 @@ class Queue(Generic[J]):
     :param schedules: periodic jobs (:class:`Schedule`) this queue enqueues. Every
         running queue (and ``drain()``) also moves the stream's due scheduled
         jobs into it, on a ``flowd-scheduler-<stream>`` thread.
+    :param stop_timeout: seconds a running queue is given to stop when the
+        interpreter exits without ``handle.stop()`` having been called (the end
+        of a script, a gunicorn or uWSGI worker exiting, Django's autoreloader).
+        Past it, jobs still running are named in a WARNING, their messages stay
+        pending for the claimer, and the process exits anyway.
     """
 
     def __init__(
@@ -155,6 +168,7 @@ class Queue(Generic[J]):
         read_client: Any = None,
         block: Seconds = 2.0,
         schedules: Sequence[Schedule] = (),
+        stop_timeout: Seconds = 30.0,
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -192,14 +206,21 @@ class Queue(Generic[J]):
         self.hooks: tuple[Hooks, ...] = tuple(hooks)
         self.block = to_seconds(block, "block")
         self.schedules = check_schedules(schedules)
+        self.stop_timeout = to_seconds(stop_timeout, "stop_timeout")
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
+        #: Streams whose group this queue has seen exist: one missing later means lost data.
+        self._groups_seen: set[str] = set()
 
     def __repr__(self) -> str:
         return (
             f"Queue(stream={self.stream!r}, group={self.group!r}, "
             f"consumer={self.consumer!r}, job={self.job.__name__})"
         )
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the lock may have been held by a parent thread at fork."""
+        self._lock = threading.Lock()
 
     def _preflight(self, *, must_connect: bool) -> None:
         """Check the server version and create the group, if Redis can be reached now."""
@@ -208,6 +229,9 @@ class Queue(Generic[J]):
                 session = Session(self.client, stream)
                 try:
                     ensure_group(session, stream, self.group)
+                    self._groups_seen.add(stream)
+                    if stream == self.streams[0]:
+                        self._check_eviction_policy(session)
                 finally:
                     session.close()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -227,6 +251,17 @@ class Queue(Generic[J]):
                 exc,
                 self.stream,
                 self.group,
+            )
+
+    def _check_eviction_policy(self, session: Session) -> None:
+        policy = eviction_policy(session)
+        if policy is not None and policy not in SAFE_EVICTION_POLICIES:
+            logger.error(
+                "Redis runs with maxmemory-policy %s: under memory pressure it can evict "
+                "the stream %s and its pending entries, and jobs are then lost without a "
+                "trace; use maxmemory-policy noeviction for job queues",
+                policy,
+                self.stream,
             )
 
     def _claim_check(self) -> None:
@@ -272,7 +307,10 @@ class Queue(Generic[J]):
         stop: threading.Event,
     ) -> LoopThread:
         def recreate_group() -> None:
-            ensure_group(session, runtime.stream, self.group)
+            created = ensure_group(session, runtime.stream, self.group)
+            if created and runtime.stream in self._groups_seen:
+                runtime.group_lost()
+            self._groups_seen.add(runtime.stream)
 
         def fatal(exc: BaseException) -> None:
             runtime.stop_event.set()

@@ -102,6 +102,7 @@ def test_missing_stream_reads_as_empty(info_client: redis.Redis, stream: str) ->
         dlq_stream=f"{{{stream}}}:dead",
         dlq_length=0,
         groups=(),
+        eviction_policy="noeviction",
     )
     assert info.to_dict() == {
         "stream": stream,
@@ -113,6 +114,7 @@ def test_missing_stream_reads_as_empty(info_client: redis.Redis, stream: str) ->
         "groups": [],
         "scheduled": 0,
         "schedules": [],
+        "eviction_policy": "noeviction",
     }
 
 
