@@ -142,6 +142,10 @@ MOVE_LUA = (
     _LIB
     + """
 local zset, stream = KEYS[1], KEYS[2]
+-- A write that changes nothing (that key is never used): on a read-only replica, such as
+-- a demoted master, the call fails with READONLY even when nothing is due, so the loop
+-- reconnects to the master instead of looking at a replica's copy.
+redis.call('DEL', ARGV[1])
 local now = now_ms()
 local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 local moved, missing, hkeys = 0, 0, {}
@@ -227,9 +231,17 @@ class LuaScript:
 
     def __call__(self, target: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return _send(target, ("EVALSHA", self.sha, len(keys), *keys, *args))
-        except redis.exceptions.NoScriptError:
-            return _send(target, ("EVAL", self.source, len(keys), *keys, *args))
+            try:
+                return _send(target, ("EVALSHA", self.sha, len(keys), *keys, *args))
+            except redis.exceptions.NoScriptError:
+                return _send(target, ("EVAL", self.source, len(keys), *keys, *args))
+        except redis.exceptions.ResponseError as exc:
+            passing = _passing_error(exc)
+            if passing is None:
+                raise
+            if isinstance(target, Session):
+                target.close()  # a demoted master: the next call finds the master again
+            raise passing from exc
 
     def pipelined(
         self, client: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
@@ -256,6 +268,24 @@ class LuaScript:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+
+#: Error codes that mean "not now" (see _redis.is_transient), as Redis 6.2 wraps them
+#: when a command inside a script fails: "Error running script ...: -READONLY ...".
+_PASSING_CODES = ("READONLY", "OOM", "BUSY", "MASTERDOWN", "LOADING", "NOREPLICAS")
+
+
+def _passing_error(exc: redis.exceptions.ResponseError) -> BaseException | None:
+    """The transient error a script's error reply wraps, as its own exception; else None."""
+    text = str(exc)
+    if not text.startswith("Error running script"):
+        return None
+    for code in _PASSING_CODES:
+        if f"-{code} " in text:
+            if code == "READONLY":
+                return redis.exceptions.ReadOnlyError(text)
+            return redis.exceptions.ResponseError(f"{code} {text}")
+    return None
 
 
 def _send(target: Any, command: Sequence[Any]) -> Any:

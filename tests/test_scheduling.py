@@ -465,3 +465,22 @@ def test_durable_delayed_enqueue_waits_for_replicas(client: redis.Redis, stream:
         producer.enqueue(Numbered(4), unique_key="k")
     assert unique.value.ids == [client.xrange(stream)[0][0].decode()]
     assert flowd.ScheduledJobs(client, stream).count() == 3 and client.xlen(stream) == 1
+
+
+def test_the_mover_on_a_read_only_replica_fails_as_transient(
+    private_redis: RedisServer, stream: str
+) -> None:
+    # A demoted master: even with nothing due, the mover must notice and reconnect,
+    # not keep reading a replica's copy (the loop retries transient errors quietly).
+    client = redis.Redis.from_url(private_redis.url)
+    session = flowd._redis.Session(client, stream)
+    try:
+        client.replicaof("127.0.0.1", str(flowd._embedded.free_port()))
+        with pytest.raises(redis.exceptions.ReadOnlyError) as info:
+            sched.move_due(session, stream)
+        assert flowd._redis.is_transient(info.value)
+        client.replicaof("NO", "ONE")
+        assert sched.move_due(session, stream).moved == 0
+    finally:
+        session.close()
+        client.close()
