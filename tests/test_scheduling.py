@@ -484,3 +484,37 @@ def test_the_mover_on_a_read_only_replica_fails_as_transient(
     finally:
         session.close()
         client.close()
+
+
+def test_scheduling_works_as_the_documented_acl_user(private_redis: RedisServer) -> None:
+    from tests.test_security import acl_rules
+
+    stream = "acl-sched"
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.execute_command("ACL", "SETUSER", "flowd", *acl_rules(stream, "pw-sched"))
+    client = redis.Redis(
+        host="127.0.0.1", port=private_redis.port, username="flowd", password="pw-sched"
+    )
+    try:
+        producer = flowd.Producer(client, stream)
+        later = producer.enqueue(Numbered(1), delay=60, unique_key="u")
+        assert producer.enqueue(Numbered(2), unique_key="u") == later
+        producer.enqueue_bulk([Numbered(3), Numbered(4)], delay=0.05)
+        assert producer.cancel(later)
+        time.sleep(0.1)
+        ran: list[int] = []
+        queue = _queue(
+            client,
+            stream,
+            lambda t: ran.append(t.job.n),
+            schedules=[flowd.Schedule("s", Numbered(5), cron="* * * * *")],
+        )
+        assert queue.drain() == 2 and sorted(ran) == [3, 4]
+        jobs = flowd.ScheduledJobs(client, stream)
+        assert jobs.count() == 0 and jobs.list() == [] and len(jobs.schedule_states()) == 1
+        assert flowd.stream_info(client, stream).scheduled == 0
+        denied = [e for e in admin.acl_log() if "client" not in str(e.get("object"))]
+        assert denied == [], denied
+    finally:
+        client.close()
+        admin.close()
