@@ -33,6 +33,9 @@ class Acker:
         self.group = group
         self.errors_key = errors_key
         self._ids: collections.deque[str] = collections.deque()
+        #: ids taken from _ids and not written yet; changed and read under _lock.
+        self._flushing: list[str] = []
+        self._lock = threading.Lock()
         self._retried: collections.deque[str] = collections.deque()
         self._wake = threading.Event()
         self._sleeping = False
@@ -60,6 +63,20 @@ class Acker:
         self._closing = True
         self._wake.set()
 
+    def unwritten_ids(self) -> set[str]:
+        """Ids added and not yet acked in Redis (queued, or in a flush not yet done)."""
+        with self._lock:
+            return set(self._flushing).union(self._ids.copy())
+
+    def _take_ids(self) -> None:
+        """Move the queued ids to the flush list (under the lock: unwritten_ids sees all)."""
+        with self._lock:
+            self._flushing += self._take(self._ids)
+
+    def _written(self) -> None:
+        with self._lock:
+            self._flushing = []
+
     def _take(self, queue: collections.deque[str]) -> list[str]:
         out: list[str] = []
         try:
@@ -70,7 +87,6 @@ class Acker:
 
     def _run(self) -> None:
         backoff = Backoff(f"acker for {self.stream}/{self.group}")
-        ids: list[str] = []
         retried: list[str] = []
         try:
             while True:
@@ -80,11 +96,11 @@ class Acker:
                         self._wake.wait()
                     self._sleeping = False
                     self._wake.clear()
-                ids += self._take(self._ids)
+                self._take_ids()
                 retried += self._take(self._retried)
-                while ids or retried:
+                while self._flushing or retried:
                     try:
-                        self._flush(ids, retried)
+                        self._flush(self._flushing, retried)
                     except Exception as exc:
                         if self._past_deadline():
                             break
@@ -92,11 +108,15 @@ class Acker:
                         time.sleep(min(delay, self._remaining()))
                         continue
                     backoff.succeeded()
-                    ids, retried = self._take(self._ids), self._take(self._retried)
+                    self._written()
+                    retried.clear()
+                    self._take_ids()
+                    retried += self._take(self._retried)
                 if self._closing and (not self._ids or self._past_deadline()):
                     break
         finally:
-            ids += self._take(self._ids)
+            self._take_ids()
+            ids = self._flushing
             self.unwritten = len(ids)
             if ids:
                 logger.warning(
@@ -138,5 +158,3 @@ class Acker:
                 raise reply
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("acked %d messages on %s/%s", len(ids), self.stream, self.group)
-        ids.clear()
-        retried.clear()

@@ -8,16 +8,26 @@ from collections.abc import Callable
 from typing import Any
 
 from ._keys import partition_streams
+from .errors import ConfigurationError
 from .scheduled import ScheduledJobs
 
 #: Adds a shared option (--url, --partitions) to a subcommand's parser.
 OptionAdder = Callable[[argparse.ArgumentParser], None]
 
+#: Exit statuses, as in flowd.cli (which this module must not import: no cycle).
+EXIT_OK, EXIT_FAILED = 0, 1
+
 
 def add_parser(
-    sub: Any, url_option: OptionAdder, partitions_option: OptionAdder
+    sub: Any,
+    url_option: OptionAdder,
+    partitions_option: OptionAdder,
+    connect: Callable[[str | None], Any],
 ) -> argparse.ArgumentParser:
-    """Register the ``scheduled`` subcommand on ``flowd``'s subparsers."""
+    """Register the ``scheduled`` subcommand on ``flowd``'s subparsers.
+
+    :param connect: the CLI's client for a ``--url`` value (None: the default URL).
+    """
     parser: argparse.ArgumentParser = sub.add_parser(
         "scheduled", help="list or cancel delayed jobs; show periodic schedules"
     )
@@ -29,23 +39,24 @@ def add_parser(
     parser.add_argument("--json", action="store_true")
     partitions_option(parser)
     url_option(parser)
-    parser.set_defaults(func=cmd_scheduled)
+    parser.set_defaults(func=cmd_scheduled, connect=connect)
     return parser
 
 
 def cmd_scheduled(args: argparse.Namespace) -> int:
-    """Run ``flowd scheduled``; returns the exit status."""
-    from .cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, connect, resolve_url
+    """Run ``flowd scheduled``; returns the exit status.
 
-    client = connect(resolve_url(args.url))
+    :raises ConfigurationError: bad usage (the CLI exits 2 with its message).
+    """
+    client = args.connect(args.url)
     streams = [ScheduledJobs(client, s) for s in partition_streams(args.stream, args.partitions)]
     if args.action == "list":
         if args.ids:
-            raise CommandError("list takes no ids", EXIT_USAGE)
+            raise ConfigurationError("list takes no ids")
         _list(streams, args)
         return EXIT_OK
     if not args.ids:
-        raise CommandError("cancel needs scheduled-job ids (see flowd scheduled list)", EXIT_USAGE)
+        raise ConfigurationError("cancel needs scheduled-job ids (see flowd scheduled list)")
     status = EXIT_OK
     for job_id in args.ids:
         if any(jobs.cancel(job_id) for jobs in streams):

@@ -1,16 +1,17 @@
-"""The reader: XREADGROUP for new messages, never more than there are free permits."""
+"""The reader: XREADGROUP for new messages, never more than there are free permits.
+
+:func:`xreadgroup` is the one place that builds an XREADGROUP: the reader
+thread, and a drain reading the backlog, both go through it.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
-from ._redis import Entry, Session, parse_xpending_range, parse_xreadgroup
+from ._context import StreamContext
+from ._redis import Entry, parse_xpending_range, parse_xreadgroup
 from ._timeutil import to_ms
-
-if TYPE_CHECKING:
-    from ._runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -25,35 +26,56 @@ def block_seconds(requested: float, socket_timeout: float | None) -> float:
     return max(0.001, min(requested, socket_timeout / 2))
 
 
-def start_entries(runtime: Runtime, entries: list[Entry], deliveries: dict[str, int] | None) -> int:
+def xreadgroup(
+    ctx: StreamContext, count: int, after: str = ">", block_ms: int | None = None
+) -> list[Entry]:
+    """Read up to ``count`` entries of ``ctx``'s stream as its consumer.
+
+    ``after`` is ``">"`` for new messages, or an id to re-read this consumer's
+    own pending entries after it; ``block_ms`` waits that long for new ones.
+    """
+    args: list[object] = ["XREADGROUP", "GROUP", ctx.group, ctx.consumer, "COUNT", count]
+    if block_ms is not None:
+        args += ["BLOCK", block_ms]
+    return parse_xreadgroup(ctx.redis.call(*args, "STREAMS", ctx.stream, after))
+
+
+def start_entries(
+    ctx: StreamContext, entries: list[Entry], deliveries: dict[str, int] | None
+) -> int:
     """Dispatch entries that were read, taking one permit each; returns how many started.
 
     Entries read are already delivered to this consumer, so they start even
     while stopping, as long as a permit frees up before the stop deadline;
     any left over stay pending, for the claimer or a later drain.
     """
-    held = runtime.permits.try_acquire(len(entries))  # usually all of them, in one step
-    dispatch = runtime.dispatch
+    held = ctx.permits.try_acquire(len(entries))  # usually all of them, in one step
+    dispatch = ctx.dispatch
     for index, (msg_id, fields) in enumerate(entries):
+        if fields is None:  # deleted while pending (re-read history): acked, needs no permit
+            dispatch(msg_id, None, 0)
+            continue
         if held:
             held -= 1
-        elif not _take_permit(runtime):
+        elif not _take_permit(ctx):
             logger.warning(
                 "stopping: %d read messages on %s/%s were not started and stay pending",
                 len(entries) - index,
-                runtime.stream,
-                runtime.group,
+                ctx.stream,
+                ctx.group,
             )
             return index
         dispatch(msg_id, fields, 1 if deliveries is None else deliveries.get(msg_id, 1))
+    if held:  # taken for deleted entries
+        ctx.permits.release(held)
     return len(entries)
 
 
-def _take_permit(runtime: Runtime) -> bool:
+def _take_permit(ctx: StreamContext) -> bool:
     """Wait for one permit, until the stop deadline if there is one."""
-    permits = runtime.permits
+    permits = ctx.permits
     while True:
-        deadline = runtime.deadline
+        deadline = ctx.deadline
         if deadline is not None:
             return permits.acquire(timeout=max(0.0, deadline - time.monotonic()))
         if permits.acquire(timeout=_PERMIT_POLL):
@@ -61,73 +83,64 @@ def _take_permit(runtime: Runtime) -> bool:
 
 
 class Reader:
-    """One step of the reader loop; the LoopThread calls ``step`` until stopped."""
+    """The reader loop of one stream; the LoopThread calls ``step`` until stopped.
 
-    def __init__(self, runtime: Runtime, session: Session, block: float) -> None:
-        self.runtime = runtime
-        self.session = session
-        self.block_ms = to_ms(block_seconds(block, session.socket_timeout))
+    A drain calls :meth:`read_backlog` instead, in its own thread, until it
+    returns 0: first this consumer's own pending entries, then new ones.
+    """
+
+    def __init__(self, ctx: StreamContext, block: float) -> None:
+        self.ctx = ctx
+        self.block_ms = to_ms(block_seconds(block, ctx.redis.socket_timeout))
         self._poll = block
+        self._own_after: str | None = "0"  # where re-reading own pending entries goes on
 
     def step(self) -> bool:
-        runtime = self.runtime
-        free = runtime.permits.wait_free(self._poll)
-        if free <= 0 or runtime.stop_event.is_set():
+        ctx = self.ctx
+        free = ctx.permits.wait_free(self._poll)
+        if free <= 0 or ctx.stop.is_set():
             return False
-        reply = self.session.call(
-            "XREADGROUP",
-            "GROUP",
-            runtime.group,
-            runtime.consumer,
-            "COUNT",
-            free,
-            "BLOCK",
-            self.block_ms,
-            "STREAMS",
-            runtime.stream,
-            ">",
-        )
-        entries = parse_xreadgroup(reply)
+        entries = xreadgroup(ctx, free, block_ms=self.block_ms)
         if entries:
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "read %d messages from %s/%s", len(entries), runtime.stream, runtime.group
-                )
-            start_entries(runtime, entries, None)
+                logger.debug("read %d messages from %s/%s", len(entries), ctx.stream, ctx.group)
+            start_entries(ctx, entries, None)
         return True
+
+    def read_backlog(self, count: int) -> int:
+        """Start up to ``count`` entries of the backlog without blocking; 0 once it is empty."""
+        if self._own_after is not None:
+            entries, deliveries = read_own_pending(self.ctx, count, self._own_after)
+            if entries:
+                self._own_after = entries[-1][0]
+                start_entries(self.ctx, entries, deliveries)
+                return len(entries)
+            self._own_after = None
+        entries = xreadgroup(self.ctx, count)
+        start_entries(self.ctx, entries, None)
+        return len(entries)
 
 
 def read_own_pending(
-    runtime: Runtime, session: Session, count: int, after: str
+    ctx: StreamContext, count: int, after: str
 ) -> tuple[list[Entry], dict[str, int]]:
     """This consumer's pending entries after ``after``, with their delivery counts.
 
     Reading history (XREADGROUP with an id) counts as a delivery, so the
     counts are read from XPENDING after the read and include this one.
     """
-    reply = session.call(
-        "XREADGROUP",
-        "GROUP",
-        runtime.group,
-        runtime.consumer,
-        "COUNT",
-        count,
-        "STREAMS",
-        runtime.stream,
-        after,
-    )
-    entries = parse_xreadgroup(reply)
+    entries = xreadgroup(ctx, count, after)
     if not entries:
         return [], {}
     pending = parse_xpending_range(
-        session.call(
+        ctx.redis.call(
             "XPENDING",
-            runtime.stream,
-            runtime.group,
+            ctx.stream,
+            ctx.group,
             entries[0][0],
             entries[-1][0],
             len(entries),
-            runtime.consumer,
+            ctx.consumer,
         )
     )
     return entries, {msg_id: info[2] for msg_id, info in pending.items()}

@@ -8,6 +8,7 @@ parsed here, so ``decode_responses`` and RESP2/RESP3 clients behave alike.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -150,6 +151,22 @@ def _redirect_address(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def is_noscript(exc: BaseException) -> bool:
+    return isinstance(exc, _E.NoScriptError) or (
+        isinstance(exc, _E.ResponseError) and str(exc).startswith("NOSCRIPT")
+    )
+
+
+class Script:
+    """A Lua script run by a :class:`Session`: EVALSHA, and EVAL when the server lacks it."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+
 class Session:
     """A connection of one thread's own, made like the client's but outside its pool.
 
@@ -253,6 +270,15 @@ class Session:
                 self.close()
                 raise
         raise AssertionError("unreachable")
+
+    def run_script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run ``script`` (EVALSHA; EVAL, which also caches it, after NOSCRIPT)."""
+        try:
+            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.ResponseError as exc:
+            if not is_noscript(exc):
+                raise
+        return self.call("EVAL", script.source, len(keys), *keys, *args)
 
     def _ask(self, exc: redis.exceptions.ResponseError, args: tuple[Any, ...]) -> Any:
         """The slot is migrating and the key is already on the target: ask there, once."""

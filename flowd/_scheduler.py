@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ._context import StreamContext
 from ._redis import Session
 from ._scheduling import MOVE_BATCH, RELEASE, UNIQUE_FIELD, move_all_due, move_due, unique_key
-from ._threads import LoopThread
 from .hooks import Hooks
 from .schedule import Schedule, fire_schedules, stream_of
 from .task import Task
@@ -32,17 +31,15 @@ class SchedulerLoop:
 
     def __init__(
         self,
-        client: Any,
-        stream: str,
-        stop: threading.Event,
+        ctx: StreamContext,
         schedules: Sequence[Schedule] = (),
         *,
         poll: float = POLL_INTERVAL,
         batch: int = MOVE_BATCH,
     ) -> None:
-        self.stream = stream
-        self.session = Session(client, stream)
-        self.stop = stop
+        self.stream = ctx.stream
+        self.session = ctx.redis
+        self.stop = ctx.stop
         self.schedules = tuple(schedules)
         self.poll = poll
         self.batch = batch
@@ -70,24 +67,6 @@ def schedules_of(
 ) -> list[Schedule]:
     """The schedules that ``stream`` (one partition of ``streams``) fires."""
     return [s for s in schedules if stream_of(streams, s.name) == stream]
-
-
-def scheduler_thread(
-    client: Any,
-    stream: str,
-    stop: threading.Event,
-    schedules: Sequence[Schedule],
-    streams: Sequence[str],
-) -> LoopThread:
-    """The ``flowd-scheduler-<stream>`` thread of a running queue (not started)."""
-    loop = SchedulerLoop(client, stream, stop, schedules_of(stream, schedules, streams))
-    return LoopThread(
-        f"flowd-scheduler-{stream}",
-        f"scheduler of {stream}",
-        loop.step,
-        stop,
-        on_exit=loop.session.close,
-    )
 
 
 def move_due_before_drain(

@@ -1,4 +1,5 @@
-"""Supervised loop threads: capped backoff, one log line per outage, no silent death."""
+"""Retries, decided in one place: supervised loop threads (capped backoff, one log line
+per outage, no silent death) and :func:`retry_transient` for one-off calls."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from ._redis import is_nogroup, is_transient
 from .errors import RedisVersionError
@@ -15,6 +17,26 @@ logger = logging.getLogger(__name__)
 
 INITIAL_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
+
+T = TypeVar("T")
+
+
+def retry_transient(call: Callable[[], T], attempts: int) -> T:
+    """``call()``, tried up to ``attempts`` times while it fails with a passing error.
+
+    For one-off calls outside the loops (the dead-letter move on a worker
+    thread), with the loops' backoff; only calls that are safe to re-send.
+    """
+    delay = INITIAL_BACKOFF
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+        time.sleep(delay * (0.5 + random.random() / 2))
+        delay = min(delay * 2, MAX_BACKOFF)
+    raise AssertionError("unreachable")
 
 
 class Backoff:

@@ -1,24 +1,16 @@
-"""Claimer: reclaims stuck messages, counts deliveries, dead-letters exhausted ones."""
+"""Claimer: the settings of the loop that reclaims stuck messages (flowd._claim runs it)."""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._keys import dead_letter_stream
-from ._redis import Session, parse_xautoclaim, parse_xpending_range, unnamed_deleted
-from ._timeutil import Seconds, to_ms, to_seconds
+from ._timeutil import Seconds, to_seconds
 from .errors import ConfigurationError
 from .task import Task
 
-if TYPE_CHECKING:
-    from ._runtime import Runtime
-
 __all__ = ["Claimer", "DeadLetterWorker"]
-
-logger = logging.getLogger(__name__)
 
 #: Called with each dead message; ``task.job`` is None when it could not be decoded.
 DeadLetterWorker = Callable[[Task[Any]], None]
@@ -102,157 +94,3 @@ class Claimer:
     def lease_interval(self) -> float:
         """How often a running job's message is kept fresh: well inside min_idle_time."""
         return max(self.min_idle_time / 3, 0.01)
-
-
-class ClaimLoop:
-    """One sweep step of the claimer thread."""
-
-    def __init__(self, runtime: Runtime, session: Session, claimer: Claimer) -> None:
-        self.runtime = runtime
-        self.session = session
-        self.claimer = claimer
-        self.min_idle_ms = to_ms(claimer.min_idle_time)
-        # XAUTOCLAIM scans at most ~10 x COUNT entries per call: keep the cursor
-        # across sweeps so old idle entries are not starved by fresh ones.
-        self.cursor = "0-0"
-
-    def step(self) -> bool:
-        """Claim one batch; wait ``interval`` once a sweep of the whole PEL is done.
-
-        With every permit busy, it waits for one (up to ``interval``) and goes on
-        with the same sweep, so a large backlog of stuck messages is recovered
-        as fast as the workers can run it, not one batch per interval.
-        """
-        runtime = self.runtime
-        outcome = self.claim_batch()
-        if outcome == "busy":
-            runtime.permits.wait_free(self.claimer.interval)
-            return False
-        if outcome == "done":
-            runtime.stop_event.wait(self.claimer.interval)
-        return True
-
-    def claim_batch(self) -> str:
-        """Claim up to the free permits' worth: 'done' at the end of a sweep, 'busy' when
-        no permit is free (nothing was asked of Redis), else 'more'."""
-        runtime = self.runtime
-        permits = runtime.permits
-        taken = permits.try_acquire(self.claimer.batch)
-        if taken == 0:
-            return "busy"  # claimed work could not start anyway
-        handed = 0  # permits passed on with an entry; the rest go back, whatever fails
-        try:
-            start = self.cursor
-            reply = self.session.call(
-                "XAUTOCLAIM",
-                runtime.stream,
-                runtime.group,
-                runtime.consumer,
-                self.min_idle_ms,
-                start,
-                "COUNT",
-                taken,
-            )
-            cursor, claimed, deleted = parse_xautoclaim(reply)
-            self.cursor = cursor
-            for msg_id in deleted:
-                runtime.ack_deleted(msg_id)
-            if unnamed_deleted(reply):
-                self._ack_unnamed_deleted(start, {msg_id for msg_id, _ in claimed})
-            if claimed:
-                deliveries = self._deliveries([msg_id for msg_id, _ in claimed])
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug(
-                        "claimed %d messages on %s/%s", len(claimed), runtime.stream, runtime.group
-                    )
-                limit = self.claimer.max_retries + 1
-                for msg_id, fields in claimed:
-                    assert fields is not None
-                    count = deliveries.get(msg_id, 2)
-                    handed += 1
-                    if count > limit:
-                        runtime.exhausted(msg_id, fields, count)
-                    else:
-                        runtime.dispatch(msg_id, fields, count, claimed=True)
-        finally:
-            permits.release(taken - handed)
-        return "done" if cursor in ("0-0", "0") else "more"
-
-    def _ack_unnamed_deleted(self, start: str, claimed: set[str]) -> None:
-        """Redis 6.2 claimed deleted entries without naming them: find and ack them.
-
-        They are now pending under this consumer; any of this consumer's pending
-        entries from ``start`` on whose stream entry is gone is acked (no job
-        could ever run for it).
-        """
-        runtime = self.runtime
-        pending = parse_xpending_range(
-            self.session.call(
-                "XPENDING",
-                runtime.stream,
-                runtime.group,
-                start,
-                "+",
-                10 * self.claimer.batch,
-                runtime.consumer,
-            )
-        )
-        candidates = [
-            msg_id
-            for msg_id in pending
-            if msg_id not in claimed and (runtime.stream, msg_id) not in runtime.running
-        ]
-        if not candidates:
-            return
-        replies = self.session.call_many(
-            [("XRANGE", runtime.stream, msg_id, msg_id) for msg_id in candidates]
-        )
-        for msg_id, reply in zip(candidates, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            if not reply:
-                runtime.ack_deleted(msg_id)
-
-    def _deliveries(self, ids: list[str]) -> dict[str, int]:
-        """Delivery counts (XPENDING extended form), one pipelined round trip."""
-        runtime = self.runtime
-        replies = self.session.call_many(
-            [("XPENDING", runtime.stream, runtime.group, msg_id, msg_id, 1) for msg_id in ids]
-        )
-        counts: dict[str, int] = {}
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-            for msg_id, info in parse_xpending_range(reply).items():
-                counts[msg_id] = info[2]
-        return counts
-
-
-class LeaseLoop:
-    """Keeps running jobs' messages fresh (XCLAIM ... JUSTID) so no claimer takes them."""
-
-    def __init__(self, runtime: Runtime, session: Session, claimer: Claimer) -> None:
-        self.runtime = runtime
-        self.session = session
-        self.interval = claimer.lease_interval
-
-    def step(self) -> bool:
-        runtime = self.runtime
-        # Wait first: a job younger than one interval is still fresh.
-        if runtime.lease_stop.wait(self.interval):
-            return False
-        cutoff = time.monotonic() - self.interval / 2
-        ids = [
-            msg_id
-            for (stream, msg_id), (_, started) in list(runtime.running.items())
-            if stream == runtime.stream and started <= cutoff
-        ]
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            # JUSTID does not bump the delivery count; min-idle 0 always resets idle.
-            self.session.call(
-                "XCLAIM", runtime.stream, runtime.group, runtime.consumer, 0, *chunk, "JUSTID"
-            )
-        if ids and logger.isEnabledFor(logging.DEBUG):
-            logger.debug("renewed the lease of %d running messages on %s", len(ids), runtime.stream)
-        return bool(ids)

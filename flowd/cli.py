@@ -404,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     url_option(dlq)
     dlq.set_defaults(func=cmd_dlq)
 
-    _cli_scheduled.add_parser(sub, url_option, partitions_option)
+    _cli_scheduled.add_parser(
+        sub, url_option, partitions_option, lambda url: connect(resolve_url(url))
+    )
 
     demo = sub.add_parser("demo", help="a self-contained tour: enqueue, process, recover")
     demo.add_argument("--jobs", type=int, default=10_000)

@@ -2,29 +2,22 @@
 
 Both steps are Lua scripts, so each is atomic with respect to every other
 client of the stream: no group can deliver, ack or move between the check
-and the change. Queues run them on a thread of their own, at most once per
-``interval`` for the whole stream (a ``SET NX PX`` lease decides which
-consumer does it), and apps can call :func:`trim_stream` and
-:func:`remove_idle_consumers` directly.
+and the change. Queues run them on a thread of their own (flowd._housekeeper),
+at most once per ``interval`` for the whole stream (a ``SET NX PX`` lease
+decides which consumer does it), and apps can call :func:`trim_stream` and
+:func:`remove_idle_consumers` directly, with their own client.
 """
 
 from __future__ import annotations
 
-import logging
-import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._keys import derived_key
+from ._redis import Script
 from ._timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from ._runtime import Runtime
-
 __all__ = ["Housekeeping", "TrimResult", "remove_idle_consumers", "trim_stream"]
-
-logger = logging.getLogger(__name__)
 
 # Compares stream ids as numbers of any length ("ms-seq"), without float rounding.
 _CMP_LUA = """
@@ -87,6 +80,10 @@ return removed
 """
 
 
+TRIM = Script(_TRIM_LUA)
+REMOVE_IDLE = Script(_REMOVE_IDLE_LUA)
+
+
 @dataclass(frozen=True, slots=True)
 class TrimResult:
     """What one trim did: the lowest id kept (``""`` if nothing could be trimmed) and
@@ -109,7 +106,15 @@ def trim_stream(client: Any, stream: str, *, exact: bool = False) -> TrimResult:
     ~``: whole internal nodes only, which is much cheaper); ``exact=True``
     trims to the entry.
     """
-    reply = client.eval(_TRIM_LUA, 1, stream, "=" if exact else "~")
+    return trim_result(client.eval(TRIM.source, 1, stream, trim_mode(exact)))
+
+
+def trim_mode(exact: bool) -> str:
+    return "=" if exact else "~"
+
+
+def trim_result(reply: Any) -> TrimResult:
+    """The TRIM script's reply as a TrimResult."""
     return TrimResult(_text(reply[0]), int(reply[1]))
 
 
@@ -120,7 +125,11 @@ def remove_idle_consumers(
     pending entry; returns their names. Consumers with pending entries are never
     removed (XGROUP DELCONSUMER would drop those entries)."""
     idle_ms = to_ms(to_seconds(idle, "idle"))
-    reply = client.eval(_REMOVE_IDLE_LUA, 1, stream, group, idle_ms, *keep)
+    return names(client.eval(REMOVE_IDLE.source, 1, stream, group, idle_ms, *keep))
+
+
+def names(reply: Any) -> list[str]:
+    """The REMOVE_IDLE script's reply: the names of the consumers it removed."""
     return [_text(name) for name in reply]
 
 
@@ -153,56 +162,3 @@ class Housekeeping:
             f"Housekeeping(interval={self.interval}, trim={self.trim}, "
             f"consumer_ttl={self.consumer_ttl})"
         )
-
-
-class HousekeepingLoop:
-    """One step of the housekeeping thread."""
-
-    def __init__(self, runtime: Runtime, settings: Housekeeping) -> None:
-        self.runtime = runtime
-        self.settings = settings
-        self.lease_key = derived_key(runtime.stream, "housekeeping")
-        self._first = True
-
-    def step(self) -> bool:
-        runtime = self.runtime
-        wait = self.settings.interval
-        if self._first:  # spread consumers that start together
-            wait *= random.random()
-            self._first = False
-        if runtime.stop_event.wait(wait):
-            return False
-        return self.run_once()
-
-    def run_once(self) -> bool:
-        """Do the work if no other consumer did in this interval; True if it ran."""
-        runtime, settings = self.runtime, self.settings
-        client = runtime.client
-        if not client.set(self.lease_key, runtime.consumer, nx=True, px=to_ms(settings.interval)):
-            return False
-        if settings.trim:
-            result = trim_stream(client, runtime.stream)
-            if result.removed:
-                logger.debug(
-                    "trimmed %d consumed entries of %s below %s",
-                    result.removed,
-                    runtime.stream,
-                    result.min_id,
-                )
-        if settings.consumer_ttl is not None:
-            removed = remove_idle_consumers(
-                client,
-                runtime.stream,
-                runtime.group,
-                settings.consumer_ttl,
-                keep=(runtime.consumer,),
-            )
-            if removed:
-                logger.info(
-                    "removed %d idle consumers of %s/%s: %s",
-                    len(removed),
-                    runtime.stream,
-                    runtime.group,
-                    ", ".join(removed),
-                )
-        return True

@@ -11,10 +11,11 @@ from typing import Any
 
 from . import _scheduling as sched
 from ._keys import partition_streams
+from ._plan import FieldAppender, field_appender
 from ._redis import check_client, is_cluster
 from ._timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError, EncodeError, ReplicationError
-from .job import FieldAppender, Job, field_appender
+from .job import Job
 
 __all__ = ["Producer"]
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,9 +10,9 @@ from typing import Any, Generic, TypeVar
 
 import redis.exceptions
 
+from ._engine import Engine, RunSettings, default_consumer_name
 from ._keys import dead_letter_stream, key_slot, partition_streams
-from ._permits import Permits
-from ._reader import Reader, read_own_pending, start_entries
+from ._plan import plan_of
 from ._redis import (
     SAFE_EVICTION_POLICIES,
     Session,
@@ -23,18 +20,15 @@ from ._redis import (
     ensure_group,
     eviction_policy,
     is_transient,
-    parse_xreadgroup,
 )
-from ._runtime import Runtime, WorkerPool
-from ._scheduler import move_due_before_drain, scheduler_thread
-from ._threads import LoopThread
-from ._timeutil import Seconds, remaining, to_seconds
-from .claimer import Claimer, ClaimLoop, LeaseLoop
+from ._scheduler import UniqueRelease
+from ._timeutil import Seconds, to_seconds
+from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
-from .handle import QueueHandle, StreamThreads
+from .handle import QueueHandle
 from .hooks import Hooks
-from .housekeeping import Housekeeping, HousekeepingLoop
-from .job import Job, plan_of
+from .housekeeping import Housekeeping
+from .job import Job
 from .schedule import Schedule, check_schedules
 from .task import Task
 
@@ -47,37 +41,14 @@ J = TypeVar("J", bound=Job)
 #: A worker: returning means success (the message is acked); raising means failure.
 WorkerFn = Callable[[Task[J]], None]
 
-
-def default_consumer_name() -> str:
-    """A consumer name unique to this process: ``host-pid-random``."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+#: Stands for "a Claimer() of the queue's own" in Queue's signature.
+_DEFAULT_CLAIMER = Claimer()
 
 
 def _check_name(value: object, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{name} must be a non-empty str, not {value!r}")
     return value
-
-
-class _DrainLimit:
-    """When a drain must stop reading: its deadline or its stop event."""
-
-    _POLL = 0.25  # how often a wait for permits looks at the stop event
-
-    def __init__(self, deadline: float | None, stop: threading.Event) -> None:
-        self.deadline = deadline
-        self.stop = stop
-
-    def free_permits(self, permits: Permits) -> int:
-        """Wait for a free permit; 0 once the drain must stop reading."""
-        while not self.stop.is_set():
-            left = remaining(self.deadline)
-            if left == 0.0:
-                return 0
-            free = permits.wait_free(self._POLL if left is None else min(left, self._POLL))
-            if free:
-                return free
-        return 0
 
 
 def _check_dead_letter_stream(stream: str, claimer: Claimer | None) -> None:
@@ -103,8 +74,9 @@ class Queue(Generic[J]):
     """Consumes ``stream`` as consumer ``consumer`` of ``group`` and runs ``worker`` per job.
 
     ``run()`` starts a reader thread (blocking XREADGROUP), a pool of
-    ``concurrency`` worker threads, an acker thread and, with a ``claimer``, a
-    claimer and a lease thread, and returns a :class:`QueueHandle` at once.
+    ``concurrency`` worker threads, an acker thread, a claimer and a lease
+    thread (unless ``claimer=None``) and a housekeeping thread, and returns a
+    :class:`QueueHandle` at once.
     ``drain()`` instead processes the backlog in the calling thread's time and
     returns (cron mode).
 
@@ -112,7 +84,7 @@ class Queue(Generic[J]):
     message is acked (acks are batched). A worker that raises has failed: the
     error is logged with its traceback and counted, and the message stays
     pending, to be retried by the claimer after ``claimer.min_idle_time`` and
-    dead-lettered after ``claimer.max_retries`` retries. Without a claimer,
+    dead-lettered after ``claimer.max_retries`` retries. With ``claimer=None``,
     failed messages are never retried. A message that cannot be decoded into
     ``job`` never reaches the worker: it goes to the dead-letter path.
 
@@ -127,7 +99,9 @@ class Queue(Generic[J]):
     :param job: the Job dataclass of the stream's messages.
     :param worker: called with a ``Task[job]`` on a worker thread.
     :param concurrency: most jobs running at once, for reader and claimer together.
-    :param claimer: a :class:`Claimer` to retry failed and stuck messages.
+    :param claimer: the :class:`Claimer` that retries failed and stuck messages;
+        ``Claimer()`` (30 s, 3 retries, dead-letter stream on) unless given.
+        ``None`` turns it off, with a WARNING: failures are then never retried.
     :param consumer: this consumer's name; defaults to a unique ``host-pid-random``.
     :param read_client: an optional separate client for the blocking reads.
     :param housekeeping: on by default: trims entries every group has consumed
@@ -160,7 +134,7 @@ class Queue(Generic[J]):
         job: type[J],
         worker: WorkerFn[J],
         concurrency: int = 8,
-        claimer: Claimer | None = None,
+        claimer: Claimer | None = _DEFAULT_CLAIMER,
         housekeeping: Housekeeping | bool = True,
         hooks: Sequence[Hooks] = (),
         partitions: int = 1,
@@ -189,6 +163,8 @@ class Queue(Generic[J]):
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be an int >= 1, not {concurrency!r}")
         self.concurrency = concurrency
+        if claimer is _DEFAULT_CLAIMER:
+            claimer = Claimer()  # each queue its own, so changing one changes no other
         if claimer is not None and not isinstance(claimer, Claimer):
             raise ConfigurationError(f"claimer must be a flowd.Claimer, not {claimer!r}")
         for partition in self.streams:
@@ -273,6 +249,28 @@ class Queue(Generic[J]):
                 self.group,
             )
 
+    def _settings(self) -> RunSettings:
+        return RunSettings(
+            name=self.stream,
+            client=self.client,
+            read_client=self.read_client,
+            streams=tuple(self.streams),
+            group=self.group,
+            consumer=self.consumer,
+            job=self.job,
+            worker=self.worker,
+            concurrency=self.concurrency,
+            claimer=self.claimer,
+            housekeeping=self.housekeeping,
+            # Frees a job's unique_key once it succeeded or was dead-lettered.
+            hooks=(UniqueRelease(self.client), *self.hooks),
+            block=self.block,
+            stop_timeout=self.stop_timeout,
+            groups_seen=self._groups_seen,
+            after_fork=self.forget_after_fork,
+            schedules=self.schedules,
+        )
+
     def run(self) -> QueueHandle:
         """Start consuming in background threads; returns the handle at once.
 
@@ -286,7 +284,9 @@ class Queue(Generic[J]):
                 raise HandleStateError(f"{self!r} is already running; stop its handle first")
             self._preflight(must_connect=False)
             self._claim_check()
-            handle = self._start(WorkerPool(self))
+            engine = Engine(self._settings())
+            engine.start()
+            handle = QueueHandle(engine)
             self._handle = handle
         logger.info(
             "queue %s/%s started: consumer %s, concurrency %d, claimer %s",
@@ -297,89 +297,6 @@ class Queue(Generic[J]):
             self.claimer,
         )
         return handle
-
-    def _loop_thread(
-        self,
-        runtime: Runtime,
-        role: str,
-        step: Callable[[], bool | None],
-        session: Session,
-        stop: threading.Event,
-    ) -> LoopThread:
-        def recreate_group() -> None:
-            created = ensure_group(session, runtime.stream, self.group)
-            if created and runtime.stream in self._groups_seen:
-                runtime.group_lost()
-            self._groups_seen.add(runtime.stream)
-
-        def fatal(exc: BaseException) -> None:
-            runtime.stop_event.set()
-
-        return LoopThread(
-            f"flowd-{role}-{runtime.stream}",
-            f"{role} of {runtime.stream}/{self.group}",
-            step,
-            stop,
-            on_nogroup=recreate_group,
-            on_fatal=fatal,
-            on_exit=session.close,
-        )
-
-    def _start(self, pool: WorkerPool) -> QueueHandle:
-        parts = [self._stream_threads(Runtime(pool, stream)) for stream in self.streams]
-        for part in parts:
-            part.runtime.acker.start()
-        for part in parts:
-            for thread in (part.reader, *part.background, part.lease):
-                if thread is not None:
-                    thread.start()
-        return QueueHandle(pool, parts)
-
-    def _stream_threads(self, runtime: Runtime) -> StreamThreads:
-        """The reader, claimer, lease and housekeeping threads of one stream (not started)."""
-        stream = runtime.stream
-        reader_session = Session(self.read_client or self.client, stream)
-        reader = self._loop_thread(
-            runtime,
-            "reader",
-            Reader(runtime, reader_session, self.block).step,
-            reader_session,
-            runtime.stop_event,
-        )
-        background: list[LoopThread] = []
-        lease = None
-        if self.claimer is not None:
-            claim_session = Session(self.client, stream)
-            background.append(
-                self._loop_thread(
-                    runtime,
-                    "claimer",
-                    ClaimLoop(runtime, claim_session, self.claimer).step,
-                    claim_session,
-                    runtime.stop_event,
-                )
-            )
-            lease_session = Session(self.client, stream)
-            lease = self._loop_thread(
-                runtime,
-                "lease",
-                LeaseLoop(runtime, lease_session, self.claimer).step,
-                lease_session,
-                runtime.lease_stop,
-            )
-        background.append(
-            scheduler_thread(self.client, stream, runtime.stop_event, self.schedules, self.streams)
-        )
-        if self.housekeeping is not None:
-            background.append(
-                LoopThread(
-                    f"flowd-housekeeping-{stream}",
-                    f"housekeeping of {stream}/{self.group}",
-                    HousekeepingLoop(runtime, self.housekeeping).step,
-                    runtime.stop_event,
-                )
-            )
-        return StreamThreads(runtime, reader, reader_session, background, lease)
 
     def drain(self, timeout: Seconds | None = None, *, stop: threading.Event | None = None) -> int:
         """Process the backlog, then return how many jobs succeeded (cron mode).
@@ -409,45 +326,15 @@ class Queue(Generic[J]):
 
     def _drain(self, limit: float | None, stop: threading.Event) -> int:
         deadline = None if limit is None else time.monotonic() + limit
-        pool = WorkerPool(self)
-        runtimes = [Runtime(pool, stream) for stream in self.streams]
-        sessions = [Session(self.client, stream) for stream in self.streams]
-        leases = []
-        for runtime in runtimes:
-            runtime.acker.start()
-            if self.claimer is not None:
-                lease_session = Session(self.client, runtime.stream)
-                lease = self._loop_thread(
-                    runtime,
-                    "lease",
-                    LeaseLoop(runtime, lease_session, self.claimer).step,
-                    lease_session,
-                    runtime.lease_stop,
-                )
-                lease.start()
-                leases.append(lease)
-        finished = False
-        try:
-            drain_limit = _DrainLimit(deadline, stop)
-            for runtime, session in zip(runtimes, sessions, strict=True):
-                move_due_before_drain(session, runtime.stream, self.schedules, self.streams)
-                self._drain_reads(runtime, session, drain_limit)
-            finished = pool.permits.wait_all_free(remaining(deadline))
-        finally:
-            pool.deadline = deadline
-            pool.stop_event.set()
-            ack_deadline = deadline if deadline is not None else time.monotonic() + 30
-            pool.finish(leases, deadline, finished=finished, ack_deadline=ack_deadline)
-            for session in sessions:
-                session.close()
-        if not finished:
+        engine = Engine(self._settings())
+        if not engine.drain(deadline, stop):
             logger.warning(
                 "drain of %s/%s timed out; still running: %s",
                 self.stream,
                 self.group,
-                pool.running_report() or "none",
+                engine.pool.running_report() or "none",
             )
-        stats = pool.stats()
+        stats = engine.stats()
         logger.info(
             "drain of %s/%s done: processed=%d failed=%d dead_lettered=%d",
             self.stream,
@@ -457,34 +344,3 @@ class Queue(Generic[J]):
             stats.dead_lettered,
         )
         return stats.processed
-
-    def _drain_reads(self, runtime: Runtime, session: Session, limit: _DrainLimit) -> None:
-        after = "0"
-        while free := limit.free_permits(runtime.permits):
-            entries, counts = read_own_pending(runtime, session, free, after)
-            if not entries:
-                break
-            after = entries[-1][0]
-            start_entries(runtime, entries, counts)
-        while free := limit.free_permits(runtime.permits):
-            entries = parse_xreadgroup(
-                session.call(
-                    "XREADGROUP",
-                    "GROUP",
-                    self.group,
-                    self.consumer,
-                    "COUNT",
-                    free,
-                    "STREAMS",
-                    runtime.stream,
-                    ">",
-                )
-            )
-            if not entries:
-                break
-            start_entries(runtime, entries, None)
-        if self.claimer is not None:
-            sweep = ClaimLoop(runtime, session, self.claimer)
-            while limit.free_permits(runtime.permits):
-                if sweep.claim_batch() == "done":
-                    break

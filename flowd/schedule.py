@@ -12,10 +12,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import _scheduling as sched
+from ._plan import field_appender
 from ._redis import Session
 from ._timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError, EncodeError
-from .job import Job, field_appender
+from .job import Job
 from .scheduled import parse_state, utc_from_ms
 
 __all__ = ["Schedule"]

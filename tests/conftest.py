@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+import flowd
+from tests.helpers import QueueFactory
 from tests.redis_server import RedisServer
 
 # The machine runs a shared Redis on 6379 that the tests must never touch: a
@@ -85,6 +87,26 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def make_queue(client: redis.Redis, stream: str) -> Iterator[QueueFactory]:
+    """Builds queues (no claimer unless given) and stops every handle it ran on teardown."""
+    factory = QueueFactory(client, stream)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture
+def producer(client: redis.Redis, stream: str) -> flowd.Producer:
+    return flowd.Producer(client, stream)
+
+
+@pytest.fixture
+def private_client(private_redis: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(private_redis.url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(autouse=True)

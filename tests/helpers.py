@@ -1,15 +1,68 @@
-"""Small helpers shared by the tests: polling with a deadline, and sample jobs."""
+"""Small helpers shared by the tests: polling with a deadline, reply and thread helpers,
+a recording worker, and sample jobs."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+import redis
+
 import flowd
 
-__all__ = ["Email", "Numbered", "wait_until"]
+__all__ = [
+    "GROUP",
+    "Email",
+    "Numbered",
+    "QueueFactory",
+    "Recorder",
+    "as_str",
+    "enqueue_numbers",
+    "flowd_threads",
+    "group_info",
+    "id_key",
+    "last_delivered_id",
+    "messages",
+    "no_flowd_threads",
+    "noop",
+    "pending_count",
+    "pending_ids",
+    "stream_ids",
+    "wait_until",
+]
+
+#: The consumer group the tests use unless they say otherwise.
+GROUP = "g"
+
+
+def as_str(value: Any) -> str:
+    """A reply value (bytes or str, or a number) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def id_key(msg_id: Any) -> tuple[int, int]:
+    """A stream id as a sortable (ms, seq) pair."""
+    ms, seq = as_str(msg_id).split("-")
+    return int(ms), int(seq)
+
+
+def pending_count(client: redis.Redis, stream: str, group: str = GROUP) -> int:
+    """How many entries of ``group`` are pending (XPENDING summary)."""
+    return int(client.xpending(stream, group)["pending"])
+
+
+def flowd_threads(stream: str | None = None) -> list[str]:
+    """Names of the live flowd threads (of one stream's queue, if given)."""
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("flowd-") and t.is_alive() and (stream is None or stream in t.name)
+    ]
 
 
 def wait_until(
@@ -34,6 +87,179 @@ def wait_until(
                 f"condition not met within {timeout}s: {what} (last value: {value!r})"
             )
         time.sleep(interval)
+
+
+class Recorder:
+    """A worker (and dlq_worker) that records what it saw, from several worker threads.
+
+    Call it (or ``record``) as the worker; ``work`` also fails a task that
+    runs twice; ``dlq`` is a dlq_worker. ``enter``/``leave`` count jobs
+    running at once.
+    """
+
+    def __init__(self, body: Callable[[flowd.Task[Any]], None] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.body = body
+        self.tasks: list[flowd.Task[Any]] = []
+        self.dead: dict[str, flowd.Task[Any]] = {}
+        self.running = 0
+        self.max_running = 0
+
+    def __call__(self, task: flowd.Task[Any]) -> None:
+        if self.body is not None:
+            self.body(task)
+        self.record(task)
+
+    def record(self, task: flowd.Task[Any]) -> None:
+        with self.lock:
+            self.tasks.append(task)
+
+    def work(self, task: flowd.Task[Any]) -> None:
+        with self.lock:
+            assert all(t.id != task.id for t in self.tasks), f"{task.id} ran twice"
+            self.tasks.append(task)
+
+    def dlq(self, task: flowd.Task[Any]) -> None:
+        with self.lock:
+            self.dead[task.id] = task
+
+    def enter(self) -> None:
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.running -= 1
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.tasks)
+
+    @property
+    def done(self) -> dict[str, Any]:
+        """Message id -> job of every task recorded."""
+        with self.lock:
+            return {t.id: t.job for t in self.tasks}
+
+    @property
+    def runs(self) -> list[tuple[int, int, str]]:
+        """(n, deliveries, id) of each run, for Numbered jobs."""
+        with self.lock:
+            return [(t.job.n, t.deliveries, t.id) for t in self.tasks]
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [t.id for t in self.tasks]
+
+    def numbers(self) -> list[int]:
+        with self.lock:
+            return [t.job.n for t in self.tasks]
+
+    def ns(self) -> set[int]:
+        return set(self.numbers())
+
+    def counts(self) -> Counter[int]:
+        return Counter(self.numbers())
+
+    def deliveries(self, n: int) -> list[int]:
+        return [d for m, d, _ in self.runs if m == n]
+
+
+# ---------------------------------------------------------------------------
+# queues under test
+
+
+def stream_ids(client: redis.Redis, stream: str) -> list[str]:
+    entries: Any = client.xrange(stream)
+    return [as_str(msg_id) for msg_id, _ in entries]
+
+
+def pending_ids(client: redis.Redis, stream: str, group: str = GROUP) -> set[str]:
+    rows: Any = client.xpending_range(stream, group, min="-", max="+", count=1_000_000)
+    return {as_str(row["message_id"]) for row in rows}
+
+
+def group_info(client: redis.Redis, stream: str, group: str = GROUP) -> dict[str, Any] | None:
+    for info in client.xinfo_groups(stream):
+        if as_str(info["name"]) == group:
+            return dict(info)
+    return None
+
+
+def last_delivered_id(client: redis.Redis, stream: str, group: str = GROUP) -> str:
+    info = group_info(client, stream, group)
+    assert info is not None, f"group {group} missing on {stream}"
+    return as_str(info["last-delivered-id"])
+
+
+def no_flowd_threads() -> bool:
+    return not flowd_threads()
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int, text: str = "") -> list[str]:
+    """Messages of flowd records at exactly ``level`` that contain ``text``."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("flowd") and r.levelno == level and text in r.getMessage()
+    ]
+
+
+def noop(task: flowd.Task[Any]) -> None:
+    return None
+
+
+class QueueFactory:
+    """Builds queues on the test's stream (without a claimer unless given: the tests were
+    written when that was the default) and stops every handle it started on teardown."""
+
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        self.client = client
+        self.stream = stream
+        self.handles: list[flowd.QueueHandle] = []
+
+    def __call__(
+        self,
+        worker: Callable[[flowd.Task[Any]], None] = noop,
+        *,
+        client: Any = None,
+        **kwargs: Any,
+    ) -> flowd.Queue[Any]:
+        kwargs.setdefault("stream", self.stream)
+        kwargs.setdefault("group", GROUP)
+        kwargs.setdefault("job", Numbered)
+        return flowd.Queue(
+            self.client if client is None else client, worker=worker, **{"claimer": None, **kwargs}
+        )
+
+    def run(self, queue: flowd.Queue[Any]) -> flowd.QueueHandle:
+        handle = queue.run()
+        self.handles.append(handle)
+        return handle
+
+    def stop_all(self) -> None:
+        # stop() runs on a fresh thread: a handle that the test body already stopped from
+        # the main thread would otherwise take this call for a re-entrant one (see
+        # test_stop_twice_from_the_same_thread_returns_the_same_result).
+        results: dict[int, bool] = {}
+
+        def stop(index: int, handle: flowd.QueueHandle) -> None:
+            results[index] = handle.stop(timeout=5)
+
+        for index, handle in enumerate(self.handles):
+            stopper = threading.Thread(target=stop, args=(index, handle), name="test-stopper")
+            stopper.start()
+            stopper.join(10)
+        unclean = [repr(h) for i, h in enumerate(self.handles) if results.get(i) is not True]
+        assert not unclean, f"handles did not stop cleanly: {unclean}"
+
+
+def enqueue_numbers(client: redis.Redis, stream: str, count: int, start: int = 0) -> list[str]:
+    return flowd.Producer(client, stream).enqueue_bulk(
+        Numbered(n) for n in range(start, start + count)
+    )
 
 
 @dataclass

@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -32,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowd
-from tests.helpers import wait_until
+from tests.helpers import Recorder, as_str, flowd_threads, wait_until
 from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,28 +186,6 @@ CASES = [
     Case("int with spaces and underscores", {b"n": b" 1_000 "}, None, lambda job: job.n == 1000),
     Case("float infinity", {b"n": b"1", b"ratio": b"-inf"}, None, lambda j: j.ratio == -math.inf),
 ]
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class Recorder:
-    """Worker and dlq_worker of the hostile-entry tests."""
-
-    def __init__(self) -> None:
-        self.done: dict[str, Any] = {}
-        self.dead: dict[str, flowd.Task[Any]] = {}
-        self.lock = threading.Lock()
-
-    def work(self, task: flowd.Task[Any]) -> None:
-        with self.lock:
-            assert task.id not in self.done, f"{task.id} ran twice"
-            self.done[task.id] = task.job
-
-    def dlq(self, task: flowd.Task[Any]) -> None:
-        with self.lock:
-            self.dead[task.id] = task
 
 
 def user_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -526,7 +503,9 @@ def test_a_job_class_that_is_not_a_dataclass_is_refused_everywhere(
     client: redis.Redis, stream: str
 ) -> None:
     with pytest.raises(flowd.ConfigurationError, match="dataclass"):
-        flowd.Queue(client, stream=stream, group=GROUP, job=NotADataclass, worker=noop)
+        flowd.Queue(
+            client, stream=stream, group=GROUP, job=NotADataclass, worker=noop, claimer=None
+        )
     with pytest.raises(flowd.FlowdError, match="dataclass"):
         flowd.Producer(client, stream).enqueue(NotADataclass())
     with pytest.raises(flowd.FlowdError, match="dataclass"):
@@ -580,7 +559,7 @@ def test_queue_rejects_bad_arguments_naming_them(
     kwargs = queue_kwargs(client, stream)
     kwargs[name] = value
     with pytest.raises(flowd.ConfigurationError, match=name):
-        flowd.Queue(client, **kwargs)
+        flowd.Queue(client, **{"claimer": None, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -597,7 +576,7 @@ def test_queue_and_producer_reject_what_is_not_a_client(
     with pytest.raises(flowd.ConfigurationError, match="client"):
         flowd.Producer(bad_client, stream)
     with pytest.raises(flowd.ConfigurationError, match="client"):
-        flowd.Queue(bad_client, **queue_kwargs(client, stream))
+        flowd.Queue(bad_client, **{"claimer": None, **queue_kwargs(client, stream)})
 
 
 def test_dead_letter_stream_that_is_the_queue_itself_is_refused(
@@ -673,7 +652,7 @@ def test_producer_rejects_bad_arguments_naming_them(
 def test_drain_rejects_a_bad_timeout_before_touching_redis(
     client: redis.Redis, stream: str, timeout: Any
 ) -> None:
-    queue = flowd.Queue(client, **queue_kwargs(client, stream))
+    queue = flowd.Queue(client, **{"claimer": None, **queue_kwargs(client, stream)})
     with pytest.raises(flowd.ConfigurationError, match="timeout"):
         queue.drain(timeout=timeout)
     assert client.exists(stream) == 0
@@ -681,14 +660,10 @@ def test_drain_rejects_a_bad_timeout_before_touching_redis(
 
 def test_drain_with_timeout_zero_returns_at_once(client: redis.Redis, stream: str) -> None:
     flowd.Producer(client, stream).enqueue(Hostile(n=1))
-    queue = flowd.Queue(client, **queue_kwargs(client, stream))
+    queue = flowd.Queue(client, **{"claimer": None, **queue_kwargs(client, stream)})
     started = time.monotonic()
     assert queue.drain(timeout=0) == 0
     assert time.monotonic() - started < 2
-
-
-def flowd_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("flowd-")]
 
 
 @pytest.mark.parametrize("timeout", [-1, -1e9, 0])

@@ -14,9 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,11 @@ import pytest
 import redis
 
 import flowd
-from tests.helpers import Numbered, wait_until
+from flowd._claim import ClaimLoop, ClaimOutcome
+from flowd._context import StreamContext
+from flowd._permits import Permits
+from flowd._redis import Session
+from tests.helpers import Numbered, Recorder, as_str, flowd_threads, pending_count, wait_until
 from tests.redis_server import RedisServer
 
 GROUP = "g"
@@ -52,7 +54,9 @@ class Queues:
         kwargs.setdefault("group", GROUP)
         kwargs.setdefault("job", Numbered)
         kwargs.setdefault("block", 0.5)
-        return flowd.Queue(kwargs.pop("client", self.client), worker=worker, **kwargs)
+        return flowd.Queue(
+            kwargs.pop("client", self.client), worker=worker, **{"claimer": None, **kwargs}
+        )
 
     def start(self, queue: flowd.Queue[Any]) -> flowd.QueueHandle:
         handle = queue.run()
@@ -80,41 +84,6 @@ def make_queue(client: redis.Redis, stream: str) -> Iterator[Queues]:
     assert all(clean), f"a handle did not stop cleanly: {clean}"
 
 
-@dataclass
-class Recorder:
-    """What a worker saw, from several worker threads."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    runs: list[tuple[int, int, str]] = field(default_factory=list)  # (n, deliveries, id)
-    running: int = 0
-    max_running: int = 0
-
-    def record(self, task: flowd.Task[Numbered]) -> None:
-        with self.lock:
-            self.runs.append((task.job.n, task.deliveries, task.id))
-
-    def enter(self) -> None:
-        with self.lock:
-            self.running += 1
-            self.max_running = max(self.max_running, self.running)
-
-    def leave(self) -> None:
-        with self.lock:
-            self.running -= 1
-
-    def ns(self) -> set[int]:
-        with self.lock:
-            return {n for n, _, _ in self.runs}
-
-    def counts(self) -> Counter[int]:
-        with self.lock:
-            return Counter(n for n, _, _ in self.runs)
-
-    def deliveries(self, n: int) -> list[int]:
-        with self.lock:
-            return [d for m, d, _ in self.runs if m == n]
-
-
 def claimer(**kwargs: Any) -> flowd.Claimer:
     """A fast claimer for tests: short idle time and interval."""
     kwargs.setdefault("min_idle_time", 0.3)
@@ -136,14 +105,6 @@ def read_as(client: redis.Redis, stream: str, consumer: str, count: int | None =
     return [as_str(msg_id) for _, entries in reply for msg_id, _ in entries]
 
 
-def as_str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def pending_count(client: redis.Redis, stream: str) -> int:
-    return int(client.xpending(stream, GROUP)["pending"])
-
-
 def pending_of(client: redis.Redis, stream: str, consumer: str) -> list[str]:
     rows: Any = client.xpending_range(stream, GROUP, "-", "+", 10_000, consumername=consumer)
     return [as_str(row["message_id"]) for row in rows]
@@ -152,12 +113,6 @@ def pending_of(client: redis.Redis, stream: str, consumer: str) -> list[str]:
 def dead_entries(client: redis.Redis, dlq: str) -> list[dict[bytes, bytes]]:
     entries: Any = client.xrange(dlq)
     return [fields for _, fields in entries]
-
-
-def flowd_threads(stream: str) -> set[str]:
-    return {
-        t.name for t in threading.enumerate() if t.name.startswith("flowd-") and stream in t.name
-    }
 
 
 # ---------------------------------------------------------------------------
@@ -554,7 +509,7 @@ def test_concurrency_holds_while_reader_and_claimer_feed_work(
     create_group(client, stream)
     old = enqueue(client, stream, range(12))
     read_as(client, stream, "dead")
-    time.sleep(0.35)
+    wait_until(lambda: min_idle_ms(client, stream) >= 350)
     rec = Recorder()
 
     def work(task: flowd.Task[Numbered]) -> None:
@@ -740,3 +695,47 @@ def test_sigkilled_worker_process_loses_nothing(
         proc.wait(10)
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_the_claimer_skips_ids_this_process_still_holds(client: redis.Redis, stream: str) -> None:
+    # Given two entries pending under consumer "me" and idle, of which this process still
+    # holds the first (e.g. its job finished during an outage and its XACK is not written)
+    create_group(client, stream)
+    ids = enqueue(client, stream, [1, 2])
+    assert read_as(client, stream, "me") == ids
+    dispatched: list[tuple[str, int]] = []
+
+    def dispatch(msg_id: str, fields: Any, deliveries: int, *, claimed: bool = False) -> None:
+        dispatched.append((msg_id, deliveries))
+        permits.release()  # what the pool does once the job is done
+
+    permits = Permits(4)
+    session = Session(client, stream)
+    ctx = StreamContext(
+        stream=stream,
+        group=GROUP,
+        consumer="me",
+        session=session,
+        permits=permits,
+        stop=threading.Event(),
+        dispatch=dispatch,
+        held=lambda: {ids[0]},
+        running_since=lambda cutoff: [],
+    )
+    try:
+        wait_until(lambda: min_idle_ms(client, stream) >= 20)
+
+        # When the claimer claims a batch
+        outcome = ClaimLoop(ctx, min_idle_time=0.01, interval=0.05, batch=10).claim_batch()
+    finally:
+        session.close()
+
+    # Then only the entry this process does not hold runs again, and every permit is back
+    assert outcome is ClaimOutcome.DONE
+    assert dispatched == [(ids[1], 2)]
+    assert permits.in_use == 0
+
+
+def min_idle_ms(client: redis.Redis, stream: str) -> int:
+    rows: Any = client.xpending_range(stream, GROUP, min="-", max="+", count=10)
+    return min(int(row["time_since_delivered"]) for row in rows)

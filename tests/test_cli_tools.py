@@ -100,7 +100,12 @@ def test_dlq_list_requeue_round_trip(redis_url: str, client: redis.Redis, stream
     assert dead.count() == 0
     done: list[int] = []
     queue = flowd.Queue(
-        client, stream=stream, group="g", job=Numbered, worker=lambda task: done.append(task.job.n)
+        client,
+        stream=stream,
+        group="g",
+        job=Numbered,
+        worker=lambda task: done.append(task.job.n),
+        claimer=None,
     )
     handle = queue.run()
     try:

@@ -21,7 +21,7 @@ import redis
 
 import flowd
 from flowd.deadletters import DeadLetter, DeadLetters
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, id_key, wait_until
 
 GROUP = "g"
 KILLER = "dead-maker"
@@ -47,7 +47,7 @@ class Queues:
         kwargs.setdefault("group", GROUP)
         kwargs.setdefault("job", Numbered)
         kwargs.setdefault("block", 0.2)
-        handle = flowd.Queue(self.client, worker=worker, **kwargs).run()
+        handle = flowd.Queue(self.client, worker=worker, **{"claimer": None, **kwargs}).run()
         self.running.append(handle)
         return handle
 
@@ -89,17 +89,8 @@ def flowd_dlq(stream: str) -> str:
     return f"{{{stream}}}:dead"
 
 
-def as_str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def entries(client: redis.Redis, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
     return [(as_str(msg_id), fields) for msg_id, fields in client.xrange(stream)]
-
-
-def id_key(msg_id: str) -> tuple[int, int]:
-    ms, seq = msg_id.split("-")
-    return int(ms), int(seq)
 
 
 def by_original(letters: list[DeadLetter]) -> dict[str, DeadLetter]:

@@ -93,6 +93,7 @@ def test_a_raising_hook_is_logged_and_the_job_still_runs(
         job=Numbered,
         worker=lambda task: done.append(task.job.n),
         hooks=[Broken()],
+        claimer=None,
     )
     handle = queue.run()
     try:
@@ -108,5 +109,11 @@ def test_hooks_must_be_hooks(client: redis.Redis, stream: str) -> None:
     for bad in (Recorder(), [object()], ["x"]):
         with pytest.raises(flowd.ConfigurationError):
             flowd.Queue(
-                client, stream=stream, group="g", job=Numbered, worker=lambda task: None, hooks=bad
+                client,
+                stream=stream,
+                group="g",
+                job=Numbered,
+                worker=lambda task: None,
+                hooks=bad,
+                claimer=None,
             )  # type: ignore[arg-type]

@@ -11,24 +11,17 @@ import pytest
 import redis
 
 import flowd
-from flowd._runtime import Runtime, WorkerPool
-from flowd.housekeeping import HousekeepingLoop
-from tests.helpers import Numbered, wait_until
+from flowd._context import StreamContext
+from flowd._housekeeper import HousekeepingLoop
+from flowd._permits import Permits
+from flowd._redis import Session
+from tests.helpers import Numbered, as_str, id_key, wait_until
 
 GROUP = "g"
 
 
 # ---------------------------------------------------------------------------
 # helpers
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def id_key(msg_id: str | bytes) -> tuple[int, int]:
-    ms, seq = as_str(msg_id).split("-")
-    return int(ms), int(seq)
 
 
 def add_entries(client: redis.Redis, stream: str, count: int) -> list[str]:
@@ -187,6 +180,7 @@ def test_running_queue_keeps_its_stream_short(client: redis.Redis, stream: str) 
         worker=noop,
         concurrency=32,
         housekeeping=flowd.Housekeeping(interval=0.2),
+        claimer=None,
     )
     handle = queue.run()
     try:
@@ -276,6 +270,7 @@ def test_running_queue_removes_dead_consumers_but_keeps_its_own(
         consumer="live",
         block=5.0,
         housekeeping=flowd.Housekeeping(interval=0.2, consumer_ttl=0.5),
+        claimer=None,
     )
     handle = queue.run()
     try:
@@ -303,31 +298,32 @@ def test_running_queue_removes_dead_consumers_but_keeps_its_own(
 # one consumer at a time: the lease
 
 
-def _runtime_of(queue: flowd.Queue[Numbered]) -> Runtime:
-    return Runtime(WorkerPool(queue), queue.stream)
+def _dispatch_nothing(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("housekeeping dispatches nothing")
+
+
+def _context(client: redis.Redis, stream: str, consumer: str) -> StreamContext:
+    """What a housekeeping loop of ``consumer`` gets: names, a session, a stop event."""
+    return StreamContext(
+        stream=stream,
+        group=GROUP,
+        consumer=consumer,
+        session=Session(client, stream),
+        permits=Permits(1),
+        stop=threading.Event(),
+        dispatch=_dispatch_nothing,
+        held=set,
+        running_since=lambda cutoff: [],
+    )
 
 
 def test_housekeeping_lease_lets_one_run_per_interval(client: redis.Redis, stream: str) -> None:
     # Given two consumers of one stream, each with a housekeeping step
     client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     settings = flowd.Housekeeping(interval=30)
-    runtimes = [
-        _runtime_of(
-            flowd.Queue(
-                client,
-                stream=stream,
-                group=GROUP,
-                job=Numbered,
-                worker=noop,
-                concurrency=1,
-                consumer=name,
-                housekeeping=False,
-            )
-        )
-        for name in ("first", "second")
-    ]
+    contexts = [_context(client, stream, name) for name in ("first", "second")]
     try:
-        first, second = (HousekeepingLoop(runtime, settings) for runtime in runtimes)
+        first, second = (HousekeepingLoop(ctx, settings) for ctx in contexts)
 
         # When the first one runs
         # Then it does the work and holds the lease for the interval
@@ -346,8 +342,8 @@ def test_housekeeping_lease_lets_one_run_per_interval(client: redis.Redis, strea
         assert second.run_once() is True
         assert as_str(client.get(lease)) == "second"
     finally:
-        for runtime in runtimes:
-            runtime.pool.shutdown(wait=True)
+        for ctx in contexts:
+            ctx.redis.close()
 
 
 def test_running_queue_takes_the_housekeeping_lease(client: redis.Redis, stream: str) -> None:
@@ -359,6 +355,7 @@ def test_running_queue_takes_the_housekeeping_lease(client: redis.Redis, stream:
         job=Numbered,
         worker=noop,
         housekeeping=flowd.Housekeeping(interval=0.5),
+        claimer=None,
     )
     lease = "{" + stream + "}:housekeeping"
     handle = queue.run()
@@ -384,7 +381,13 @@ def test_housekeeping_false_turns_it_off(client: redis.Redis, stream: str) -> No
 
     # When a queue runs with housekeeping=False
     queue = flowd.Queue(
-        client, stream=stream, group=GROUP, job=Numbered, worker=noop, housekeeping=False
+        client,
+        stream=stream,
+        group=GROUP,
+        job=Numbered,
+        worker=noop,
+        housekeeping=False,
+        claimer=None,
     )
     assert queue.housekeeping is None
     handle = queue.run()
@@ -402,7 +405,7 @@ def test_housekeeping_false_turns_it_off(client: redis.Redis, stream: str) -> No
 
 
 def test_housekeeping_is_on_by_default(client: redis.Redis, stream: str) -> None:
-    queue = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=noop)
+    queue = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=noop, claimer=None)
     assert isinstance(queue.housekeeping, flowd.Housekeeping)
     handle = queue.run()
     try:
@@ -438,7 +441,7 @@ def test_queue_refuses_a_bad_housekeeping_value(client: redis.Redis, stream: str
             group=GROUP,
             job=Numbered,
             worker=noop,
-            housekeeping=60,  # type: ignore[arg-type]
+            housekeeping=60,  # type: ignore[arg-type], claimer=None
         )
 
 

@@ -17,7 +17,7 @@ import redis
 
 import flowd
 from flowd.info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, wait_until
 from tests.redis_server import RedisServer
 
 WAIT = 25.0
@@ -32,10 +32,6 @@ def info_client(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redi
     client = redis.Redis.from_url(redis_url, decode_responses=decode, protocol=protocol)
     yield client
     client.close()
-
-
-def as_str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def add(client: redis.Redis, stream: str, count: int) -> list[str]:
@@ -151,7 +147,13 @@ def test_two_groups_one_caught_up_one_lagging(
     client.xack(stream, "lagging", ids[0])
     assert read(client, stream, "lagging", "c2", 2) == ids[4:6]
     client.xadd(f"{{{stream}}}:dead", {"n": "99"})
-    time.sleep(0.02)  # so that idle times are measurably above zero
+    # so that idle times are measurably above zero
+    wait_until(
+        lambda: all(
+            row["time_since_delivered"] >= 20
+            for row in client.xpending_range(stream, "lagging", min="-", max="+", count=10)
+        )
+    )
 
     # When the stream is inspected
     before_ms = time.time() * 1000

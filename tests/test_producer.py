@@ -12,17 +12,13 @@ import pytest
 import redis
 
 import flowd
-from tests.helpers import Email, Numbered
+from tests.helpers import Email, Numbered, as_str
 
 
 def parse_id(entry_id: str | bytes) -> tuple[int, int]:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, seq = text.split("-")
     return int(ms), int(seq)
-
-
-def as_str(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def xrange(client: redis.Redis, stream: str) -> list[tuple[Any, Any]]:

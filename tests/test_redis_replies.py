@@ -16,14 +16,10 @@ from flowd._redis import (
     parse_xpending_range,
     parse_xreadgroup,
 )
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, wait_until
 
 GROUP = "g"
 WAIT = 25.0
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # ---------------------------------------------------------------------------

@@ -86,7 +86,14 @@ def test_partitions_spread_jobs_and_one_queue_reads_them_all(
     assert [client.xlen(s) for s in producer.streams] == [100, 100, 100]
     runs = Runs()
     queue = flowd.Queue(
-        client, stream=stream, group="g", job=Numbered, worker=runs.add, partitions=3, concurrency=4
+        client,
+        stream=stream,
+        group="g",
+        job=Numbered,
+        worker=runs.add,
+        partitions=3,
+        concurrency=4,
+        claimer=None,
     )
     assert queue.streams == producer.streams
     handle = queue.run()

@@ -40,7 +40,7 @@ import redis
 
 import flowd
 from flowd._urls import redact_url
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, wait_until
 from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,10 +125,6 @@ def acl_rules(stream: str, password: str) -> list[str]:
 
 # ---------------------------------------------------------------------------
 # helpers
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Problems(logging.Handler):
@@ -427,7 +423,9 @@ def test_bad_credentials_give_errors_without_any_password(
     }[auth]
     client = redis.Redis.from_url(url)
     stream = stream_name("badauth")
-    queue = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=lambda t: None)
+    queue = flowd.Queue(
+        client, stream=stream, group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
+    )
     try:
         # enqueue and drain raise redis-py's AuthenticationError, with no password in it
         with pytest.raises(redis.exceptions.AuthenticationError) as enqueue_error:
@@ -646,7 +644,9 @@ def test_a_queue_on_a_stream_outside_the_acl_keys_fails_at_once(acl_server: Redi
     admin = redis.Redis(port=acl_server.port)
     password = acl_user(admin, stream)
     client = redis.Redis(port=acl_server.port, username="flowd", password=password)
-    queue = flowd.Queue(client, stream="other", group=GROUP, job=Numbered, worker=lambda t: None)
+    queue = flowd.Queue(
+        client, stream="other", group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
+    )
     try:
         with pytest.raises(redis.exceptions.NoPermissionError):
             queue.drain(timeout=5)
@@ -821,7 +821,9 @@ def test_tls_without_the_ca_is_a_clear_connection_error(
 ) -> None:
     url = f"rediss://127.0.0.1:{tls_server.tls_port}/0"
     client = redis.Redis.from_url(url)
-    queue = flowd.Queue(client, stream="s", group=GROUP, job=Numbered, worker=lambda t: None)
+    queue = flowd.Queue(
+        client, stream="s", group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
+    )
     try:
         with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
             queue.drain(timeout=5)

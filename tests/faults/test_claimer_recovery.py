@@ -3,8 +3,6 @@ batch of ``concurrency`` messages per claimer interval."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -16,27 +14,17 @@ from tests.redis_server import RedisServer
 JOBS = 2000
 
 
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def test_dead_consumers_2000_pending_messages_are_recovered_within_the_bound(
-    server: RedisServer, capsys: pytest.CaptureFixture[str]
+    aof_server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = redis.Redis.from_url(server.url)
+    client = redis.Redis.from_url(aof_server.url)
     stream = "orphans"
     # Given 2,000 messages read by a consumer that then died without acking any
     ids = flowd.Producer(client, stream).enqueue_bulk(Item(n) for n in range(JOBS))
     client.xgroup_create(stream, GROUP, "0")
     client.xreadgroup(GROUP, "crashed", {stream: ">"}, count=JOBS)
     # When a queue with a claimer (min_idle_time 1 s, concurrency 8) runs
-    recording = RecordingQueue(server.url, stream, min_idle=1.0)
+    recording = RecordingQueue(aof_server.url, stream, min_idle=1.0)
     handle = recording.queue.run()
     try:
         settled_in = wait_settled(client, stream, set(range(JOBS)), timeout=RECOVERY_BOUND)

@@ -4,8 +4,6 @@ restarted from its AOF."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -23,16 +21,6 @@ from tests.helpers import wait_until
 from tests.redis_server import RedisServer
 
 MAX_RETRIES = 1
-
-
-@pytest.fixture
-def aof_server() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_failing_jobs_are_dead_lettered_exactly_once_across_a_redis_kill(

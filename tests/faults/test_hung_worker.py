@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -41,20 +40,10 @@ def log_time(stderr: str, pattern: str) -> datetime | None:
     return None
 
 
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def test_hung_job_process_stops_on_time_and_its_message_is_reclaimed(
-    server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aof_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = redis.Redis.from_url(server.url)
+    client = redis.Redis.from_url(aof_server.url)
     stream = "hung"
     # Given a worker process whose job 25 hangs forever, among 50 ordinary jobs
     jobs = [Item(n, hang=n == 25) for n in range(51)]
@@ -62,7 +51,7 @@ def test_hung_job_process_stops_on_time_and_its_message_is_reclaimed(
     by_id = dict(zip(ids, range(51), strict=True))
     hung_id = ids[25]
     worker = WorkerProcess(
-        server.url,
+        aof_server.url,
         stream,
         "hangs",
         tmp_path,
@@ -97,7 +86,7 @@ def test_hung_job_process_stops_on_time_and_its_message_is_reclaimed(
         if received is not None and warned is not None:
             stop_took = (warned - received).total_seconds()
         # And another consumer (in this process, whose jobs do not hang) runs afterwards
-        rescuer = RecordingQueue(server.url, stream, consumer="rescuer", min_idle=1.0)
+        rescuer = RecordingQueue(aof_server.url, stream, consumer="rescuer", min_idle=1.0)
         handle = rescuer.queue.run()
         settled_in = wait_settled(client, stream, set(range(51)), timeout=30)
     finally:

@@ -34,7 +34,7 @@ import redis
 import flowd
 from flowd._keys import dead_letter_stream, derived_key
 from tests.faults.proxy import CutMode, Proxy
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, as_str, pending_count, wait_until
 from tests.redis_server import RedisServer
 
 GROUP = "g"
@@ -183,14 +183,6 @@ class DeadLetterHook(flowd.Hooks):
 
 # ---------------------------------------------------------------------------
 # the account
-
-
-def as_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def pending_count(client: redis.Redis, stream: str) -> int:
-    return int(client.xpending(stream, GROUP)["pending"])
 
 
 def dead_entries(client: redis.Redis, stream: str) -> list[dict[str, str]]:
@@ -351,7 +343,7 @@ def make_queue(
         worker=records,
         housekeeping=False,  # the stream keeps every entry, for the account
         block=0.5,
-        **kwargs,
+        **{"claimer": None, **kwargs},
     )
 
 
@@ -594,7 +586,7 @@ def test_dead_letter_move_cut_mid_command_dead_letters_each_job_exactly_once(
     )
     # The move's script is loaded beforehand, so that every EVALSHA is a move (no
     # NOSCRIPT round trip); six of the first twelve are cut, alternating the variants.
-    move_script = getattr(importlib.import_module("flowd._deadletter"), "_MOVE_LUA", None)
+    move_script = getattr(importlib.import_module("flowd._dead_letter_move"), "_MOVE_LUA", None)
     if move_script is not None:
         direct.script_load(move_script)
     rules = [
@@ -649,7 +641,7 @@ def test_dead_letter_move_cut_mid_command_dead_letters_each_job_exactly_once(
     assert (stats.dead_lettered, len(hook.ids)) == (account.dead, account.dead), (
         f"{account.dead} messages were moved to the dead-letter stream, but flowd counted "
         f"{stats.dead_lettered} and called on_dead_letter {len(hook.ids)} times: a move "
-        "whose reply was lost is not counted (see DeadLetterPath.handle)"
+        "whose reply was lost is not counted (see DeadLetterMover.handle)"
     )
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -23,23 +22,6 @@ from tests.faults.backend_proxy import BackendProxy
 from tests.faults.scenario import Outcome, RecordingQueue, assert_scenario, run_scenario
 from tests.helpers import wait_until
 from tests.redis_server import RedisServer
-
-
-@pytest.fixture
-def master() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def admin(master: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(master.url)
-    yield client
-    client.close()
 
 
 def flowd_errors(caplog: pytest.LogCaptureFixture, since: float) -> list[str]:
@@ -69,7 +51,7 @@ def note_logs(
 
 
 def test_oom_replies_for_3s_are_transient_and_lose_no_job(
-    master: RedisServer,
+    aof_server: RedisServer,
     admin: redis.Redis,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
@@ -90,7 +72,7 @@ def test_oom_replies_for_3s_are_transient_and_lose_no_job(
     # When the server answers OOM to every allocating write for 3 s mid-run
     outcome = run_scenario(
         "OOM 3s",
-        url=master.url,
+        url=aof_server.url,
         admin=admin,
         stream="oom",
         backlog=[Item(n) for n in range(4000)],
@@ -116,7 +98,7 @@ def test_oom_replies_for_3s_are_transient_and_lose_no_job(
 
 
 def test_readonly_replies_for_3s_are_transient_and_lose_no_job(
-    master: RedisServer,
+    aof_server: RedisServer,
     admin: redis.Redis,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
@@ -126,10 +108,10 @@ def test_readonly_replies_for_3s_are_transient_and_lose_no_job(
     moments: dict[str, float] = {}
     # Given a read-only replica of the queue's server, and a proxy in front of the server
     replica = RedisServer(
-        extra_args=("--replicaof", "127.0.0.1", str(master.port), "--replica-read-only", "yes")
+        extra_args=("--replicaof", "127.0.0.1", str(aof_server.port), "--replica-read-only", "yes")
     )
     replica.start()
-    proxy = BackendProxy(master.port).start()
+    proxy = BackendProxy(aof_server.port).start()
     try:
         replica_client = redis.Redis.from_url(replica.url)
         wait_until(
@@ -144,7 +126,7 @@ def test_readonly_replies_for_3s_are_transient_and_lose_no_job(
                 moments["since"] = time.time()
                 proxy.switch(replica.port)
                 time.sleep(3.0)
-                proxy.switch(master.port)
+                proxy.switch(aof_server.port)
 
         # When, mid-run, every connection is cut and lands on the replica for 3 s
         outcome = run_scenario(

@@ -1,15 +1,21 @@
-"""The dead-letter path: failure reasons, dlq_worker, and the atomic move to the DLQ stream."""
+"""The dead-letter move: failure reasons, dlq_worker, and the atomic move to the DLQ stream.
+
+It runs on worker threads, each with a :class:`~flowd._redis.Session` of its
+own (made on first use), like every other talk of flowd's threads to Redis.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 import uuid
 from typing import Any
 
-import redis.exceptions
-
 from ._keys import derived_key
+from ._redis import Script, Session
+from ._threads import retry_transient
 from .claimer import Claimer
 from .task import Task
 
@@ -36,6 +42,7 @@ redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
 redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
 """
+_MOVE = Script(_MOVE_LUA)
 
 #: Lua's unpack() stops at about 8,000 values: wider messages move in a transaction.
 _LUA_MAX_FIELD_VALUES = 7000
@@ -56,8 +63,8 @@ def reason_of(exc: BaseException) -> str:
     return text if len(text) <= _REASON_LIMIT else text[:_REASON_LIMIT] + "..."
 
 
-class DeadLetterPath:
-    """Where exhausted and undecodable messages of one queue go.
+class DeadLetterMover:
+    """Moves one stream's exhausted and undecodable messages to its dead-letter stream.
 
     Failure reasons are kept in a hash in the stream's slot
     (``{stream}:errors:<group>``), so whichever consumer dead-letters a
@@ -74,11 +81,29 @@ class DeadLetterPath:
         self.errors_key = errors_key
         self.claimer = claimer
         self.dlq_stream = claimer.dead_letter_stream(stream)
-        self._move = client.register_script(_MOVE_LUA)
+        self._local = threading.local()
+        self._sessions: list[Session] = []
+        self._lock = threading.Lock()
+
+    def _session(self) -> Session:
+        session: Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = Session(self.client, self.stream)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        """Close the worker threads' sessions."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
 
     def record_failure(self, msg_id: str, exc: BaseException) -> None:
         try:
-            self.client.hset(self.errors_key, msg_id, reason_of(exc))
+            self._session().call("HSET", self.errors_key, msg_id, reason_of(exc))
         except Exception:
             logger.warning(
                 "could not record the failure of %s on %s", msg_id, self.stream, exc_info=True
@@ -86,24 +111,17 @@ class DeadLetterPath:
 
     def last_failure(self, msg_id: str) -> str | None:
         try:
-            reason = self.client.hget(self.errors_key, msg_id)
+            reason = self._session().call("HGET", self.errors_key, msg_id)
         except Exception:
             logger.warning("could not read the failure reason of %s", msg_id, exc_info=True)
             return None
-        if isinstance(reason, bytes):
-            return reason.decode("utf-8", "replace")
-        return reason if isinstance(reason, str) else None
+        return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else None
 
     def _run_move(self, keys: list[str], args: list[Any]) -> int:
-        move = self._move_in_transaction if len(args) > _LUA_MAX_FIELD_VALUES else self._move
-        for attempt in range(1, _MOVE_ATTEMPTS + 1):
-            try:
-                return int(move(keys=keys, args=args))
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if attempt == _MOVE_ATTEMPTS:
-                    raise
-                time.sleep(0.05 * attempt)
-        raise AssertionError("unreachable")
+        if len(args) > _LUA_MAX_FIELD_VALUES:
+            return retry_transient(lambda: self._move_in_transaction(keys, args), _MOVE_ATTEMPTS)
+        session = self._session()
+        return int(retry_transient(lambda: session.run_script(_MOVE, keys, args), _MOVE_ATTEMPTS))
 
     def _move_in_transaction(self, keys: list[str], args: list[Any]) -> int:
         """The move script's steps for a message too wide for Lua, in MULTI/EXEC.
@@ -114,24 +132,40 @@ class DeadLetterPath:
         """
         stream, errors_key, marker = keys[:3]
         group, msg_id, token = args[:3]
-        if not self.client.xpending_range(stream, group, min=msg_id, max=msg_id, count=1):
-            self.client.hdel(errors_key, msg_id)
-            found = self.client.get(marker)
-            return 1 if found in (token, token.encode()) else 0
-        with self.client.pipeline(transaction=True) as pipe:
-            if len(keys) > 3:
-                pipe.execute_command("XADD", keys[3], "*", *args[3:])
-            pipe.xack(stream, group, msg_id)
-            pipe.set(marker, token, px=600_000)
-            pipe.hdel(errors_key, msg_id)
-            pipe.execute()
+        session = self._session()
+        if not session.call("XPENDING", stream, group, msg_id, msg_id, 1):
+            found = session.call_many([("HDEL", errors_key, msg_id), ("GET", marker)])[1]
+            return 1 if found == token.encode() else 0
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        if len(keys) > 3:
+            commands.append(("XADD", keys[3], "*", *args[3:]))
+        commands += [
+            ("XACK", stream, group, msg_id),
+            ("SET", marker, token, "PX", 600_000),
+            ("HDEL", errors_key, msg_id),
+            ("EXEC",),
+        ]
+        replies = session.call_many(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        for reply in replies[-1] or ():  # EXEC's reply lists each step's
+            if isinstance(reply, Exception):
+                raise reply
         return 1
 
-    def handle(self, task: Task[Any]) -> bool:
-        """Call dlq_worker, then move (or drop) the message; False if it was already acked.
+    def handle(self, task: Task[Any]) -> Task[Any] | None:
+        """Call dlq_worker, then move (or drop) the message.
 
-        Raises whatever dlq_worker or Redis raised: the message then stays pending.
+        A task without ``error`` is an exhausted one: its reason is its last
+        recorded failure. Returns the task, with its reason, that was
+        dead-lettered; None if it was already acked. Raises whatever
+        dlq_worker or Redis raised: the message then stays pending.
         """
+        if task.error is None:
+            last = self.last_failure(task.id)
+            reason = last or f"no success after {task.deliveries - 1} deliveries"
+            task = dataclasses.replace(task, error=reason)
         if self.claimer.dlq_worker is not None:
             self.claimer.dlq_worker(task)
         reason = task.error or "unknown"
@@ -158,7 +192,7 @@ class DeadLetterPath:
                 self.stream,
                 self.group,
             )
-            return False
+            return None
         if self.dlq_stream is None:
             logger.warning(
                 "dropped dead message %s on %s/%s after %d deliveries (the "
@@ -179,4 +213,4 @@ class DeadLetterPath:
                 task.deliveries,
                 reason,
             )
-        return True
+        return task

@@ -1,0 +1,242 @@
+"""The worker pool: where jobs run, succeed or fail.
+
+A :class:`WorkerPool` is shared by every stream of a run (one, or one per
+partition): the permits that bound concurrency, the worker threads and their
+loops, the counters and the jobs running now. Each stream adds its
+:class:`StreamRoute` (where acks, failures and dead letters go).
+
+The dispatcher hands tasks to :meth:`WorkerPool.submit` while their permit
+is held. Each of the pool's ``concurrency`` worker threads runs one long-lived
+loop (:meth:`WorkerPool._worker_loop`: the worker call, success and failure
+in one place) that takes tasks from a queue (a SimpleQueue handoff costs far
+less per message than ``executor.submit``), runs them, and gives the permit
+back when the job, or its dead-letter handling, is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_module
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ._permits import Permits
+from .hooks import Hooks, HookSet, LogHooks, call_hooks
+from .task import Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counters of one run, read with ``QueueHandle.stats()``.
+
+    ``processed``: jobs that returned (and were acked). ``failed``: runs that
+    raised. ``retried``: runs of a message delivered before. ``dead_lettered``:
+    messages moved to the dead-letter path. ``deleted``: pending entries that
+    had been deleted from the stream, acked without running. ``in_flight``:
+    jobs running now. ``groups_lost``: times the consumer group vanished while
+    running (the stream evicted, flushed or deleted): data was lost.
+    """
+
+    processed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    deleted: int = 0
+    in_flight: int = 0
+    groups_lost: int = 0
+
+
+class _Counts:
+    """Counters written by one thread only (or under a lock); stats() sums them."""
+
+    __slots__ = ("dead_lettered", "deleted", "failed", "groups_lost", "processed", "retried")
+
+    def __init__(self) -> None:
+        self.processed = self.failed = self.retried = self.dead_lettered = self.deleted = 0
+        self.groups_lost = 0
+
+
+class DeadLetterWork:
+    """A work item for the dead-letter path (a plain Task is a job to run)."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: Task[Any]) -> None:
+        self.task = task
+
+
+class StreamRoute(Protocol):
+    """Where one stream's outcomes go (see flowd._dispatch.Dispatcher)."""
+
+    def ack(self, msg_id: str, retried: bool) -> None: ...
+
+    def record_failure(self, msg_id: str, exc: BaseException) -> None: ...
+
+    def move_dead(self, task: Task[Any]) -> Task[Any] | None: ...
+
+
+class WorkerPool:
+    """Permits, executor, counters and running jobs shared by a run's streams.
+
+    :param worker: the application's worker, called with each Task.
+    :param hooks: the application's hooks (LogHooks come first).
+    :param concurrency: worker threads, and permits.
+    :param name: the worker threads are ``flowd-worker-<name>_<n>``.
+    """
+
+    def __init__(
+        self,
+        worker: Callable[[Task[Any]], None],
+        hooks: Sequence[Hooks],
+        concurrency: int,
+        name: str,
+    ) -> None:
+        self.worker = worker
+        self.permits = Permits(concurrency)
+        #: (stream, message id) -> (task, monotonic start) of every job running now.
+        self.running: dict[tuple[str, str], tuple[Task[Any], float]] = {}
+        self.hooks = HookSet([LogHooks(), *hooks])
+        #: stream -> its route; every stream's is added before its loops start.
+        self.routes: dict[str, StreamRoute] = {}
+        self._counts: list[_Counts] = []
+        self._worker_threads: set[threading.Thread] = set()
+        self.dispatch_counts = self._new_counts()  # written under dispatch_lock
+        self.dispatch_lock = threading.Lock()
+        self.tasks: queue_module.SimpleQueue[Task[Any] | DeadLetterWork | None] = (
+            queue_module.SimpleQueue()
+        )
+        #: Hand a task (permit held) to the worker loops.
+        self.submit = self.tasks.put
+        # Daemon threads, not a ThreadPoolExecutor: interpreter exit stops the queue
+        # gracefully first (flowd._lifecycle), and a job that never returns must not then
+        # keep the process alive (concurrent.futures joins its threads without a limit).
+        self._loops = [
+            threading.Thread(target=self._worker_loop, name=f"flowd-worker-{name}_{i}", daemon=True)
+            for i in range(concurrency)
+        ]
+        for thread in self._loops:
+            thread.start()
+
+    def count_deleted(self) -> None:
+        with self.dispatch_lock:
+            self.dispatch_counts.deleted += 1
+
+    def count_group_lost(self) -> None:
+        with self.dispatch_lock:
+            self.dispatch_counts.groups_lost += 1
+
+    def running_ids(self, stream: str) -> set[str]:
+        """Ids of ``stream`` whose job (or dead-letter handling) runs now."""
+        return {msg_id for (s, msg_id) in list(self.running) if s == stream}
+
+    def running_since(self, stream: str, cutoff: float) -> list[str]:
+        """Ids of ``stream`` whose job started at or before ``cutoff`` (monotonic)."""
+        return [
+            msg_id
+            for (s, msg_id), (_, started) in list(self.running.items())
+            if s == stream and started <= cutoff
+        ]
+
+    def _new_counts(self) -> _Counts:
+        counts = _Counts()
+        self._counts.append(counts)
+        return counts
+
+    def is_worker_thread(self, thread: threading.Thread) -> bool:
+        """True for the worker threads of this pool."""
+        return thread in self._worker_threads
+
+    def _worker_loop(self) -> None:
+        # The hot path: names bound once, counters private to this thread.
+        self._worker_threads.add(threading.current_thread())
+        counts = self._new_counts()
+        get, running, release = self.tasks.get, self.running, self.permits.release
+        worker, routes, monotonic = self.worker, self.routes, time.monotonic
+        before, success = self.hooks.before_job, self.hooks.after_success
+        while (item := get()) is not None:
+            if type(item) is DeadLetterWork:
+                self._run_dead_letter(item.task, counts)
+                continue
+            task: Task[Any] = item  # type: ignore[assignment]
+            msg_id = task.id
+            key = (task.stream, msg_id)
+            retried = task.deliveries > 1
+            started = monotonic()
+            running[key] = (task, started)
+            try:
+                if before:
+                    call_hooks(before, task)
+                worker(task)
+            except BaseException as exc:
+                counts.failed += 1
+                self._failed(task, exc, monotonic() - started)
+            else:
+                routes[task.stream].ack(msg_id, retried)
+                counts.processed += 1
+                if success:
+                    call_hooks(success, task, monotonic() - started)
+            finally:
+                if retried:
+                    counts.retried += 1
+                running.pop(key, None)
+                release()
+
+    def _failed(self, task: Task[Any], exc: BaseException, duration: float) -> None:
+        call_hooks(self.hooks.after_failure, task, exc, duration)
+        self.routes[task.stream].record_failure(task.id, exc)
+
+    def _run_dead_letter(self, task: Task[Any], counts: _Counts) -> None:
+        # Leased like a running job, so a slow dlq_worker is not reclaimed meanwhile.
+        self.running[task.stream, task.id] = (task, time.monotonic())
+        try:
+            dead = self.routes[task.stream].move_dead(task)
+            if dead is not None:
+                counts.dead_lettered += 1
+                call_hooks(self.hooks.on_dead_letter, dead)
+        except BaseException:
+            logger.exception(
+                "dead-letter handling of %s on %s failed; it stays pending and "
+                "is tried again on a later sweep",
+                task.id,
+                task.stream,
+            )
+        finally:
+            self.running.pop((task.stream, task.id), None)
+            self.permits.release()
+
+    def shutdown(self, *, wait: bool) -> None:
+        """End the worker loops once their current job is done; wait for them if asked."""
+        for _ in self._loops:
+            self.tasks.put(None)
+        if wait:
+            for thread in self._loops:
+                thread.join()
+
+    def stats(self) -> QueueStats:
+        totals = _Counts()
+        for counts in list(self._counts):
+            totals.processed += counts.processed
+            totals.failed += counts.failed
+            totals.retried += counts.retried
+            totals.dead_lettered += counts.dead_lettered
+            totals.deleted += counts.deleted
+            totals.groups_lost += counts.groups_lost
+        return QueueStats(
+            totals.processed,
+            totals.failed,
+            totals.retried,
+            totals.dead_lettered,
+            totals.deleted,
+            self.permits.in_use,
+            totals.groups_lost,
+        )
+
+    def running_report(self) -> str:
+        now = time.monotonic()
+        items = sorted(list(self.running.values()), key=lambda item: item[1])
+        return ", ".join(f"{task.id} ({now - started:.1f}s)" for task, started in items)

@@ -1,0 +1,168 @@
+"""The parts of one stream of a run: acker, dispatcher, context, and its loop threads.
+
+:func:`add_loops` is the one place that lists a stream's loops.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._acker import Acker
+from ._claim import ClaimLoop, LeaseLoop
+from ._context import StopSignal, StreamContext
+from ._dead_letter_move import DeadLetterMover
+from ._dispatch import Dispatcher
+from ._housekeeper import HousekeepingLoop
+from ._keys import derived_key
+from ._pool import WorkerPool
+from ._reader import Reader
+from ._redis import Session, ensure_group
+from ._scheduler import SchedulerLoop, schedules_of
+from ._threads import LoopThread
+from .claimer import Claimer
+from .hooks import Hooks
+from .housekeeping import Housekeeping
+from .schedule import Schedule
+from .task import Task
+
+#: Loops that end with the run's stop signal, after the reader (the lease ends after the jobs).
+BACKGROUND = ("claimer", "housekeeping", "scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """What a run needs from its Queue (checked by the Queue already)."""
+
+    name: str  # the queue's stream: names the run in logs and thread names
+    client: Any
+    read_client: Any
+    streams: Sequence[str]
+    group: str
+    consumer: str
+    job: type[Any]
+    worker: Callable[[Task[Any]], None]
+    concurrency: int
+    claimer: Claimer | None
+    housekeeping: Housekeeping | None
+    hooks: Sequence[Hooks]
+    block: float
+    #: Seconds the run is given to stop at interpreter exit (flowd._lifecycle).
+    stop_timeout: float
+    #: Streams whose group the queue has seen exist (shared with the Queue, across its
+    #: runs): a group missing later means data was lost.
+    groups_seen: set[str]
+    #: Called in a forked child that inherited the run (the Queue resets its lock).
+    after_fork: Callable[[], None]
+    #: Periodic schedules; each stream's scheduler loop fires those of its partition.
+    schedules: Sequence[Schedule] = ()
+
+
+@dataclass(slots=True)
+class StreamParts:
+    """One stream of a run: its acker, dispatcher, base context and loop threads."""
+
+    ctx: StreamContext
+    acker: Acker
+    dispatcher: Dispatcher
+    #: role ("reader", "claimer", "lease", "housekeeping") -> its thread, in start order.
+    loops: dict[str, LoopThread] = field(default_factory=dict)
+    #: The reader's session: stop() interrupts its blocked read with CLIENT UNBLOCK.
+    reader_session: Session | None = None
+
+    def threads(self) -> list[threading.Thread]:
+        return [self.acker.thread, *self.loops.values()]
+
+
+def stream_parts(
+    settings: RunSettings, pool: WorkerPool, stop: StopSignal, stream: str
+) -> StreamParts:
+    """Build one stream's acker, dead-letter mover, dispatcher and base context."""
+    s = settings
+    errors_key = derived_key(stream, f"errors:{s.group}")
+    acker = Acker(s.client, stream, s.group, errors_key)
+    mover = (
+        None
+        if s.claimer is None
+        else DeadLetterMover(s.client, stream, s.group, s.consumer, errors_key, s.claimer)
+    )
+    max_retries = None if s.claimer is None else s.claimer.max_retries
+    dispatcher = Dispatcher(pool, stream, s.group, s.job, acker, mover, max_retries)
+    pool.routes[stream] = dispatcher
+    ctx = StreamContext(
+        stream=stream,
+        group=s.group,
+        consumer=s.consumer,
+        session=None,
+        permits=pool.permits,
+        stop=stop,
+        dispatch=dispatcher,
+        held=dispatcher.held,
+        running_since=dispatcher.running_since,
+    )
+    return StreamParts(ctx, acker, dispatcher)
+
+
+def add_loops(
+    part: StreamParts,
+    settings: RunSettings,
+    lease_stop: threading.Event,
+    on_fatal: Callable[[BaseException], None],
+    *,
+    lease_only: bool = False,
+) -> None:
+    """Add the loops of one stream (not started); a drain runs only the lease as a thread.
+
+    Each loop gets the stream's context with a session of its own. A new loop
+    is one ``loop(role, make_step)`` line below; if it ends with the stop
+    signal (not after the jobs, as the lease does), its role goes in
+    :data:`BACKGROUND` too, so that stop() joins it.
+    """
+    s = settings
+
+    def loop(
+        role: str,
+        make_step: Callable[[StreamContext], Callable[[], bool | None]],
+        client: Any = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        stream = part.ctx.stream
+        session = Session(client or s.client, stream)
+        ctx = part.ctx.for_loop(session, stop)
+        if role == "reader":
+            part.reader_session = session
+
+        def recreate_group() -> None:
+            created = ensure_group(session, stream, s.group)
+            if created and stream in s.groups_seen:
+                part.dispatcher.group_lost()
+            s.groups_seen.add(stream)
+
+        part.loops[role] = LoopThread(
+            f"flowd-{role}-{stream}",
+            f"{role} of {stream}/{s.group}",
+            make_step(ctx),
+            ctx.stop,
+            on_nogroup=recreate_group,
+            on_fatal=on_fatal,
+            on_exit=session.close,
+        )
+
+    claimer, housekeeping = s.claimer, s.housekeeping
+    if not lease_only:
+        loop("reader", lambda ctx: Reader(ctx, s.block).step, s.read_client)
+    if claimer is not None and not lease_only:
+        loop(
+            "claimer",
+            lambda ctx: ClaimLoop(ctx, claimer.min_idle_time, claimer.interval, claimer.batch).step,
+        )
+    if claimer is not None:
+        interval = claimer.lease_interval
+        loop("lease", lambda ctx: LeaseLoop(ctx, interval).step, stop=lease_stop)
+    if housekeeping is not None and not lease_only:
+        loop("housekeeping", lambda ctx: HousekeepingLoop(ctx, housekeeping).step)
+    if not lease_only:
+        mine = schedules_of(part.ctx.stream, s.schedules, s.streams)
+        loop("scheduler", lambda ctx: SchedulerLoop(ctx, mine).step)
