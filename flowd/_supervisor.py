@@ -2,10 +2,11 @@
 
 Each child is a fresh interpreter (``python -m flowd worker ... --worker-index
 i``), so each imports the app itself and gets its own consumer name. SIGTERM
-or SIGINT is passed on to every child, which stops gracefully; children still
-running ``shutdown_timeout`` (plus a margin) later are killed, and their
-unfinished messages stay pending for the claimer. A second SIGINT kills them
-all at once.
+or SIGINT is passed on to every child (as SIGTERM), which stops gracefully;
+children still running ``shutdown_timeout`` (plus a margin) later are killed,
+and their unfinished messages stay pending for the claimer. A SIGINT after
+that kills them all at once. Signals and exit statuses are those of
+:mod:`flowd._runner`, which calls :func:`supervise`.
 """
 
 from __future__ import annotations
@@ -66,21 +67,25 @@ def supervise(
         for i in range(processes)
     ]
     stop = threading.Event()
-    interrupts = [0]
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT:
-            interrupts[0] += 1
         if stop.is_set():
-            if interrupts[0] >= 2:
+            if signum == signal.SIGINT:
                 os.write(2, b"flowd: second interrupt, killing workers\n")
                 for child in children:
                     if child.proc is not None and child.proc.poll() is None:
                         child.proc.kill()
                 os._exit(130)
+            os.write(2, b"flowd: already stopping; SIGINT (Ctrl-C) kills the workers at once\n")
             return
+        hint = "interrupt again" if signum == signal.SIGINT else "send SIGINT (Ctrl-C)"
         logger.warning(
-            "received %s: stopping %d worker processes", signal.Signals(signum).name, processes
+            "received %s: stopping %d worker processes, their jobs get up to %gs "
+            "(%s to kill them at once)",
+            signal.Signals(signum).name,
+            processes,
+            shutdown_timeout,
+            hint,
         )
         stop.set()
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+#: The Redis URL when neither ``--url`` nor ``FLOWD_REDIS_URL`` (nor a framework setting) gives one.
+DEFAULT_URL = "redis://localhost:6379/0"
+
 # A query parameter that holds a secret: password=, ssl_password=, pass=, pwd=...
 _SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:password|pass|pwd)=)[^&#]*", re.IGNORECASE)
 

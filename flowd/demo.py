@@ -36,10 +36,19 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(url: str | None, jobs: int) -> int:
-    """Run the tour against ``url``, or an embedded redis-server; returns an exit status."""
+def run_demo(url: str | None, jobs: int, *, keep: bool = False) -> int:
+    """Run the tour against ``url``, or a private redis-server started for it.
+
+    Every key the tour made is deleted at the end, unless ``keep`` (which needs
+    ``url``: the private server goes away with its data).
+
+    :returns: the exit status.
+    """
     if jobs < 1:
         _say("flowd demo: --jobs must be at least 1")
+        return 2
+    if keep and url is None:
+        _say("flowd demo: --keep needs --url (or FLOWD_REDIS_URL): the private server is removed")
         return 2
     server = None
     if url is None:
@@ -51,7 +60,7 @@ def run_demo(url: str | None, jobs: int) -> int:
         server = RedisServer(binary=binary)
         server.start()
         url = server.url
-        _say(f"started an embedded redis-server ({binary}) on {url}")
+        _say(f"started a private redis-server ({binary}) on {url}")
     else:
         _say(f"using Redis at {redact_url(url)}")
     client = redis.Redis.from_url(url)
@@ -59,13 +68,20 @@ def run_demo(url: str | None, jobs: int) -> int:
     try:
         return _tour(client, stream, jobs)
     finally:
-        # the stream and every key derived from it ({stream}:dead, :errors:..., :moved:...)
-        derived = list(client.scan_iter(match=f"{hash_tag(stream)}:*", count=1000))
-        client.delete(stream, *derived)
+        if keep:
+            _say(
+                f"kept {stream} and its dead letters in {dead_letter_stream(stream)}; "
+                f"try: flowd info {stream} --url ...; flowd dlq list {stream} --url ..."
+            )
+        else:
+            # the stream and every key derived from it ({stream}:dead, :errors:..., :moved:...)
+            derived = list(client.scan_iter(match=f"{hash_tag(stream)}:*", count=1000))
+            client.delete(stream, *derived)
+            _say(f"removed {stream} and its dead letters (--keep keeps them)")
         client.close()
         if server is not None:
             server.close()
-            _say("stopped the embedded redis-server and removed its files")
+            _say("stopped the private redis-server and removed its files")
 
 
 def _tour(client: Any, stream: str, jobs: int) -> int:
@@ -140,14 +156,16 @@ def _tour(client: Any, stream: str, jobs: int) -> int:
         f"4. recovered {len(recovered)} of the crashed consumer's jobs "
         f"(delivered again after min_idle_time)"
     )
+    _say(f"5. dead-lettered {len(dead)} messages (unreadable, or out of retries):")
     for reason in dead:
-        _say(f"5. dead letter: {reason}")
+        _say(f"   - {reason}")
     _say(
         "\nsummary\n"
         f"   jobs processed   {stats.processed}: {fresh} new ones in {first_pass:.2f}s "
         f"({fresh / max(first_pass, 1e-9):,.0f} jobs/s), all done after {elapsed:.2f}s\n"
-        f"   retried runs     {stats.retried}\n"
-        f"   dead letters     {stats.dead_lettered} (kept in {dead_letter_stream(stream)})\n"
+        f"   retried runs     {stats.retried} (runs of a message delivered before: "
+        "the recovered jobs, the poison job)\n"
+        f"   dead letters     {stats.dead_lettered} (moved to {dead_letter_stream(stream)})\n"
         f"   still pending    {pending}\n"
         f"   clean stop       {clean}"
     )

@@ -8,7 +8,8 @@
     ├── DecodeError                       a stream entry could not be mapped to its Job
     ├── EncodeError (TypeError)           a Job value does not fit its annotation (at enqueue)
     ├── ReplicationError                  durable enqueue: too few replicas confirmed in time
-    └── HandleStateError (RuntimeError)   a queue or handle used in the wrong state
+    ├── HandleStateError (RuntimeError)   a queue or handle used in the wrong state
+    └── CommandError                      a worker command must exit: message and exit status
 
 A worker that raises is not a flowd error: its message stays pending and is
 retried or dead-lettered by the claimer.
@@ -90,3 +91,14 @@ class ReplicationError(FlowdError):
 
 class HandleStateError(FlowdError, RuntimeError):
     """A Queue or QueueHandle was used in a state that does not allow it."""
+
+
+class CommandError(FlowdError):
+    """A command (``flowd ...``, ``manage.py flowd_worker``, ``flask flowd worker``) must
+    exit with ``status`` after printing the one-line ``message``; ``detail`` (a
+    traceback, say) is printed after it."""
+
+    def __init__(self, message: str, status: int = 1, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail

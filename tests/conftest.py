@@ -13,7 +13,7 @@ import redis
 
 import flowd
 from tests.helpers import QueueFactory
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, find_redis_server, server_version
 
 # The machine runs a shared Redis on 6379 that the tests must never touch: a
 # connection that silently falls back to redis-py's default address (as a bare
@@ -31,6 +31,19 @@ def _guarded_connect(self: socket.socket, address: object) -> None:
 
 
 socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which redis-server the tests start, and why that one."""
+    if os.environ.get("FLOWD_TEST_REDIS_URL"):
+        return "redis: FLOWD_TEST_REDIS_URL (an external server)"
+    try:
+        binary = find_redis_server()
+    except FileNotFoundError as exc:
+        return f"redis-server: {exc}"
+    why = "FLOWD_REDIS_SERVER" if os.environ.get("FLOWD_REDIS_SERVER") else "newest found"
+    version = ".".join(map(str, server_version(binary))) or "unknown version"
+    return f"redis-server: {binary} ({version}; {why})"
 
 
 @pytest.fixture(scope="session")

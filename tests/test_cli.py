@@ -8,6 +8,7 @@ tests can check from the outside what the worker processes did.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -468,11 +469,21 @@ def test_demo_runs_on_an_embedded_server() -> None:
 
     # Then it completes, prints its summary and stops its server
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "started an embedded redis-server" in result.stdout
+    assert "started a private redis-server" in result.stdout
     assert "summary" in result.stdout
     assert "dead letters     2" in result.stdout
     assert "clean stop       True" in result.stdout
-    assert "stopped the embedded redis-server" in result.stdout
+    assert "stopped the private redis-server" in result.stdout
+    # And its steps are numbered once each, and it says that it cleans up
+    steps = re.findall(r"^(\d+)\. ", result.stdout, re.M)
+    assert steps == ["1", "2", "3", "4", "5"], result.stdout
+    assert re.search(
+        r"^   retried runs     \d+ \(runs of a message delivered before", result.stdout, re.M
+    )
+    assert re.search(
+        r"^removed flowd-demo-\w+ and its dead letters \(--keep keeps them\)$", result.stdout, re.M
+    )
+    assert "kept in" not in result.stdout
 
 
 def demo_keys(client: redis.Redis) -> set[bytes]:
@@ -493,3 +504,33 @@ def test_demo_with_url_leaves_no_keys_behind(client: redis.Redis, redis_url: str
     assert "using Redis at" in result.stdout
     assert "clean stop       True" in result.stdout
     assert demo_keys(client) == before
+
+
+def test_demo_keep_leaves_its_stream_and_dead_letters_and_says_where(
+    client: redis.Redis, redis_url: str
+) -> None:
+    # When the demo runs with --keep against the tests' Redis
+    args = ["demo", "--jobs", "500", "--url", redis_url, "--keep"]
+    result = run_flowd(args, base_env(), timeout=110)
+
+    # Then it names the stream it kept, and the stream and its 2 dead letters are there
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"^kept (flowd-demo-\w+) and its dead letters in (\S+);", result.stdout, re.M)
+    assert match, result.stdout
+    stream, dead = match.groups()
+    try:
+        assert client.xlen(dead) == 2
+        assert client.xlen(stream) >= 500
+    finally:
+        client.delete(stream, dead, *client.scan_iter(match=f"{{{stream}}}:*"))
+
+
+def test_demo_help_and_keep_without_a_url() -> None:
+    # The help names the real default: a private server unless --url or FLOWD_REDIS_URL
+    shown = run_flowd(["demo", "--help"], base_env(), timeout=30)
+    assert shown.returncode == 0
+    assert "$FLOWD_REDIS_URL, else a private redis-server" in " ".join(shown.stdout.split())
+    # --keep on the private server, which goes away, is refused with status 2
+    refused = run_flowd(["demo", "--keep"], base_env(), timeout=30)
+    assert refused.returncode == 2
+    assert "--keep needs --url" in refused.stdout

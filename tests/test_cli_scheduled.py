@@ -43,7 +43,7 @@ def test_scheduled_list_and_cancel(client: redis.Redis, redis_url: str, stream: 
     again = flowd_cli(redis_url, "scheduled", "cancel", stream, ids[0])
     assert again.returncode == 1 and "not scheduled" in again.stdout
     assert flowd.ScheduledJobs(client, stream).count() == 1
-    usage = flowd_cli(redis_url, "scheduled", "cancel", stream)
+    usage = flowd_cli(redis_url, "scheduled", "cancel", stream)  # checked before connecting
     assert usage.returncode == 2 and "needs scheduled-job ids" in usage.stderr
     info = flowd_cli(redis_url, "info", stream)
     assert "scheduled: 1 jobs waiting for their time" in info.stdout

@@ -135,6 +135,9 @@ def test_passwords_never_printed(stream: str) -> None:
     try:
         server.start()
         good = f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"
+        seeded = redis.Redis.from_url(good)
+        seeded.xadd(stream, {"n": "1"})
+        seeded.close()
         bad = f"redis://:wrong-pw@127.0.0.1:{server.port}/0"
         # When info runs with the right and the wrong password
         ok = flowd_cmd("info", stream, url=good)

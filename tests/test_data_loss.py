@@ -158,3 +158,42 @@ def test_dlq_list_truncates_huge_fields(redis_url: str, client: redis.Redis, str
     assert printed.returncode == 0, printed.stderr
     assert len(printed.stdout) < 5000
     assert "5,000,000 characters in all" in printed.stdout
+
+
+def test_failure_records_survive_a_small_application_pool(
+    redis_url: str, client: redis.Redis, stream: str
+):
+    # Given an application client limited to 5 connections, and jobs at concurrency 16
+    # that use it to enqueue children before failing (the test watches with its own client)
+    small = redis.Redis.from_url(redis_url, max_connections=5)
+    children = flowd.Producer(small, stream=f"{stream}-children")
+    flowd.Producer(small, stream=stream).enqueue_bulk(Numbered(n) for n in range(64))
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        try:
+            children.enqueue(Numbered(task.job.n))
+        except redis.ConnectionError:
+            pass  # the application's pool is exhausted: the application's own problem
+        raise RuntimeError(f"failure {task.job.n}")
+
+    queue = flowd.Queue(
+        small,
+        stream=stream,
+        group="g",
+        job=Numbered,
+        worker=work,
+        concurrency=16,
+        claimer=flowd.Claimer(min_idle_time=0.3, max_retries=0, interval=0.05),
+    )
+    dead = flowd.DeadLetters(client, stream)
+    handle = queue.run()
+    try:
+        # When every job has failed and been dead-lettered
+        wait_until(lambda: client.xlen(dead.dlq_stream) == 64, timeout=60)
+    finally:
+        assert handle.stop(10)
+        small.close()
+    # Then flowd's own bookkeeping did not compete for the application's pool:
+    # every dead letter carries its real failure
+    reasons = sorted(entry.reason for entry in dead.list(limit=100))
+    assert reasons == sorted(f"RuntimeError: failure {n}" for n in range(64))

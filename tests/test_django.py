@@ -174,7 +174,8 @@ def test_worker_runs_every_queue_retries_and_stops_cleanly_on_sigterm(
     # Then the failing job is retried by the claimer (MAX_RETRIES 1), then dead-lettered
     dead = wait_until(lambda: recorded(client, stream, "dead"), timeout=20)
     assert dead == ["bad@example.com: RuntimeError: cannot send to bad@example.com"]
-    assert client.xlen(f"{{{stream}-emails}}:dead") == 1
+    # (DLQ_WORKER runs before the move to the dead-letter stream)
+    wait_until(lambda: client.xlen(f"{{{stream}-emails}}:dead") == 1, timeout=10)
     assert recorded(client, stream, "welcomed") == ["ok@example.com in-db=False"]
 
     proc.send_signal(signal.SIGTERM)
@@ -238,3 +239,27 @@ def test_worker_exits_3_when_redis_is_unreachable(django_env: dict[str, str]) ->
     result = run_python(["-m", "django", "flowd_worker", "emails", "--connect-timeout", "0.3"], env)
     assert result.returncode == 3, result.stderr
     assert "cannot reach Redis" in result.stderr
+
+
+def test_worker_with_settings_that_fail_the_system_check_exits_2(
+    django_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given settings whose WORKER path does not import (a system check error, flowd.E001)
+    (tmp_path / "bad_settings.py").write_text(
+        "from tests.django_project.settings import *  # noqa: F403\n"
+        "FLOWD = {**FLOWD, 'QUEUES': {'emails': {**FLOWD['QUEUES']['emails'],\n"
+        "    'WORKER': 'tests.django_project.testapp.no_such_module.send'}}}\n"
+    )
+    env = {
+        **django_env,
+        "DJANGO_SETTINGS_MODULE": "bad_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+    }
+
+    # When flowd_worker starts
+    result = run_python(["-m", "django", "flowd_worker", "emails"], env)
+
+    # Then it exits 2, as the docs say of bad settings, naming the check and the path
+    assert result.returncode == 2, result.stderr
+    assert "flowd.E001" in result.stderr
+    assert "no_such_module" in result.stderr

@@ -39,17 +39,18 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
-import redis.exceptions
 from flask import Flask, current_app, has_app_context
 from flask.cli import AppGroup, ScriptInfo
 
-from .. import cli
-from ..errors import ConfigurationError
+from .. import _runner
+from .._connect import EXIT_USAGE
+from .._urls import DEFAULT_URL, redact_url
+from ..errors import CommandError
 from ..job import Job
 from ..producer import Producer
 from ..queue import Queue
 from ..task import Task
-from . import DEFAULT_URL, LOG_LEVELS, QueueRegistry, configure_logging, run_queues
+from ._settings import QueueRegistry
 
 __all__ = ["Flowd", "flowd_cli"]
 
@@ -167,7 +168,7 @@ def flowd_cli() -> None:
 )
 @click.option(
     "--log-level",
-    type=click.Choice(LOG_LEVELS),
+    type=click.Choice(_runner.LOG_LEVELS),
     default=None,
     help="Level of the flowd loggers (default INFO).",
 )
@@ -181,9 +182,11 @@ def worker_command(
 ) -> None:
     """Run QUEUEs of FLOWD_QUEUES (default: every queue with a WORKER) in the foreground.
 
-    SIGTERM or SIGINT stops gracefully; a second SIGINT exits at once.
+    SIGTERM or SIGINT stops gracefully; a SIGINT after that exits at once.
+    Exit status: 0 clean stop, 1 unclean stop, 2 bad usage or settings, 3 Redis
+    unreachable.
     """
-    configure_logging(log_level)
+    _runner.configure_logging(log_level)
     reg: QueueRegistry = current_app.extensions[_EXTENSION]
     info = click.get_current_context().find_object(ScriptInfo)
     try:
@@ -191,14 +194,13 @@ def worker_command(
         child_env = {QUEUE_ENV: names[0] if names else ""}
         if processes > 1:
             if info is not None and info.create_app is not None:
-                raise cli.CommandError(
-                    "--processes needs an app that `flask --app` can import", cli.EXIT_USAGE
+                raise CommandError(
+                    "--processes needs an app that `flask --app` can import", EXIT_USAGE
                 )
             import_path = info.app_import_path if info is not None else None
             child_env[APP_ENV] = import_path or ""
-        status = run_queues(
+        _runner.run(
             [reg.queue(name) for name in names],
-            url=reg.url,
             burst=burst,
             processes=processes,
             shutdown_timeout=shutdown_timeout,
@@ -207,18 +209,11 @@ def worker_command(
             child_target="flowd.contrib.flask:queue_from_environ",
             child_env=child_env,
         )
-    except cli.CommandError as exc:
-        _fail(str(exc), exc.status)
-    except redis.exceptions.RedisError as exc:
-        unreachable = isinstance(exc, redis.exceptions.ConnectionError)
-        _fail(
-            f"Redis error: {type(exc).__name__}: {exc}",
-            cli.EXIT_UNREACHABLE if unreachable else cli.EXIT_FAILED,
-        )
-    except ConfigurationError as exc:  # unknown queue, bad settings
-        _fail(str(exc), cli.EXIT_USAGE)
-    if status != cli.EXIT_OK:
-        _fail("some worker processes stopped uncleanly", status)
+    except Exception as exc:
+        failure = _runner.exit_status(exc, redact_url(reg.url))
+        if failure is None:
+            raise
+        _fail(str(failure), failure.status)
 
 
 def _fail(message: str, status: int) -> NoReturn:

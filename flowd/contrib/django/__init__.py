@@ -19,7 +19,8 @@ Add the app and describe your queues in the settings::
         },
     }
 
-The other queue keys are those of :mod:`flowd.contrib` (``HOOKS``,
+Install it with ``pip install 'flowd-queue[django]'``. The other queue keys
+are those of :mod:`flowd.contrib` (``HOOKS``,
 ``HOUSEKEEPING``, ``MAXLEN``...). ``settings.FLOWD`` is read once, on first
 use (and again after ``override_settings`` changes it); mistakes raise
 ``ImproperlyConfigured`` and are reported by ``manage.py check``.
@@ -43,12 +44,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import close_old_connections, transaction
 
+from ..._urls import DEFAULT_URL
 from ...errors import ConfigurationError
 from ...job import Job
 from ...producer import Producer
 from ...queue import Queue
 from ...task import Task
-from .. import DEFAULT_URL, QueueRegistry
+from .._settings import QueueRegistry
 
 __all__ = [
     "check_settings",
