@@ -5,6 +5,13 @@ Run from the repository root (12-15 minutes; ``--quick`` under 2)::
     python benchmarks/bench_compare.py
     python benchmarks/bench_compare.py --quick --json /tmp/compare.json
     python benchmarks/bench_compare.py --skip-peers --rss-jobs 200000
+    python benchmarks/bench_compare.py --targets   # only the rows of flowd's targets
+
+``--targets`` runs the rows the performance targets name (README.rst, Performance), side
+by side in each repeat: raw pipelined XADD vs ``enqueue_bulk``; the raw one-thread
+COUNT-100 loop, flowd (default settings, concurrency 8) and Dramatiq (8 threads) with the
+no-op and one-INCR bodies; enqueue-to-start latency at 500 jobs/s; RSS over 1,000,000
+jobs. It ends with one line per target: the figure, the target, met or missed.
 
 Scenarios (benchmarks/README.md says what each row means):
 
@@ -83,6 +90,7 @@ class Config:
     rss_jobs: int = 1_000_000
     rss_chunk: int = 10_000
     peers: bool = True
+    targets: bool = False  # only the rows the performance targets name
     json: str = str(HERE / "results-compare.json")  # ignored by git (results*.json)
 
 
@@ -910,8 +918,16 @@ def warm_up(ctx: Context, variants: list[Variant]) -> None:
         variant.run(ctx, 200)
 
 
+#: The rows the targets name (--targets): enqueue variants, processing variants and bodies.
+TARGET_ENQUEUE = ("raw XADD pipelined", "flowd enqueue_bulk")
+TARGET_PROCESSING = ("raw 1 thread", "flowd c8", "dramatiq 8 threads")
+TARGET_BODIES = ("noop", "incr")
+
+
 def run_enqueue(ctx: Context, cfg: Config, results: Results, repeat: int) -> None:
     variants = [v for v in enqueue_variants() if cfg.peers or v.peer is None]
+    if cfg.targets:
+        variants = [v for v in variants if v.name in TARGET_ENQUEUE]
     if repeat == 0:
         warm_up(ctx, variants)
     for v in rotated(variants, repeat):
@@ -929,7 +945,11 @@ def run_enqueue(ctx: Context, cfg: Config, results: Results, repeat: int) -> Non
 
 def run_processing(ctx: Context, cfg: Config, results: Results, repeat: int) -> None:
     variants = [v for v in processing_variants() if cfg.peers or v[3] is None]
-    for body in BODIES:
+    bodies = BODIES
+    if cfg.targets:
+        variants = [v for v in variants if v[0] in TARGET_PROCESSING]
+        bodies = TARGET_BODIES
+    for body in bodies:
         n = cfg.sleep_jobs if body == "sleep" else cfg.jobs
         for name, baseline, run, _peer in rotated(variants, repeat):
             attempt(
@@ -1078,6 +1098,85 @@ def print_comparisons(items: list[dict[str, Any]]) -> None:
     print()
 
 
+#: flowd's performance targets (README.rst, Performance): (what, row, versus, bound, kind).
+#: kind "ratio>=": median per-repeat ratio row/versus at least bound; "max": the row's
+#: median at most bound (ms); "flat": last RSS within bound MB of the first.
+TARGETS: list[tuple[str, tuple[str, str, str], tuple[str, str, str] | None, float, str]] = [
+    (
+        "no-op jobs vs raw loop",
+        ("processing", "noop", "flowd c8"),
+        ("processing", "noop", "raw 1 thread"),
+        0.5,
+        "ratio>=",
+    ),
+    (
+        "INCR jobs vs raw loop",
+        ("processing", "incr", "flowd c8"),
+        ("processing", "incr", "raw 1 thread"),
+        0.9,
+        "ratio>=",
+    ),
+    (
+        "INCR jobs vs Dramatiq",
+        ("processing", "incr", "flowd c8"),
+        ("processing", "incr", "dramatiq 8 threads"),
+        3.0,
+        "ratio>=",
+    ),
+    (
+        "bulk enqueue vs raw",
+        ("enqueue", "-", "flowd enqueue_bulk"),
+        ("enqueue", "-", "raw XADD pipelined"),
+        0.9,
+        "ratio>=",
+    ),
+    ("latency p50 (ms)", ("latency", "p50", "flowd c8"), None, 1.0, "max"),
+    ("latency p99 (ms)", ("latency", "p99", "flowd c8"), None, 5.0, "max"),
+]
+#: RSS growth over the memory run that still counts as flat.
+RSS_FLAT_MB = 5.0
+
+
+def target_lines(results: Results) -> list[dict[str, Any]]:
+    """One entry per target: the measured figure, the bound, met or missed."""
+    out: list[dict[str, Any]] = []
+    for what, key, versus, bound, kind in TARGETS:
+        row = results.get(*key)
+        figure: float | None = None
+        if row is not None and kind == "ratio>=" and versus is not None:
+            ratios = results.ratios(row, results.get(*versus))
+            figure = statistics.median(ratios) if ratios else None
+        elif row is not None:
+            figure = (summary(row.values) or (None,))[0]
+        met = figure is not None and (figure >= bound if kind == "ratio>=" else figure <= bound)
+        out.append({"target": what, "figure": figure, "bound": bound, "kind": kind, "met": met})
+    memory = [r for r in results.rows.values() if r.scenario == "memory"]
+    if len(memory) == 2 and all(v is not None for r in memory for v in r.values):
+        first, last = (r.values[0] for r in memory)
+        assert first is not None and last is not None
+        growth = last - first
+        out.append(
+            {
+                "target": f"RSS growth over {memory[1].n:,} jobs (MB)",
+                "figure": growth,
+                "bound": RSS_FLAT_MB,
+                "kind": "max",
+                "met": growth <= RSS_FLAT_MB,
+            }
+        )
+    return out
+
+
+def print_targets(items: list[dict[str, Any]]) -> None:
+    print("Targets (ratios: median of per-repeat ratios; latency and RSS: medians):")
+    for item in items:
+        figure = "FAILED" if item["figure"] is None else f"{item['figure']:.2f}"
+        sign = ">=" if item["kind"] == "ratio>=" else "<="
+        verdict = "met" if item["met"] else "MISSED"
+        print(f"  {item['target']:<34} {figure:>8}  (target {sign} {item['bound']:g})  {verdict}")
+    print()
+
+
 def version_of(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -1123,6 +1222,11 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--rss-jobs", type=int, help="no-op jobs of the memory run (1,000,000)")
     parser.add_argument("--skip-peers", action="store_true", help="leave out rq, Dramatiq, Celery")
     parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="only the rows the performance targets name, then met/missed per target",
+    )
+    parser.add_argument(
         "--json", metavar="PATH", help="results file (benchmarks/results-compare.json)"
     )
     args = parser.parse_args(argv)
@@ -1153,6 +1257,7 @@ def parse_args(argv: list[str] | None) -> Config:
                 parser.error(f"--{name.replace('_', '-')} must be positive")
             setattr(cfg, name, value)
     cfg.peers = not args.skip_peers
+    cfg.targets = args.targets
     if cfg.rss_jobs < cfg.rss_first:
         cfg.rss_first = cfg.rss_jobs
     return cfg
@@ -1213,6 +1318,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     cross = comparisons(results)
     print_comparisons(cross)
+    targets = target_lines(results)
+    print_targets(targets)
     out = {
         "environment": env,
         "config": asdict(cfg),
@@ -1227,6 +1334,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in results.rows.values()
         ],
         "comparisons": cross,
+        "targets": targets,
     }
     Path(cfg.json).write_text(json.dumps(out, indent=2))
     print(f"wrote {cfg.json}")

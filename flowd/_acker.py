@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+from . import _throughput
 from ._redis import Session, is_nogroup
 from ._threads import Backoff
 
@@ -143,8 +144,11 @@ class Acker:
         ]
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
-        replies = self._session.call_many(commands)
-        for reply in replies:
+        # The dashboard's per-minute history rides on the same round trip.
+        stats = _throughput.processed_commands(self.stream, len(ids))
+        replies = self._session.call_many([*commands, *stats])
+        _throughput.check_replies(replies[len(commands) :], self.stream)
+        for reply in replies[: len(commands)]:
             if isinstance(reply, Exception):
                 if is_nogroup(reply):
                     # The group is gone with its pending entries: nothing is left to ack.

@@ -7,10 +7,14 @@ import logging
 import time
 
 from ._context import StreamContext
+from ._readahead import ids_of
 from ._redis import parse_xautoclaim, parse_xpending_range, unnamed_deleted
 from ._timeutil import to_ms
 
 logger = logging.getLogger(__name__)
+
+#: Ids per XCLAIM ... JUSTID when refreshing the ids this process holds.
+_REFRESH_CHUNK = 1000
 
 
 class ClaimOutcome(enum.Enum):
@@ -67,6 +71,8 @@ class ClaimLoop:
             # Taken before the claim: an id that finishes meanwhile is acked before
             # XAUTOCLAIM (so not returned) or is in this snapshot.
             held = ctx.held()
+            if held:
+                self._refresh(held)
             start = self.cursor
             reply = ctx.redis.call(
                 "XAUTOCLAIM",
@@ -97,6 +103,25 @@ class ClaimLoop:
         finally:
             permits.release(taken - handed)
         return ClaimOutcome.DONE if cursor in ("0-0", "0") else ClaimOutcome.MORE
+
+    def _refresh(self, held: set[str]) -> None:
+        """Make the ids this process holds look busy, so XAUTOCLAIM does not return them.
+
+        XAUTOCLAIM counts a delivery for every id it returns: skipping a held id
+        after claiming it would spend one of its retries without a run. XCLAIM
+        with JUSTID resets the idle time and leaves the count alone.
+        """
+        ctx = self.ctx
+        ids = sorted(held)
+        chunks = [ids[i : i + _REFRESH_CHUNK] for i in range(0, len(ids), _REFRESH_CHUNK)]
+        for reply in ctx.redis.call_many(
+            [
+                ("XCLAIM", ctx.stream, ctx.group, ctx.consumer, 0, *chunk, "JUSTID")
+                for chunk in chunks
+            ]
+        ):
+            if isinstance(reply, Exception):
+                raise reply
 
     def _ack_unnamed_deleted(self, start: str, skip: set[str]) -> None:
         """Redis 6.2 claimed deleted entries without naming them: find and ack them.
@@ -139,7 +164,8 @@ class ClaimLoop:
 
 
 class LeaseLoop:
-    """Keeps running jobs' messages fresh (XCLAIM ... JUSTID) so no claimer takes them.
+    """Keeps the messages of running jobs, and of those read ahead, fresh (XCLAIM ...
+    JUSTID) so no claimer takes them.
 
     Its context's stop event outlives the reader's: running jobs stay leased
     until they finish.
@@ -155,6 +181,7 @@ class LeaseLoop:
         if ctx.stop.wait(self.interval):
             return False
         ids = ctx.running_since(time.monotonic() - self.interval / 2)
+        ids += ids_of(ctx.permits.buffered_items(), ctx.stream)  # read ahead, not started
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             # JUSTID does not bump the delivery count; min-idle 0 always resets idle.

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+from . import _throughput
 from ._keys import derived_key
 from ._redis import Script, Session
 from ._threads import retry_transient
@@ -103,7 +104,12 @@ class DeadLetterMover:
 
     def record_failure(self, msg_id: str, exc: BaseException) -> None:
         try:
-            self._session().call("HSET", self.errors_key, msg_id, reason_of(exc))
+            # The dashboard's per-minute failure count rides on the same round trip.
+            record = ("HSET", self.errors_key, msg_id, reason_of(exc))
+            replies = self._session().call_many([record, *_throughput.failed_commands(self.stream)])
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            _throughput.check_replies(replies[1:], self.stream)
         except Exception:
             logger.warning(
                 "could not record the failure of %s on %s", msg_id, self.stream, exc_info=True

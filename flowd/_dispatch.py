@@ -18,6 +18,7 @@ from ._acker import Acker
 from ._dead_letter_move import DeadLetterMover
 from ._plan import decode_job
 from ._pool import DeadLetterWork, WorkerPool
+from ._readahead import ids_of
 from ._redis import Fields
 from .errors import DecodeError
 from .hooks import call_hooks
@@ -53,28 +54,37 @@ class Dispatcher:
     ) -> None:
         """Queue one entry to run, or route it (the caller holds its permit; a deleted
         entry, ``fields`` None, needs none: it is only acked)."""
+        item = self.prepare(msg_id, fields, deliveries, claimed=claimed)
+        if item is not None:
+            self.pool.submit(item)
+        elif fields is not None:
+            self.pool.permits.release()
+
+    def prepare(
+        self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
+    ) -> Task[Any] | DeadLetterWork | None:
+        """The work item for one entry (a Task to run, or dead-letter work), or None when
+        nothing is to run (deleted, or undecodable without a claimer); no permit moves."""
         if fields is None:
             self._ack_deleted(msg_id)
-            return
+            return None
         try:
             job = decode_job(self.job, fields, msg_id)
         except DecodeError as exc:
-            self._dead_letter(
+            return self._dead_letter(
                 Task(msg_id, None, deliveries, self.stream, fields, exc.reason_text())
             )
-            return
         task = Task(msg_id, job, deliveries, self.stream, fields)
         if claimed:
             if self.limit is not None and deliveries > self.limit:
                 # Exhausted: the mover reads its last failure as the reason.
-                self._dead_letter(task)
-                return
+                return self._dead_letter(task)
             on_claim = self.pool.hooks.on_claim
             if on_claim:
                 call_hooks(on_claim, task)
-        self.pool.submit(task)
+        return task
 
-    def _dead_letter(self, task: Task[Any]) -> None:
+    def _dead_letter(self, task: Task[Any]) -> DeadLetterWork | None:
         if self.mover is None:
             logger.error(
                 "message %s on %s/%s cannot be processed (%s); no claimer is "
@@ -84,9 +94,8 @@ class Dispatcher:
                 self.group,
                 task.error,
             )
-            self.pool.permits.release()
-            return
-        self.pool.submit(DeadLetterWork(task))
+            return None
+        return DeadLetterWork(task)
 
     def _ack_deleted(self, msg_id: str) -> None:
         """A pending entry deleted from the stream: ack it so it leaves the PEL, count it."""
@@ -113,7 +122,11 @@ class Dispatcher:
     def held(self) -> set[str]:
         """Ids this process holds: running now, or finished with the XACK not yet written."""
         # Running first: a job that finishes is added to the acker before it leaves running.
-        return self.pool.running_ids(self.stream) | self.acker.unwritten_ids()
+        return (
+            self.pool.running_ids(self.stream)
+            | self.acker.unwritten_ids()
+            | set(ids_of(self.pool.permits.buffered_items(), self.stream))
+        )
 
     def running_since(self, cutoff: float) -> list[str]:
         return self.pool.running_since(self.stream, cutoff)

@@ -51,6 +51,7 @@ from . import _lifecycle
 from ._claim import ClaimLoop, ClaimOutcome
 from ._context import StopSignal
 from ._pool import QueueStats, WorkerPool
+from ._readahead import hand_back
 from ._reader import Reader
 from ._redis import Session
 from ._scheduler import move_due_before_drain
@@ -205,6 +206,8 @@ class Engine:
             self._interrupt_reader(part, deadline)
         for thread in self._loops(*BACKGROUND):
             thread.join(remaining(deadline))
+        if s.claimer is not None:  # after the claimer's end: it would take them itself
+            self._hand_back()
         finished = self.pool.permits.wait_all_free(remaining(deadline))
         self.wind_down(deadline, finished=finished, ack_deadline=deadline)
         alive = [t.name for part in self.streams for t in part.threads() if t.is_alive()]
@@ -234,6 +237,40 @@ class Engine:
             stats.deleted,
         )
         return clean
+
+    def _hand_back(self) -> None:
+        """Make the messages read ahead and not started claimable by any consumer now.
+
+        Without a claimer nothing would take them back, so they run instead (the
+        workers empty the buffer before wait_all_free() sees every permit free).
+        """
+        items = self.pool.permits.take_buffer()
+        if not items:
+            return
+        for part in self.streams:
+            ctx, reader_session = part.ctx, part.reader_session
+            address = None if reader_session is None else reader_session.address
+            session = Session(self.settings.client, ctx.stream, address=address)
+            try:
+                handed = hand_back(session, ctx.stream, ctx.group, ctx.consumer, items)
+            except Exception as exc:
+                logger.warning(
+                    "could not hand back the messages read ahead on %s/%s (%s); they stay "
+                    "pending and are claimed after min_idle_time",
+                    ctx.stream,
+                    ctx.group,
+                    exc,
+                )
+                continue
+            finally:
+                session.close()
+            if handed:
+                logger.info(
+                    "handed back %d messages read ahead and not started on %s/%s",
+                    handed,
+                    ctx.stream,
+                    ctx.group,
+                )
 
     def _interrupt_reader(self, part: StreamParts, deadline: float | None) -> None:
         """End a blocked XREADGROUP now instead of after its block time."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._permits import Permits
+from ._readahead import ALPHA, ReadAhead
 from .hooks import Hooks, HookSet, LogHooks, call_hooks
 from .task import Task
 
@@ -40,6 +41,8 @@ class QueueStats:
     had been deleted from the stream, acked without running. ``in_flight``:
     jobs running now. ``groups_lost``: times the consumer group vanished while
     running (the stream evicted, flushed or deleted): data was lost.
+    ``buffered``: messages read ahead, waiting for a worker (pending under this
+    consumer, leased, handed back on stop).
     """
 
     processed: int = 0
@@ -49,6 +52,7 @@ class QueueStats:
     deleted: int = 0
     in_flight: int = 0
     groups_lost: int = 0
+    buffered: int = 0
 
 
 class _Counts:
@@ -97,7 +101,14 @@ class WorkerPool:
         name: str,
     ) -> None:
         self.worker = worker
-        self.permits = Permits(concurrency)
+        self.tasks: queue_module.SimpleQueue[Task[Any] | DeadLetterWork | None] = (
+            queue_module.SimpleQueue()
+        )
+        #: Hand a task (permit held) to the worker loops.
+        self.submit = self.tasks.put
+        self.permits = Permits(concurrency, self.submit)
+        #: How many messages the readers may read beyond the free permits.
+        self.readahead = ReadAhead(concurrency)
         #: (stream, message id) -> (task, monotonic start) of every job running now.
         self.running: dict[tuple[str, str], tuple[Task[Any], float]] = {}
         self.hooks = HookSet([LogHooks(), *hooks])
@@ -107,11 +118,6 @@ class WorkerPool:
         self._worker_threads: set[threading.Thread] = set()
         self.dispatch_counts = self._new_counts()  # written under dispatch_lock
         self.dispatch_lock = threading.Lock()
-        self.tasks: queue_module.SimpleQueue[Task[Any] | DeadLetterWork | None] = (
-            queue_module.SimpleQueue()
-        )
-        #: Hand a task (permit held) to the worker loops.
-        self.submit = self.tasks.put
         # Daemon threads, not a ThreadPoolExecutor: interpreter exit stops the queue
         # gracefully first (flowd._lifecycle), and a job that never returns must not then
         # keep the process alive (concurrent.futures joins its threads without a limit).
@@ -155,36 +161,43 @@ class WorkerPool:
         # The hot path: names bound once, counters private to this thread.
         self._worker_threads.add(threading.current_thread())
         counts = self._new_counts()
-        get, running, release = self.tasks.get, self.running, self.permits.release
+        get, running, next_or_release = self.tasks.get, self.running, self.permits.next_or_release
         worker, routes, monotonic = self.worker, self.routes, time.monotonic
         before, success = self.hooks.before_job, self.hooks.after_success
+        readahead = self.readahead
+        item: Task[Any] | DeadLetterWork | None
         while (item := get()) is not None:
-            if type(item) is DeadLetterWork:
-                self._run_dead_letter(item.task, counts)
-                continue
-            task: Task[Any] = item  # type: ignore[assignment]
-            msg_id = task.id
-            key = (task.stream, msg_id)
-            retried = task.deliveries > 1
-            started = monotonic()
-            running[key] = (task, started)
-            try:
-                if before:
-                    call_hooks(before, task)
-                worker(task)
-            except BaseException as exc:
-                counts.failed += 1
-                self._failed(task, exc, monotonic() - started)
-            else:
-                routes[task.stream].ack(msg_id, retried)
-                counts.processed += 1
-                if success:
-                    call_hooks(success, task, monotonic() - started)
-            finally:
-                if retried:
-                    counts.retried += 1
-                running.pop(key, None)
-                release()
+            # With read-ahead, go on with buffered items under the same permit.
+            while item is not None:
+                if type(item) is DeadLetterWork:
+                    self._run_dead_letter(item.task, counts)
+                    item = next_or_release()
+                    continue
+                task: Task[Any] = item  # type: ignore[assignment]
+                msg_id = task.id
+                key = (task.stream, msg_id)
+                retried = task.deliveries > 1
+                started = monotonic()
+                running[key] = (task, started)
+                try:
+                    if before:
+                        call_hooks(before, task)
+                    worker(task)
+                except BaseException as exc:
+                    counts.failed += 1
+                    self._failed(task, exc, monotonic() - started)
+                else:
+                    routes[task.stream].ack(msg_id, retried)
+                    counts.processed += 1
+                    if success:
+                        call_hooks(success, task, monotonic() - started)
+                finally:
+                    if retried:
+                        counts.retried += 1
+                    running.pop(key, None)
+                    seconds = readahead.seconds
+                    readahead.seconds = seconds + (monotonic() - started - seconds) * ALPHA
+                item = next_or_release()
 
     def _failed(self, task: Task[Any], exc: BaseException, duration: float) -> None:
         call_hooks(self.hooks.after_failure, task, exc, duration)
@@ -207,10 +220,15 @@ class WorkerPool:
             )
         finally:
             self.running.pop((task.stream, task.id), None)
-            self.permits.release()
 
     def shutdown(self, *, wait: bool) -> None:
         """End the worker loops once their current job is done; wait for them if asked."""
+        left = self.permits.take_buffer()  # none may start after stop() returned
+        if left:
+            logger.warning(
+                "%d messages read ahead were not started; they stay pending for the claimer",
+                len(left),
+            )
         for _ in self._loops:
             self.tasks.put(None)
         if wait:
@@ -234,6 +252,7 @@ class WorkerPool:
             totals.deleted,
             self.permits.in_use,
             totals.groups_lost,
+            self.permits.buffered,
         )
 
     def running_report(self) -> str:

@@ -1,4 +1,5 @@
-"""The reader: XREADGROUP for new messages, never more than there are free permits.
+"""The reader: XREADGROUP for new messages, as many as there are free permits plus
+the read-ahead that recent job durations allow (see flowd._readahead).
 
 :func:`xreadgroup` is the one place that builds an XREADGROUP: the reader
 thread, and a drain reading the backlog, both go through it.
@@ -10,6 +11,7 @@ import logging
 import time
 
 from ._context import StreamContext
+from ._readahead import NUDGE, STALE, Link, hand_back, item_id
 from ._redis import Entry, parse_xpending_range, parse_xreadgroup
 from ._timeutil import to_ms
 
@@ -89,22 +91,73 @@ class Reader:
     returns 0: first this consumer's own pending entries, then new ones.
     """
 
-    def __init__(self, ctx: StreamContext, block: float) -> None:
+    def __init__(self, ctx: StreamContext, block: float, ahead: Link | None = None) -> None:
         self.ctx = ctx
         self.block_ms = to_ms(block_seconds(block, ctx.redis.socket_timeout))
         self._poll = block
         self._own_after: str | None = "0"  # where re-reading own pending entries goes on
+        self.ahead = ahead
+        # Where the buffer stood (messages started from it), and since when.
+        self._started = 0
+        self._since = time.monotonic()
 
     def step(self) -> bool:
         ctx = self.ctx
-        free = ctx.permits.wait_free(self._poll)
-        if free <= 0 or ctx.stop.is_set():
+        ahead = self.ahead
+        if ahead is None:  # no read-ahead: never more than the free permits
+            free = ctx.permits.wait_free(self._poll)
+            if free <= 0 or ctx.stop.is_set():
+                return False
+            start_entries(ctx, xreadgroup(ctx, free, block_ms=self.block_ms), None)
+            return True
+        permits = ctx.permits
+        target = ahead.policy.target()
+        # Read when a permit is spare, or (reading ahead) once half the buffer is gone.
+        poll = min(self._poll, NUDGE) if permits.buffered else self._poll
+        spare, buffered = permits.wait_room(poll, target // 2 if target else -1)
+        if buffered and self._stalled(ahead):
+            return True
+        count = spare + max(0, target - buffered)
+        if count <= 0 or (spare <= 0 and buffered > target // 2) or ctx.stop.is_set():
             return False
-        entries = xreadgroup(ctx, free, block_ms=self.block_ms)
+        entries = xreadgroup(ctx, count, block_ms=self.block_ms)
         if entries:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("read %d messages from %s/%s", len(entries), ctx.stream, ctx.group)
-            start_entries(ctx, entries, None)
+            prepare = ahead.prepare
+            items = [
+                item
+                for msg_id, fields in entries
+                if (item := prepare(msg_id, fields, 1)) is not None
+            ]
+            submit = ahead.submit
+            for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
+                submit(item)
+        return True
+
+    def _stalled(self, ahead: Link) -> bool:
+        """If nothing started from the buffer for NUDGE seconds, start it on the free
+        permits too; if for STALE seconds with none free, hand it back. True if it
+        talked to Redis."""
+        ctx, permits = self.ctx, self.ctx.permits
+        now = time.monotonic()
+        if permits.started != self._started:
+            self._started, self._since = permits.started, now
+            return False
+        if now - self._since >= NUDGE and permits.start_spare():
+            return False
+        if now - self._since < STALE or not ahead.hand_back_stalled:
+            return False
+        self._since = now
+        stream = ctx.stream
+        items = permits.take_buffer(lambda item: item_id(item)[0] == stream)
+        handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
+        logger.info(
+            "handed back %d messages read ahead on %s/%s: the jobs ahead of them are slow",
+            handed,
+            stream,
+            ctx.group,
+        )
         return True
 
     def read_backlog(self, count: int) -> int:

@@ -18,6 +18,7 @@ from ._dispatch import Dispatcher
 from ._housekeeper import HousekeepingLoop
 from ._keys import derived_key
 from ._pool import WorkerPool
+from ._readahead import Link
 from ._reader import Reader
 from ._redis import Session, ensure_group
 from ._scheduler import SchedulerLoop, schedules_of
@@ -152,7 +153,9 @@ def add_loops(
 
     claimer, housekeeping = s.claimer, s.housekeeping
     if not lease_only:
-        loop("reader", lambda ctx: Reader(ctx, s.block).step, s.read_client)
+        pool = part.dispatcher.pool
+        ahead = Link(pool.readahead, part.dispatcher.prepare, pool.submit, claimer is not None)
+        loop("reader", lambda ctx: Reader(ctx, s.block, ahead).step, s.read_client)
     if claimer is not None and not lease_only:
         loop(
             "claimer",

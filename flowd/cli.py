@@ -23,6 +23,7 @@ from . import __version__ as _source_version
 from . import _cli_scheduled, _commands, _runner
 from ._connect import resolve_url
 from ._urls import DEFAULT_URL, redact_url
+from .dashboard.cli import add_dashboard_parser
 
 #: The distribution that installs the ``flowd`` package and command.
 DISTRIBUTION = "flowd-queue"
@@ -184,6 +185,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _dlq,
     _scheduled,
     _demo,
+    add_dashboard_parser,
 ]
 
 

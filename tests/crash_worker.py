@@ -2,11 +2,13 @@
 
 Usage::
 
-    python tests/crash_worker.py REDIS_URL STREAM GROUP CONSUMER [SECONDS_PER_JOB]
+    python tests/crash_worker.py REDIS_URL STREAM GROUP CONSUMER [SECONDS_PER_JOB [FAST_BELOW]]
 
 It consumes ``STREAM`` as ``CONSUMER`` of ``GROUP`` (jobs with one int field
 ``n``, like ``tests.helpers.Numbered``) with concurrency 4, and takes
-``SECONDS_PER_JOB`` (default 1.0) per job. Each job records itself in Redis:
+``SECONDS_PER_JOB`` (default 1.0) per job; jobs with ``n < FAST_BELOW``
+(default 0) take no time, so that it reads ahead once it has run a few.
+Each job records itself in Redis:
 ``SADD <STREAM>:started n`` when it starts, ``INCR <STREAM>:runs:<n>`` and
 ``SADD <STREAM>:done n`` when it finishes. The test kills it with SIGKILL.
 """
@@ -28,17 +30,19 @@ class Numbered(flowd.Job):
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (4, 5):
+    if len(argv) not in (4, 5, 6):
         print(__doc__, file=sys.stderr)
         return 2
     url, stream, group, consumer = argv[:4]
-    seconds = float(argv[4]) if len(argv) == 5 else 1.0
+    seconds = float(argv[4]) if len(argv) >= 5 else 1.0
+    fast_below = int(argv[5]) if len(argv) == 6 else 0
     client = redis.Redis.from_url(url)
 
     def work(task: flowd.Task[Numbered]) -> None:
         n = task.job.n
         client.sadd(f"{stream}:started", n)
-        time.sleep(seconds)
+        if n >= fast_below:
+            time.sleep(seconds)
         client.incr(f"{stream}:runs:{n}")
         client.sadd(f"{stream}:done", n)
 

@@ -734,6 +734,9 @@ def test_the_claimer_skips_ids_this_process_still_holds(client: redis.Redis, str
     assert outcome is ClaimOutcome.DONE
     assert dispatched == [(ids[1], 2)]
     assert permits.in_use == 0
+    # ... and the held entry spent no delivery: its retries are intact
+    held_entry = client.xpending_range(stream, GROUP, ids[0], ids[0], 1)[0]
+    assert held_entry["times_delivered"] == 1
 
 
 def min_idle_ms(client: redis.Redis, stream: str) -> int:

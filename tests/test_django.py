@@ -241,6 +241,12 @@ def test_worker_exits_3_when_redis_is_unreachable(django_env: dict[str, str]) ->
     assert "cannot reach Redis" in result.stderr
 
 
+def test_dashboard_mounted_behind_staff_login(django_env: dict[str, str]) -> None:
+    # Given the dashboard mounted under /ops/flowd/ with django_urls (see scenarios.dashboard)
+    # Then anonymous and non-staff users are redirected to login, and staff see the pages
+    scenario("dashboard", django_env)
+
+
 def test_worker_with_settings_that_fail_the_system_check_exits_2(
     django_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -80,6 +80,36 @@ def test_flask_app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert f"welcome mail to {email} from Example Site (message {message_id})" in result.stdout
 
 
+def test_flask_app_serves_the_dashboard_under_a_prefix(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the example app without FLOWD_DASHBOARD_AUTH
+    monkeypatch.setenv("FLOWD_REDIS_URL", redis_url)
+    monkeypatch.delenv("FLOWD_DASHBOARD_AUTH", raising=False)
+    spec = importlib.util.spec_from_file_location(
+        "example_flask_app_dashboard", EXAMPLES / "flask_app/app.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    web = module.create_app().test_client()
+
+    # When the dashboard's pages are asked for under /flowd
+    overview = web.get("/flowd/")
+    page = web.get("/flowd/stream?name=welcome-emails")
+
+    # Then they are served, with links under the prefix, and the app's own views still work
+    assert overview.status_code == 200
+    assert 'href="/flowd/stream?name=welcome-emails"' in overview.get_data(as_text=True)
+    assert page.status_code == 200 and "Dead letters" in page.get_data(as_text=True)
+    assert web.get("/flowd/static/dashboard.css").status_code == 200
+    # And without a password it is read-only: no buttons, POSTs refused
+    assert "<button" not in page.get_data(as_text=True)
+    refused = web.post("/flowd/purge", data={"stream": "welcome-emails", "confirm": "yes"})
+    assert refused.status_code == 403
+
+
 def test_django_project(redis_url: str, tmp_path: Path) -> None:
     project = EXAMPLES / "django_project"
     env = example_env(redis_url, EXAMPLE_DB=str(tmp_path / "db.sqlite3"))

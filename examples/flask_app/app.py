@@ -7,6 +7,9 @@ From this directory, with a Redis at ``$FLOWD_REDIS_URL`` (default
     curl -X POST -d email=a@example.com localhost:5000/signup
     flask --app app flowd worker                          # the worker (Ctrl-C stops it)
     flask --app app flowd worker --burst                  # or: process the backlog, exit
+
+The flowd dashboard is at http://localhost:5000/flowd/ (read-only unless
+``FLOWD_DASHBOARD_AUTH=user:password`` is set: this example has no login).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from flask import Flask, current_app, jsonify, request
 
 import flowd
 from flowd.contrib.flask import Flowd
+from flowd.dashboard import Dashboard
+from flowd.dashboard.mount import mount_flask
 
 flowd_ext = Flowd()
 
@@ -51,6 +56,11 @@ def create_app() -> Flask:
         },
     )
     flowd_ext.init_app(app)
+
+    # The dashboard under /flowd; its buttons only behind a password.
+    auth = os.environ.get("FLOWD_DASHBOARD_AUTH") or None
+    client = flowd_ext.registry(app).client
+    mount_flask(app, Dashboard(client, ["welcome-emails"], auth=auth, read_only=not auth), "/flowd")
 
     @app.post("/signup")
     def signup() -> Any:

@@ -157,7 +157,44 @@ def no_database() -> dict[str, Any]:
     return {"ids": [sent, *bulk]}
 
 
+def dashboard() -> dict[str, Any]:
+    from django.contrib.auth.models import User
+
+    call_command("migrate", verbosity=0)
+    client = Client(raise_request_exception=False)
+    # Given the dashboard mounted at /ops/flowd/ behind staff login
+    # When an anonymous user asks for it, or posts an action
+    # Then they are sent to the login page, and the POST does nothing
+    for response in (
+        client.get("/ops/flowd/"),
+        client.get("/ops/flowd/stream", {"name": f"{PREFIX}-emails"}),
+        client.post("/ops/flowd/purge", {"stream": f"{PREFIX}-emails", "confirm": "yes"}),
+    ):
+        assert response.status_code == 302, response.status_code
+        assert response["Location"].startswith("/login/?next=/ops/flowd/"), response["Location"]
+    # And a logged-in user who is not staff is sent there too
+    User.objects.create_user("visitor", password="pw")
+    client.force_login(User.objects.get(username="visitor"))
+    assert client.get("/ops/flowd/").status_code == 302
+    # When a staff member asks for it
+    User.objects.create_user("ops", password="pw", is_staff=True)
+    client.force_login(User.objects.get(username="ops"))
+    overview = client.get("/ops/flowd/")
+    # Then the overview is served, its links and assets under the prefix
+    assert overview.status_code == 200, overview.content[:500]
+    html = overview.content.decode()
+    assert f'href="/ops/flowd/stream?name={PREFIX}-emails"' in html, html
+    assert 'href="/ops/flowd/static/dashboard.css"' in html
+    assert "Content-Security-Policy" in overview.headers
+    css = client.get("/ops/flowd/static/dashboard.css")
+    assert css.status_code == 200 and css["Content-Type"].startswith("text/css")
+    page = client.get("/ops/flowd/stream", {"name": f"{PREFIX}-emails"})
+    assert page.status_code == 200 and "Dead letters" in page.content.decode()
+    return {}
+
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
+    "dashboard": dashboard,
     "config": config,
     "views": views,
     "no_database": no_database,

@@ -14,8 +14,18 @@ SECRET_KEY = "flowd-tests-only"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver", "localhost"]
 USE_TZ = True
-INSTALLED_APPS = ["flowd.contrib.django", "tests.django_project.testapp"]
-MIDDLEWARE: list[str] = []
+INSTALLED_APPS = [
+    "django.contrib.auth",  # the dashboard's staff login
+    "django.contrib.contenttypes",
+    "flowd.contrib.django",
+    "tests.django_project.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+LOGIN_URL = "/login/"
 ROOT_URLCONF = "tests.django_project.urls"
 DATABASES = {
     "default": {

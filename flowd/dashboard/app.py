@@ -1,0 +1,257 @@
+"""Dashboard: the WSGI application, its routes and its actions."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jinja2
+import redis.exceptions
+
+from .._keys import dead_letter_stream
+from .._redis import check_client
+from ..deadletters import DeadLetters
+from ..errors import ConfigurationError
+from ..info import stream_info
+from . import chart, data, security
+from .overview import LAG_SCAN_LIMIT, overview, unsafe_eviction_policy
+from .web import Request, Response, plain, redirect
+
+__all__ = ["Dashboard"]
+
+logger = logging.getLogger(__name__)
+
+#: How long discovered stream names are reused, in seconds.
+DISCOVERY_TTL = 5.0
+_STATIC = {"dashboard.css": "text/css; charset=utf-8"}
+#: Outcome codes of actions, shown after the redirect (fixed texts: no text from the URL).
+DONE = {
+    "requeued": "Requeued {n} dead letter(s).",
+    "requeued-all": "Requeued {n} dead letter(s).",
+    "purged": "Purged {n} dead letter(s).",
+}
+
+
+class Dashboard:
+    """A web dashboard of flowd queues, as a WSGI application.
+
+    Serve it with any WSGI server (``flowd dashboard`` uses waitress), or
+    mount it in Django or Flask (see :mod:`flowd.dashboard.mount`). Every
+    request reads Redis afresh and every list is paginated, so it keeps no
+    state and costs the same on a busy stream as on an idle one.
+
+    :param client: a ``redis.Redis`` or ``RedisCluster`` client.
+    :param streams: the streams to show; None finds the streams that have
+        consumer groups (a bounded SCAN, repeated at most every 5 s).
+    :param read_only: show no action buttons and refuse every POST.
+    :param auth: ``"USER:PASSWORD"`` or a pair: HTTP Basic auth on every request.
+    :raises ConfigurationError: for a bad client, stream list or auth value.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        streams: Sequence[str] | None = None,
+        *,
+        read_only: bool = False,
+        auth: str | tuple[str, str] | None = None,
+    ) -> None:
+        check_client(client)
+        if streams is not None:
+            if isinstance(streams, str | bytes):
+                raise ConfigurationError(f"streams must be a list of names; write [{streams!r}]")
+            streams = list(streams)
+            for name in streams:
+                if not isinstance(name, str) or not name:
+                    raise ConfigurationError(f"a stream name must be a non-empty str: {name!r}")
+        if not isinstance(read_only, bool):
+            raise ConfigurationError(f"read_only must be a bool, not {read_only!r}")
+        self.client = client
+        self.streams = streams
+        self.read_only = read_only
+        self._auth = security.parse_auth(auth)
+        self._discovered: tuple[float, list[str]] = (0.0, [])
+        self._lock = threading.Lock()
+        self._env = jinja2.Environment(
+            loader=jinja2.PackageLoader("flowd.dashboard", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self._env.globals.update(ago=data.ago, when=data.when)
+
+    def __repr__(self) -> str:
+        # No auth in here: reprs end up in logs.
+        return f"Dashboard(streams={self.streams!r}, read_only={self.read_only})"
+
+    def known_streams(self) -> list[str]:
+        """The streams shown: the ones given, or those discovered (cached for a few seconds)."""
+        if self.streams is not None:
+            return self.streams
+        with self._lock:
+            found_at, names = self._discovered
+            if time.monotonic() - found_at > DISCOVERY_TTL:
+                names = data.discover(self.client)
+                self._discovered = (time.monotonic(), names)
+            return names
+
+    # -- WSGI
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        if self._auth is not None and not security.check_basic_auth(environ, self._auth):
+            response = plain(401, "authentication required")
+            response.headers.append(
+                ("WWW-Authenticate", 'Basic realm="flowd dashboard", charset="UTF-8"')
+            )
+        else:
+            token = security.read_cookie(environ, security.CSRF_COOKIE)
+            fresh = token is None
+            if token is None:
+                token = security.new_token()
+            response = self._respond(request, token)
+            if fresh:
+                cookie = security.token_cookie(
+                    token, request.script_name or "/", security.is_https(environ)
+                )
+                response.headers.append(("Set-Cookie", cookie))
+        response.headers.extend(security.SECURITY_HEADERS)
+        return response(start_response)
+
+    def _respond(self, request: Request, token: str) -> Response:
+        try:
+            if request.method == "POST":
+                return self._post(request)
+            if request.method not in ("GET", "HEAD"):
+                return plain(405, "method not allowed")
+            return self._get(request, token)
+        except redis.exceptions.RedisError as exc:
+            logger.error("dashboard: Redis error on %s %s: %s", request.method, request.path, exc)
+            return self._page(
+                503, "error.html", token, request=request, message=f"Redis error: {exc}"
+            )
+
+    def _get(self, request: Request, token: str) -> Response:
+        path = request.path
+        if path.startswith("/static/"):
+            return self._static(path.removeprefix("/static/"))
+        if path in ("/", ""):
+            streams = self.known_streams()
+            rows, minutes = overview(self.client, streams)
+            return self._page(
+                200,
+                "overview.html",
+                token,
+                request=request,
+                rows=rows,
+                chart=chart.build(minutes),
+                eviction_policy=unsafe_eviction_policy(self.client),
+            )
+        if path == "/stream":
+            stream = request.query.get("name", "")
+            if stream not in self.known_streams():
+                return self._page(
+                    404, "error.html", token, request=request, message=f"no stream {stream!r} here"
+                )
+            return self._stream_page(request, token, stream)
+        return self._page(404, "error.html", token, request=request, message="no such page")
+
+    def _stream_page(self, request: Request, token: str, stream: str) -> Response:
+        q = request.query
+        info = stream_info(self.client, stream, lag_scan_limit=LAG_SCAN_LIMIT)
+        groups = [g.name for g in info.groups]
+        group = q.get("group") if q.get("group") in groups else (groups[0] if groups else None)
+        pending = (
+            data.pending_page(self.client, stream, group, q.get("pending_after"))
+            if group is not None
+            else None
+        )
+        done = DONE.get(q.get("done", ""), "")
+        return self._page(
+            200,
+            "stream.html",
+            token,
+            request=request,
+            stream=stream,
+            info=info,
+            group=group,
+            pending=pending,
+            dead=data.dead_page(self.client, stream, q.get("dead_before")),
+            chart=chart.build(data.history(self.client, [stream])),
+            max_consumers=data.MAX_CONSUMERS,
+            done=done.format(n=q.get("n", "0")) if done and q.get("n", "").isdigit() else "",
+        )
+
+    # -- actions
+
+    def _post(self, request: Request) -> Response:
+        if self.read_only:
+            return plain(403, "this dashboard is read-only")
+        form = request.form()
+        if form is None:
+            return plain(413, "form too large")
+        if not security.csrf_ok(request.environ, form):
+            logger.warning("dashboard: refused a cross-site or tokenless POST to %s", request.path)
+            return plain(403, "cross-site request refused")
+        stream = form.get("stream", "")
+        if stream not in self.known_streams():
+            return plain(404, f"no stream {stream!r} here")
+        action = request.path.strip("/")
+        if action not in ("requeue", "requeue-all", "purge"):
+            return plain(404, "no such action")
+        if action != "requeue" and form.get("confirm") != "yes":
+            return self._confirm(request, form, action, stream)
+        try:
+            count = self._act(action, stream, form)
+        except ConfigurationError as exc:
+            return plain(400, str(exc))
+        logger.info("dashboard: %s on %s: %d", action, stream, count)
+        done = {"requeue": "requeued", "requeue-all": "requeued-all", "purge": "purged"}
+        return redirect(request.url("/stream", name=stream, done=done[action], n=count))
+
+    def _act(self, action: str, stream: str, form: dict[str, str]) -> int:
+        dead = DeadLetters(self.client, stream)
+        if action == "requeue":
+            return len(dead.requeue([form.get("id", "")]))
+        if action == "requeue-all":
+            return dead.requeue_all()
+        return dead.purge()
+
+    def _confirm(
+        self, request: Request, form: dict[str, str], action: str, stream: str
+    ) -> Response:
+        count = int(self.client.xlen(dead_letter_stream(stream)))
+        if action == "purge":
+            question = f"Delete all {count} dead letters of {stream}? This cannot be undone."
+            yes = f"Yes, delete {count} dead letters"
+        else:
+            question = f"Move all {count} dead letters of {stream} back to the stream?"
+            yes = f"Yes, requeue {count} dead letters"
+        return self._page(
+            200,
+            "confirm.html",
+            form.get(security.CSRF_FIELD, ""),
+            request=request,
+            action=action,
+            stream=stream,
+            item=form.get("id", ""),
+            question=question,
+            yes=yes,
+        )
+
+    # -- rendering
+
+    def _page(self, status: int, template: str, token: str, **context: Any) -> Response:
+        html = self._env.get_template(template).render(
+            csrf_token=token, read_only=self.read_only, **context
+        )
+        return Response(status, html.encode("utf-8"))
+
+    def _static(self, name: str) -> Response:
+        if name not in _STATIC:
+            return plain(404, "no such file")
+        body = importlib.resources.files("flowd.dashboard").joinpath("static", name).read_bytes()
+        return Response(200, body, _STATIC[name])
