@@ -27,6 +27,8 @@ from .info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
 from .job import Job, Mapper, field
 from .producer import Producer
 from .queue import Queue, WorkerFn
+from .schedule import Schedule
+from .scheduled import ScheduledJob, ScheduledJobs, ScheduleState
 from .task import Task
 
 __version__ = "0.1.0"
@@ -57,6 +59,10 @@ __all__ = [
     "RedisVersionError",
     "ReplicationError",
     "Retry",
+    "Schedule",
+    "ScheduleState",
+    "ScheduledJob",
+    "ScheduledJobs",
     "StreamInfo",
     "Task",
     "TimeLimitExceeded",

@@ -122,7 +122,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     infos: list[StreamInfo] = []
     for stream in partition_streams(args.stream, args.partitions):
         info = stream_info(client, stream)
-        if not client.exists(stream) and info.dlq_length == 0:
+        if not client.exists(stream) and not (info.dlq_length or info.scheduled or info.schedules):
             raise _missing_stream(client, stream)
         if args.group is not None:
             names = [group.name for group in info.groups]

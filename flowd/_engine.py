@@ -54,6 +54,7 @@ from ._pool import QueueStats, WorkerPool
 from ._readahead import hand_back
 from ._reader import Reader
 from ._redis import Session
+from ._scheduler import move_due_before_drain
 from ._streams import BACKGROUND, RunSettings, StreamParts, add_loops, stream_parts
 from ._timeutil import remaining
 
@@ -305,7 +306,8 @@ class Engine:
     def drain(self, deadline: float | None, stop: threading.Event) -> bool:
         """Run the backlog from the calling thread; True if every job finished in time.
 
-        Per stream: this consumer's own pending entries, then new ones until
+        Per stream: due scheduled jobs and schedule ticks into the stream, then
+        this consumer's own pending entries, then new ones until
         none are left, then (with a claimer) one sweep of idle entries.
         """
         claimer = self.settings.claimer
@@ -319,6 +321,8 @@ class Engine:
         try:
             for part, session in zip(self.streams, sessions, strict=True):
                 ctx = part.ctx.for_loop(session)
+                s = self.settings
+                move_due_before_drain(session, ctx.stream, s.schedules, s.streams)
                 reader = Reader(ctx, self.settings.block)
                 while (free := self._drain_permits(deadline, stop)) and reader.read_backlog(free):
                     pass

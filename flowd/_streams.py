@@ -22,14 +22,16 @@ from ._readahead import Link
 from ._reader import Reader
 from ._redis import Session, ensure_group
 from ._retry import RetryControl
+from ._scheduler import SchedulerLoop, schedules_of
 from ._threads import LoopThread
 from .claimer import Claimer
 from .hooks import Hooks
 from .housekeeping import Housekeeping
+from .schedule import Schedule
 from .task import Task
 
 #: Loops that end with the run's stop signal, after the reader (the lease ends after the jobs).
-BACKGROUND = ("claimer", "housekeeping")
+BACKGROUND = ("claimer", "housekeeping", "scheduler")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class RunSettings:
     groups_seen: set[str]
     #: Called in a forked child that inherited the run (the Queue resets its lock).
     after_fork: Callable[[], None]
+    #: Periodic schedules; each stream's scheduler loop fires those of its partition.
+    schedules: Sequence[Schedule] = ()
 
 
 @dataclass(slots=True)
@@ -171,3 +175,6 @@ def add_loops(
         loop("lease", lambda ctx: LeaseLoop(ctx, interval, lock).step, stop=lease_stop)
     if housekeeping is not None and not lease_only:
         loop("housekeeping", lambda ctx: HousekeepingLoop(ctx, housekeeping).step)
+    if not lease_only:
+        mine = schedules_of(part.ctx.stream, s.schedules, s.streams)
+        loop("scheduler", lambda ctx: SchedulerLoop(ctx, mine).step)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from . import __version__ as _source_version
-from . import _commands, _runner
+from . import _cli_scheduled, _commands, _runner
 from ._connect import resolve_url
 from ._urls import DEFAULT_URL, redact_url
 from .dashboard.cli import add_dashboard_parser
@@ -137,6 +137,31 @@ def _dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser.set_defaults(func=_commands.cmd_dlq)
 
 
+def _scheduled(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    scheduled = sub.add_parser(
+        "scheduled", help="list or cancel delayed jobs; show periodic schedules"
+    )
+    actions = scheduled.add_subparsers(dest="action", required=True, metavar="ACTION")
+    helps = {
+        "list": "print the delayed jobs of a stream in due order, and its schedules",
+        "cancel": "remove delayed jobs that are still waiting",
+    }
+    for action, text in helps.items():
+        parser = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        parser.add_argument("stream", help="the queue's stream")
+        if action == "list":
+            parser.add_argument(
+                "--limit", type=int, default=100, help="print at most this many (default 100)"
+            )
+            parser.add_argument("--offset", type=int, default=0, help="skip this many first")
+            parser.add_argument("--json", action="store_true", help="print JSON")
+        else:
+            parser.add_argument("ids", nargs="*", help="scheduled-job ids (see scheduled list)")
+        _partitions_option(parser)
+        _url_option(parser)
+        parser.set_defaults(func=_cli_scheduled.cmd_scheduled)
+
+
 def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo",
@@ -161,6 +186,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _worker,
     _info,
     _dlq,
+    _scheduled,
     _demo,
     add_dashboard_parser,
 ]

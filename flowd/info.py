@@ -16,7 +16,9 @@ from ._redis import (
     is_nogroup,
     parse_entries,
 )
+from ._scheduling import scheduled_key, schedules_key
 from .errors import ConfigurationError
+from .scheduled import ScheduleState, schedule_state
 
 __all__ = ["ConsumerInfo", "GroupInfo", "StreamInfo", "stream_info"]
 
@@ -94,6 +96,10 @@ class StreamInfo:
     :ivar first_id: the oldest entry's id, None when the stream is empty.
     :ivar last_id: the newest entry's id, None when the stream is empty.
     :ivar dlq_length: entries in the dead-letter stream.
+    :ivar scheduled: jobs waiting for their time (``delay``/``at``) in the stream's
+        sorted set of scheduled jobs.
+    :ivar schedules: the periodic schedules that ran on this stream, with their
+        last and next run.
     :ivar eviction_policy: the server's ``maxmemory-policy`` (None if it cannot
         be read); any ``allkeys-*`` policy can evict the stream and lose jobs.
     """
@@ -105,6 +111,8 @@ class StreamInfo:
     dlq_stream: str
     dlq_length: int
     groups: tuple[GroupInfo, ...]
+    scheduled: int = 0
+    schedules: tuple[ScheduleState, ...] = ()
     eviction_policy: str | None = None
 
     @property
@@ -124,6 +132,8 @@ class StreamInfo:
             "dlq_stream": self.dlq_stream,
             "dlq_length": self.dlq_length,
             "groups": [group.to_dict() for group in self.groups],
+            "scheduled": self.scheduled,
+            "schedules": [schedule.to_dict() for schedule in self.schedules],
             "eviction_policy": self.eviction_policy,
         }
 
@@ -134,6 +144,12 @@ class StreamInfo:
             f"stream {self.stream}: {self.length} entries{span}; "
             f"dead letters: {self.dlq_length} in {self.dlq_stream}"
         ]
+        if self.scheduled or self.schedules:
+            lines.append(f"scheduled: {self.scheduled} jobs waiting for their time")
+        for schedule in self.schedules:
+            last = schedule.last_run.isoformat() if schedule.last_run else "never"
+            nxt = schedule.next_run.isoformat() if schedule.next_run else "unknown"
+            lines.append(f"schedule {schedule.name} ({schedule.spec}): last {last}, next {nxt}")
         if self.eviction_unsafe:
             lines.append(
                 f"WARNING: maxmemory-policy is {self.eviction_policy}: Redis may evict this "
@@ -246,7 +262,7 @@ def stream_info(
 def _read(
     session: Session, stream: str, only: str | None, dlq: str, lag_scan_limit: int
 ) -> StreamInfo:
-    now, length, first, last, dlq_length, exists, groups_reply = session.call_many(
+    replies = session.call_many(
         [
             ("TIME",),
             ("XLEN", stream),
@@ -255,9 +271,12 @@ def _read(
             ("XLEN", dlq),
             ("EXISTS", stream),
             ("XINFO", "GROUPS", stream),
+            ("ZCARD", scheduled_key(stream)),
+            ("HGETALL", schedules_key(stream)),
         ]
     )
-    _raise_errors([now, length, first, last, dlq_length, exists])
+    now, length, first, last, dlq_length, exists, groups_reply, scheduled, states = replies
+    _raise_errors([now, length, first, last, dlq_length, exists, scheduled, states])
     info = StreamInfo(
         stream=stream,
         length=int(length),
@@ -266,6 +285,8 @@ def _read(
         dlq_stream=dlq,
         dlq_length=int(dlq_length),
         groups=(),
+        scheduled=int(scheduled),
+        schedules=_schedules(states),
         eviction_policy=eviction_policy(session),
     )
     if not int(exists):
@@ -301,8 +322,15 @@ def _read(
         dlq_stream=info.dlq_stream,
         dlq_length=info.dlq_length,
         groups=tuple(groups),
+        scheduled=info.scheduled,
+        schedules=info.schedules,
         eviction_policy=info.eviction_policy,
     )
+
+
+def _schedules(reply: Any) -> tuple[ScheduleState, ...]:
+    states = (schedule_state(_text(name), raw) for name, raw in _as_map(reply).items())
+    return tuple(sorted((s for s in states if s is not None), key=lambda s: s.name))
 
 
 def _group(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from itertools import islice
 from typing import Any
 
+from . import _scheduling as sched
 from ._keys import partition_streams
 from ._plan import FieldAppender, field_appender
 from ._redis import check_client, is_cluster
@@ -117,12 +119,11 @@ class Producer:
             return streams[zlib.crc32(_key_bytes(self.key(job))) % len(streams)]
         return streams[next(self._round_robin) % len(streams)]
 
-    def _command(self, job: Job) -> list[Any]:
+    def _append_fields(self, job: Job, args: list[Any]) -> None:
         if not isinstance(job, Job):
             raise EncodeError(
                 f"enqueue takes a flowd.Job dataclass instance, not {type(job).__name__}"
             )
-        args: list[Any] = ["XADD", self._stream_for(job), *self._trim, "*"]
         prefix = len(args)
         last_class, appender = self._last  # one tuple: safe to share between threads
         if type(job) is not last_class:  # one lookup per run of same-class jobs
@@ -132,30 +133,110 @@ class Producer:
         if len(args) == prefix:
             # A stream entry needs a field; decoding ignores fields the class does not know.
             args += EMPTY_JOB_FIELD
+
+    def _command(self, job: Job) -> list[Any]:
+        args: list[Any] = ["XADD", self._stream_for(job), *self._trim, "*"]
+        self._append_fields(job, args)
         return args
 
-    def enqueue(self, job: Job) -> str:
-        """Add one job; returns its stream id.
+    def _script_call(
+        self, job: Job, when: tuple[str, int] | None, unique: str | None
+    ) -> tuple[str, list[str], list[Any]]:
+        """(stream, keys, args) of the enqueue script for one delayed or unique job."""
+        if unique is not None and self.key is None and len(self.streams) > 1:
+            # The key's holder lives in one partition: the same key must pick the same one.
+            stream = self.streams[zlib.crc32(unique.encode("utf-8")) % len(self.streams)]
+        else:
+            stream = self._stream_for(job)
+        job_id = sched.new_scheduled_id()
+        mode, ms = when if when is not None else ("now", 0)
+        args: list[Any] = [mode, ms, job_id, self.maxlen or ""]
+        self._append_fields(job, args)
+        keys = [stream, sched.scheduled_key(stream), sched.job_key(stream, job_id)]
+        if unique is not None:
+            args += (sched.UNIQUE_FIELD, unique)
+            keys.append(sched.unique_key(stream, unique))
+        if len(args) - 4 > sched.MAX_FIELD_VALUES:
+            raise EncodeError(
+                f"{type(job).__name__} has {(len(args) - 4) // 2} fields: a delayed or "
+                f"unique job can have at most {sched.MAX_FIELD_VALUES // 2}"
+            )
+        return stream, keys, args
 
+    def enqueue(
+        self,
+        job: Job,
+        *,
+        delay: Seconds | None = None,
+        at: datetime | None = None,
+        unique_key: str | None = None,
+    ) -> str:
+        """Add one job; returns its id.
+
+        With ``delay`` (seconds or timedelta) or ``at`` (a timezone-aware
+        datetime), the job waits in the stream's sorted set of scheduled jobs
+        and the id is a scheduled-job id (``s-...``), which :meth:`cancel`
+        takes; a running Queue moves it into the stream when Redis's clock
+        reaches its time. A delay of 0, or an ``at`` Redis finds past,
+        enqueues at once and returns the stream id.
+
+        With ``unique_key``, while a job enqueued with that key is scheduled,
+        waiting in the stream or running, nothing is written and that job's
+        id is returned.
+
+        :raises ConfigurationError: bad ``delay``, ``at`` or ``unique_key``, or
+            both ``delay`` and ``at`` (nothing is sent).
         :raises EncodeError: a field's value does not fit its annotation (nothing is sent).
         :raises ReplicationError: with ``replicas``, too few replicas confirmed in time
             (the job was added on the master).
         """
-        command = self._command(job)
+        when = _when(delay, at)
+        unique = _check_unique(unique_key)
+        if when is None and unique is None:
+            command = self._command(job)
+            if not self.replicas:
+                return _as_str(self.client.execute_command(*command))
+            return str(self._send_durable([command])[0])
+        stream, keys, args = self._script_call(job, when, unique)
         if not self.replicas:
-            return _as_str(self.client.execute_command(*command))
-        return self._send_durable([command])[0]
+            return _as_str(sched.ENQUEUE(self.client, keys, args)[1])
+        command = ["EVAL", sched.ENQUEUE.source, len(keys), *keys, *args]
+        reply: list[Any] = self._send_durable(
+            [command], [stream], lambda reply: [_as_str(reply[1])]
+        )[0]
+        return _as_str(reply[1])
 
-    def enqueue_bulk(self, jobs: Iterable[Job]) -> list[str]:
+    def cancel(self, job_id: str) -> bool:
+        """Remove a job that is still scheduled; False once it has been moved to the
+        stream (or for an id that is not scheduled).
+
+        :raises ConfigurationError: ``job_id`` is not a non-empty str.
+        """
+        if not isinstance(job_id, str) or not job_id:
+            raise ConfigurationError(f"job_id must be a non-empty str, not {job_id!r}")
+        for stream in self.streams:
+            keys = [sched.scheduled_key(stream), sched.job_key(stream, job_id)]
+            if int(sched.CANCEL(self.client, keys, [job_id, sched.unique_key(stream, "")])):
+                return True
+        return False
+
+    def enqueue_bulk(
+        self, jobs: Iterable[Job], *, delay: Seconds | None = None, at: datetime | None = None
+    ) -> list[str]:
         """Add many jobs in pipelined round trips (``transaction=False``); ids in input order.
 
         Jobs are encoded and sent ``chunk_size`` at a time, so a generator of
-        any length is fine. An empty input makes no call.
+        any length is fine. An empty input makes no call. ``delay`` or ``at``
+        schedule every job as :meth:`enqueue` does.
 
+        :raises ConfigurationError: bad ``delay`` or ``at`` (nothing is sent).
         :raises EncodeError: a job does not fit its class; the jobs of earlier chunks
             were already added, and their ids are on the error's ``enqueued`` attribute.
         :raises ReplicationError: with ``replicas``, too few replicas confirmed a chunk.
         """
+        when = _when(delay, at)
+        if when is not None:
+            return self._enqueue_bulk_scheduled(jobs, when)
         ids: list[str] = []
         for chunk in _chunks(iter(jobs), self.chunk_size):
             try:
@@ -169,7 +250,7 @@ class Producer:
                     )
                 raise
             if self.replicas:
-                ids.extend(self._send_durable(commands))
+                ids.extend(str(msg_id) for msg_id in self._send_durable(commands))
                 continue
             with self.client.pipeline(transaction=False) as pipe:
                 for command in commands:
@@ -177,13 +258,80 @@ class Producer:
                 ids.extend(_as_str(reply) for reply in pipe.execute())
         return ids
 
-    def _send_durable(self, commands: list[list[Any]]) -> list[str]:
-        """XADDs then WAIT, on one connection per stream (WAIT covers that connection's
-        writes); ids come back in the order of ``commands``."""
+    def _enqueue_bulk_scheduled(self, jobs: Iterable[Job], when: tuple[str, int]) -> list[str]:
+        """Scheduled bulk: per chunk, one ENQUEUE_MANY call per stream and batch, pipelined."""
+        ids: list[str] = []
+        for chunk in _chunks(iter(jobs), self.chunk_size):
+            try:
+                calls = self._bulk_calls(chunk, when)
+            except EncodeError as exc:
+                exc.enqueued = ids  # type: ignore[attr-defined]
+                raise
+            if self.replicas:
+                script = sched.ENQUEUE_MANY
+                commands = [["EVAL", script.source, len(k), *k, *a] for _, k, a, _ in calls]
+                replies = self._send_durable(
+                    commands,
+                    [stream for stream, _, _, _ in calls],
+                    lambda reply: [_as_str(msg_id) for msg_id in reply],
+                )
+            else:
+                replies = sched.ENQUEUE_MANY.pipelined(
+                    self.client, [(k, a) for _, k, a, _ in calls]
+                )
+            chunk_ids = [""] * len(chunk)
+            for (_, _, _, indexes), reply in zip(calls, replies, strict=True):
+                for index, msg_id in zip(indexes, reply, strict=True):
+                    chunk_ids[index] = _as_str(msg_id)
+            ids.extend(chunk_ids)
+        return ids
+
+    def _bulk_calls(
+        self, chunk: list[Job], when: tuple[str, int]
+    ) -> list[tuple[str, list[str], list[Any], list[int]]]:
+        """(stream, keys, args, indexes in chunk) of each ENQUEUE_MANY call for a chunk."""
+        open_calls: dict[str, tuple[str, list[str], list[Any], list[int]]] = {}
+        calls: list[tuple[str, list[str], list[Any], list[int]]] = []
+        for index, job in enumerate(chunk):
+            stream = self._stream_for(job)
+            fields: list[Any] = []
+            self._append_fields(job, fields)
+            if len(fields) > sched.MAX_FIELD_VALUES:
+                raise EncodeError(
+                    f"{type(job).__name__} has {len(fields) // 2} fields: a delayed job "
+                    f"can have at most {sched.MAX_FIELD_VALUES // 2}"
+                )
+            call = open_calls.get(stream)
+            if call is None or (
+                len(call[3]) >= sched.ENQUEUE_BATCH
+                or len(call[2]) + len(fields) > sched.ENQUEUE_BATCH_VALUES
+            ):
+                keys = [stream, sched.scheduled_key(stream)]
+                args: list[Any] = [*when, self.maxlen or "", sched.job_key(stream, "")]
+                call = (stream, keys, args, [])
+                open_calls[stream] = call
+                calls.append(call)
+            call[2].extend((sched.new_scheduled_id(), len(fields), *fields))
+            call[3].append(index)
+        return calls
+
+    def _send_durable(
+        self,
+        commands: list[list[Any]],
+        streams: list[str] | None = None,
+        ids_of: Callable[[Any], list[str]] | None = None,
+    ) -> Any:
+        """Commands then WAIT, on one connection per stream (WAIT covers that connection's
+        writes); replies (ids for XADDs) come back in the order of ``commands``.
+
+        :param streams: the stream of each command; by default its second word (XADD's key).
+        :param ids_of: the job ids in a script's reply (for ReplicationError.ids).
+        """
         by_stream: dict[str, list[int]] = {}
         for index, command in enumerate(commands):
-            by_stream.setdefault(command[1], []).append(index)
-        ids: list[str] = [""] * len(commands)
+            stream = command[1] if streams is None else streams[index]
+            by_stream.setdefault(stream, []).append(index)
+        ids: list[Any] = [""] * len(commands)
         for stream, indexes in by_stream.items():
             node_client = (
                 self.client.get_node_from_key(stream).redis_connection
@@ -195,13 +343,39 @@ class Producer:
                     pipe.execute_command(*commands[index])
                 pipe.execute_command("WAIT", self.replicas, to_ms(self.replica_timeout))
                 replies = pipe.execute()
-            written = [_as_str(reply) for reply in replies[:-1]]
-            for index, msg_id in zip(indexes, written, strict=True):
-                ids[index] = msg_id
+            written = [
+                msg_id
+                for reply in replies[:-1]
+                for msg_id in (ids_of(reply) if ids_of is not None else [_as_str(reply)])
+            ]
+            for index, reply in zip(indexes, replies[:-1], strict=True):
+                ids[index] = _as_str(reply) if streams is None else reply
             acknowledged = int(replies[-1])
             if acknowledged < self.replicas:
                 raise ReplicationError(self.replicas, acknowledged, self.replica_timeout, written)
         return ids
+
+
+def _when(delay: object, at: object) -> tuple[str, int] | None:
+    """("delay", ms) or ("at", epoch ms) from enqueue's arguments; None for at once."""
+    if delay is not None and at is not None:
+        raise ConfigurationError("give delay or at, not both (delay and at were both given)")
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise ConfigurationError(
+                f"at must be a timezone-aware datetime (e.g. with tzinfo=datetime.UTC), not {at!r}"
+            )
+        return "at", int(at.timestamp() * 1000)
+    if delay is not None:
+        seconds = to_seconds(delay, "delay", allow_zero=True)  # type: ignore[arg-type]
+        return ("delay", to_ms(seconds)) if seconds > 0 else None
+    return None
+
+
+def _check_unique(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigurationError(f"unique_key must be a non-empty str or None, not {value!r}")
+    return value
 
 
 def _no_fields(job: Any, args: list[Any]) -> None:

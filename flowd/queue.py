@@ -21,6 +21,7 @@ from ._redis import (
     eviction_policy,
     is_transient,
 )
+from ._scheduler import UniqueRelease
 from ._timelimit import check_supported
 from ._timeutil import Seconds, to_seconds
 from .claimer import Claimer
@@ -29,6 +30,7 @@ from .handle import QueueHandle
 from .hooks import Hooks
 from .housekeeping import Housekeeping
 from .job import Job
+from .schedule import Schedule, check_schedules
 from .task import Task
 
 __all__ = ["Queue", "WorkerFn"]
@@ -114,6 +116,9 @@ class Queue(Generic[J]):
         and dead-letter stream, and all share ``concurrency``. 1 (the default)
         is the plain ``stream``.
     :param block: seconds one XREADGROUP blocks while the stream is empty.
+    :param schedules: periodic jobs (:class:`Schedule`) this queue enqueues. Every
+        running queue (and ``drain()``) also moves the stream's due scheduled
+        jobs into it, on a ``flowd-scheduler-<stream>`` thread.
     :param stop_timeout: seconds a running queue is given to stop when the
         interpreter exits without ``handle.stop()`` having been called (the end
         of a script, a gunicorn or uWSGI worker exiting, Django's autoreloader).
@@ -142,6 +147,7 @@ class Queue(Generic[J]):
         consumer: str | None = None,
         read_client: Any = None,
         block: Seconds = 2.0,
+        schedules: Sequence[Schedule] = (),
         stop_timeout: Seconds = 30.0,
         time_limit: Seconds | None = None,
     ) -> None:
@@ -182,6 +188,7 @@ class Queue(Generic[J]):
             raise ConfigurationError(f"hooks must be a list of flowd.Hooks, not {hooks!r}")
         self.hooks: tuple[Hooks, ...] = tuple(hooks)
         self.block = to_seconds(block, "block")
+        self.schedules = check_schedules(schedules)
         self.stop_timeout = to_seconds(stop_timeout, "stop_timeout")
         self.time_limit = None if time_limit is None else to_seconds(time_limit, "time_limit")
         if self.time_limit is not None:
@@ -265,12 +272,14 @@ class Queue(Generic[J]):
             concurrency=self.concurrency,
             claimer=self.claimer,
             housekeeping=self.housekeeping,
-            hooks=self.hooks,
+            # Frees a job's unique_key once it succeeded or was dead-lettered.
+            hooks=(UniqueRelease(self.client), *self.hooks),
             block=self.block,
             stop_timeout=self.stop_timeout,
             time_limit=self.time_limit,
             groups_seen=self._groups_seen,
             after_fork=self.forget_after_fork,
+            schedules=self.schedules,
         )
 
     def run(self) -> QueueHandle:
@@ -303,7 +312,9 @@ class Queue(Generic[J]):
     def drain(self, timeout: Seconds | None = None, *, stop: threading.Event | None = None) -> int:
         """Process the backlog, then return how many jobs succeeded (cron mode).
 
-        Runs this consumer's own pending messages (left by an earlier run
+        First moves the stream's due scheduled jobs into it (and enqueues due
+        schedule ticks); jobs scheduled for later stay scheduled. Then runs this
+        consumer's own pending messages (left by an earlier run
         under the same ``consumer`` name), then new messages until the stream
         has none, then, with a claimer, one sweep of messages idle longer than
         ``min_idle_time``. Jobs run on ``concurrency`` worker threads, as in

@@ -108,6 +108,8 @@ def test_missing_stream_reads_as_empty(info_client: redis.Redis, stream: str) ->
         "dlq_stream": f"{{{stream}}}:dead",
         "dlq_length": 0,
         "groups": [],
+        "scheduled": 0,
+        "schedules": [],
         "eviction_policy": "noeviction",
     }
 

@@ -372,3 +372,49 @@ def test_drain_gives_up_and_retries(client: redis.Redis, stream: str) -> None:
     assert [d for _, d in runs.of(2)] == [1, 2]
     assert len(runs.of(1)) == 1
     assert pending(client, stream) == 0
+
+
+def test_long_retry_runs_again_after_its_delay_and_never_in_between(
+    client: redis.Redis, stream: str, start: Callable[..., flowd.QueueHandle]
+) -> None:
+    # Given a job that asks for a retry in 3 s once, with min_idle_time 1 s
+    runs = Runs()
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        runs.add(task)
+        if task.deliveries == 1:
+            raise flowd.Retry(delay=3)
+
+    handle = start(work, claimer=flowd.Claimer(min_idle_time=1))
+    flowd.Producer(client, stream).enqueue(Numbered(1))
+    # Then it runs twice: no run in between, the second 2.8-5 s after the first,
+    # as delivery 2 (the runs before the move count)
+    wait_until(lambda: len(runs.of(1)) == 2, timeout=WAIT)
+    assert 2.8 <= runs.gaps(1)[0] <= 5.0
+    assert [d for _, d in runs.of(1)] == [1, 2]
+    wait_until(lambda: handle.stats().processed == 1, timeout=WAIT)
+    time.sleep(1.5)  # a claimer sweep or two: nothing more runs
+    assert len(runs.of(1)) == 2
+    assert pending(client, stream) == 0
+    assert client.zcard(derived_key(stream, "scheduled")) == 0
+
+
+def test_long_backoff_retries_count_toward_max_retries(
+    client: redis.Redis, stream: str, start: Callable[..., flowd.QueueHandle]
+) -> None:
+    # Given an always-failing job whose backoff waits longer than min_idle_time
+    runs = Runs()
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        runs.add(task)
+        raise RuntimeError("always")
+
+    backoff = flowd.Backoff(initial=1.2, factor=1, jitter=0)
+    start(work, claimer=flowd.Claimer(min_idle_time=0.5, max_retries=2, backoff=backoff))
+    flowd.Producer(client, stream).enqueue(Numbered(1))
+    # Then it runs max_retries + 1 times across the moves, then goes to the DLQ
+    dead = flowd.DeadLetters(client, stream)
+    wait_until(lambda: dead.count() == 1, timeout=WAIT)
+    assert [d for _, d in runs.of(1)] == [1, 2, 3]
+    assert all(gap >= 1.1 for gap in runs.gaps(1))
+    assert dead.list()[0].deliveries == 3

@@ -100,7 +100,16 @@ FLOWD_COMMANDS = (
     "+multi",
     "+exec",
     "+del",
+    # scheduling: delayed jobs ({stream}:scheduled and its hashes), the due-job mover,
+    # unique keys, periodic schedules ({stream}:schedules), ScheduledJobs and stream_info
     "+zadd",
+    "+zrem",
+    "+zscore",
+    "+zcard",
+    "+zrange",
+    "+zrangebyscore",
+    "+hgetall",
+    "+hmget",
 )
 
 
@@ -604,7 +613,7 @@ REFUSED = r"(?i)no permissions|can't run this command|can't access at least one 
         ("KEYS", lambda c, s: c.keys("*")),
         ("CONFIG", lambda c, s: c.config_get("requirepass")),
         ("GET on another key", lambda c, s: c.get("other")),
-        ("HGETALL", lambda c, s: c.hgetall(f"{{{s}}}:errors:{GROUP}")),
+        ("HKEYS", lambda c, s: c.hkeys(f"{{{s}}}:errors:{GROUP}")),  # (HGETALL: scheduling)
         ("CLIENT LIST", lambda c, s: c.client_list()),
         ("XADD to another stream", lambda c, s: c.xadd("other", {"n": "1"})),
         ("XGROUP DESTROY", lambda c, s: c.xgroup_destroy(s, GROUP)),
