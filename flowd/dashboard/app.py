@@ -33,6 +33,7 @@ DONE = {
     "requeued": "Requeued {n} dead letter(s).",
     "requeued-all": "Requeued {n} dead letter(s).",
     "purged": "Purged {n} dead letter(s).",
+    "cancelled": "Cancelled {n} scheduled job(s).",
 }
 
 
@@ -169,6 +170,10 @@ class Dashboard:
             if group is not None
             else None
         )
+        try:
+            offset = max(0, int(q.get("scheduled_offset", "0")))
+        except ValueError:
+            offset = 0
         done = DONE.get(q.get("done", ""), "")
         return self._page(
             200,
@@ -180,6 +185,7 @@ class Dashboard:
             group=group,
             pending=pending,
             dead=data.dead_page(self.client, stream, q.get("dead_before")),
+            scheduled=data.scheduled_page(self.client, stream, offset),
             chart=chart.build(data.history(self.client, [stream])),
             max_consumers=data.MAX_CONSUMERS,
             done=done.format(n=q.get("n", "0")) if done and q.get("n", "").isdigit() else "",
@@ -200,7 +206,7 @@ class Dashboard:
         if stream not in self.known_streams():
             return plain(404, f"no stream {stream!r} here")
         action = request.path.strip("/")
-        if action not in ("requeue", "requeue-all", "purge"):
+        if action not in ("requeue", "requeue-all", "purge", "cancel"):
             return plain(404, "no such action")
         if action != "requeue" and form.get("confirm") != "yes":
             return self._confirm(request, form, action, stream)
@@ -210,7 +216,9 @@ class Dashboard:
             return plain(400, str(exc))
         logger.info("dashboard: %s on %s: %d", action, stream, count)
         done = {"requeue": "requeued", "requeue-all": "requeued-all", "purge": "purged"}
-        return redirect(request.url("/stream", name=stream, done=done[action], n=count))
+        return redirect(
+            request.url("/stream", name=stream, done=done.get(action, "cancelled"), n=count)
+        )
 
     def _act(self, action: str, stream: str, form: dict[str, str]) -> int:
         dead = DeadLetters(self.client, stream)
@@ -218,18 +226,27 @@ class Dashboard:
             return len(dead.requeue([form.get("id", "")]))
         if action == "requeue-all":
             return dead.requeue_all()
-        return dead.purge()
+        if action == "purge":
+            return dead.purge()
+        api = data.scheduled_api()
+        if api is None:
+            raise ConfigurationError("scheduled jobs are not available in this flowd")
+        return int(bool(api(self.client, stream).cancel(form.get("id", ""))))
 
     def _confirm(
         self, request: Request, form: dict[str, str], action: str, stream: str
     ) -> Response:
-        count = int(self.client.xlen(dead_letter_stream(stream)))
-        if action == "purge":
-            question = f"Delete all {count} dead letters of {stream}? This cannot be undone."
-            yes = f"Yes, delete {count} dead letters"
+        if action == "cancel":
+            question = f"Cancel the scheduled job {form.get('id', '')!r} of {stream}?"
+            yes = "Yes, cancel it"
         else:
-            question = f"Move all {count} dead letters of {stream} back to the stream?"
-            yes = f"Yes, requeue {count} dead letters"
+            count = int(self.client.xlen(dead_letter_stream(stream)))
+            if action == "purge":
+                question = f"Delete all {count} dead letters of {stream}? This cannot be undone."
+                yes = f"Yes, delete {count} dead letters"
+            else:
+                question = f"Move all {count} dead letters of {stream} back to the stream?"
+                yes = f"Yes, requeue {count} dead letters"
         return self._page(
             200,
             "confirm.html",

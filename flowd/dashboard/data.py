@@ -7,6 +7,7 @@ entries or ten million, and the dashboard keeps nothing between requests.
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,12 @@ def shown(value: str | bytes) -> str:
     """A field value for display: text as is, other bytes as a Python literal, cut if long."""
     out = value if isinstance(value, str) else repr(value)
     return out if len(out) <= MAX_VALUE else out[:MAX_VALUE] + f"... ({len(out)} characters)"
+
+
+def scheduled_api() -> Any:
+    """``flowd.ScheduledJobs`` when the scheduling feature is installed, else None."""
+    module = importlib.import_module("flowd")
+    return getattr(module, "ScheduledJobs", None)
 
 
 def discover(client: Any) -> list[str]:
@@ -149,6 +156,44 @@ def dead_page(client: Any, stream: str, before: str | None) -> Page:
         shown_fields = [(name, shown(value)) for name, value in letter.fields.items()]
         rows.append(DeadRow(letter, tb, shown_fields))
     return Page(rows, rows[-1].letter.dlq_id if more else None, before is None)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRow:
+    """One scheduled job: its id, due time and fields."""
+
+    id: str
+    due: datetime
+    fields: list[tuple[str, str]]
+
+
+def scheduled_page(client: Any, stream: str, offset: int) -> tuple[int, Page, list[Any]] | None:
+    """(count, page of scheduled jobs, schedule states), or None without the scheduling feature."""
+    api = scheduled_api()
+    if api is None:
+        return None
+    jobs = api(client, stream)
+    items = jobs.list(offset=offset, limit=PAGE + 1)
+    more = len(items) > PAGE
+    rows = [
+        ScheduledRow(
+            id=str(item.id),
+            due=item.due,
+            fields=[(text(k), shown(_value(v))) for k, v in (item.fields or {}).items()],
+        )
+        for item in items[:PAGE]
+    ]
+    next_offset = str(offset + PAGE) if more else None
+    return jobs.count(), Page(rows, next_offset, offset == 0), jobs.schedule_states()
+
+
+def _value(value: Any) -> str | bytes:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return str(value)
 
 
 def ago(ms: int | None) -> str:

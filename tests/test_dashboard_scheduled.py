@@ -1,11 +1,4 @@
-"""The dashboard's scheduled jobs and schedules (flowd.ScheduledJobs), over real HTTP.
-
-Not collected yet (no ``test_`` prefix): flowd.ScheduledJobs is not on this
-branch. Once it is, revert commit 5596fe2 (it brings back the section and
-its Cancel action) and rename this file to ``test_dashboard_scheduled.py``.
-Both tests passed on a merge of this branch (before 5596fe2) with the
-scheduling branch.
-"""
+"""The dashboard's scheduled jobs and schedules (flowd.ScheduledJobs), over real HTTP."""
 
 from __future__ import annotations
 
