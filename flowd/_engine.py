@@ -5,32 +5,43 @@ the code takes:
 
 1. ``flowd.producer`` -- ``Producer.enqueue`` encodes the job with the
    encoder ``flowd._plan`` generates for its class (codecs from
-   ``flowd._codecs``) and XADDs the fields to the stream.
+   ``flowd._codecs``) and XADDs the fields to the stream. A delayed job
+   (``delay=``/``at=``) is written instead into the stream's scheduled set by
+   a script of ``flowd._scheduling``; the stream's scheduler loop
+   (``flowd._scheduler``) XADDs it when Redis's clock says it is due, and
+   from there on it travels like any other message.
 2. ``flowd.queue`` -- ``Queue.run`` checks the server and creates the group
    (``flowd._redis``), then starts an :class:`Engine` with its settings.
 3. ``flowd._engine`` (here) -- the engine builds the worker pool
    (``flowd._pool``) and, per stream, its parts (``flowd._streams``): an
    acker, a dispatcher, and a frozen ``flowd._context.StreamContext``; then
    each stream's loops, each a ``flowd._threads.LoopThread`` with a
-   ``flowd._redis.Session`` of its own.
+   ``flowd._redis.Session`` of its own. ``flowd._lifecycle`` knows the
+   engine, to stop it at interpreter exit and forget it after fork.
 4. ``flowd._reader`` -- the reader waits for free permits (``flowd._permits``),
-   reads with XREADGROUP (``xreadgroup``), takes one permit per entry and
-   calls its context's ``dispatch``.
+   reads with XREADGROUP (``xreadgroup``) as many as are free plus the
+   read-ahead that recent job durations allow (``flowd._readahead``), takes
+   one permit per entry it can start and calls its context's ``dispatch``.
 5. ``flowd._dispatch`` -- the dispatcher decodes the fields into the Job
-   (``flowd._plan``), wraps it in a ``flowd.task.Task`` and submits it to the pool.
+   (``flowd._plan``), wraps it in a ``flowd.task.Task`` and submits it to the
+   pool; read-ahead entries wait, leased, in the buffer kept with the
+   permits (``flowd._permits``) until a worker is free.
 6. ``flowd._pool`` -- a worker loop calls the application's worker with the
-   task (``flowd.hooks`` around it); when it returns, the loop hands the id
-   back to the stream's dispatcher, which adds it to its acker, and gives
-   the permit back.
+   task (``flowd.hooks`` around it; ``flowd._timelimit`` watches its time
+   limit); when it returns, the loop hands the id back to the stream's
+   dispatcher, which adds it to its acker, and gives the permit back.
 7. ``flowd._acker`` -- the acker thread writes the finished ids in one
-   pipelined XACK.
+   pipelined XACK, with the per-minute counters of ``flowd._throughput``.
 
-A failed job leaves its message pending: the claimer (``flowd._claim``)
-XAUTOCLAIMs it after ``min_idle_time`` and dispatches it again; past
-``max_retries`` the dispatcher queues it for the dead-letter path, which a
-worker runs with ``flowd._dead_letter_move``. ``flowd._claim``'s lease loop
-keeps running jobs from being claimed, and ``flowd._housekeeper`` trims the
-stream.
+A failed job leaves its message pending, with its reason and traceback
+(``flowd._failure``): the claimer (``flowd._claim``) XAUTOCLAIMs it after
+``min_idle_time`` and dispatches it again; past ``max_retries`` the
+dispatcher queues it for the dead-letter path, which a worker runs with
+``flowd._dead_letter_move``. ``Retry``, ``GiveUp`` and a claimer's backoff
+are handled by ``flowd._retry``: a short retry stays pending until its
+delay, a long one is acked and scheduled in one script. ``flowd._claim``'s
+lease loop keeps running and read-ahead jobs from being claimed, and
+``flowd._housekeeper`` trims the stream.
 
 A drain is the same engine in "until the backlog is empty" mode: the same
 reader, dispatcher, pool, claimer and acker, driven from the calling thread
