@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +16,8 @@ from typing import Any
 from . import _throughput
 from ._failure import traceback_of
 from ._keys import derived_key
-from ._redis import Script, Session
+from ._redis import Script
+from ._thread_sessions import ThreadSessions
 from ._threads import retry_transient
 from .claimer import Claimer
 from .task import Task
@@ -89,25 +89,12 @@ class DeadLetterMover:
         self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
         self.claimer = claimer
         self.dlq_stream = claimer.dead_letter_stream(stream)
-        self._local = threading.local()
-        self._sessions: list[Session] = []
-        self._lock = threading.Lock()
-
-    def _session(self) -> Session:
-        session: Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = Session(self.client, self.stream)
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
+        self._sessions = ThreadSessions(client, stream)
+        self._session = self._sessions.get
 
     def close(self) -> None:
         """Close the worker threads' sessions."""
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.close()
+        self._sessions.close()
 
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str | None = None) -> None:
         """Keep the reason and traceback of a failed run, for the dead-letter path."""

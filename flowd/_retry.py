@@ -29,7 +29,8 @@ from typing import Any
 from ._dead_letter_move import DeadLetterMover
 from ._fields import prior_runs
 from ._keys import derived_key
-from ._redis import Script, Session
+from ._redis import Script
+from ._thread_sessions import ThreadSessions
 from ._timeutil import to_ms
 from .claimer import Claimer
 from .task import Task
@@ -171,25 +172,12 @@ class RetryControl:
         self._scheduled_key = derived_key(stream, "scheduled")
         self._errors_key = derived_key(stream, f"errors:{group}")
         self._tracebacks_key = derived_key(stream, f"tracebacks:{group}")
-        self._local = threading.local()
-        self._sessions: list[Session] = []
-        self._lock = threading.Lock()
-
-    def _session(self) -> Session:
-        session: Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = Session(self.client, self.stream)
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
+        self._sessions = ThreadSessions(client, stream)
+        self._session = self._sessions.get
 
     def close(self) -> None:
         """Close the worker threads' sessions."""
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.close()
+        self._sessions.close()
 
     @property
     def active(self) -> bool:
