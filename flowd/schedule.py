@@ -52,7 +52,7 @@ def _check_cron(expression: object, zone: ZoneInfo) -> str:
         from cronsim import CronSim, CronSimError
     except ImportError:
         raise ConfigurationError(
-            "cron schedules need the cron extra: pip install 'flowd[cron]'"
+            "cron schedules need the cron extra: pip install 'flowd-queue[cron]'"
         ) from None
     try:
         CronSim(expression, datetime.now(zone))

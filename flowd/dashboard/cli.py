@@ -92,7 +92,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ConfigurationError(
             f"the dashboard needs the 'dashboard' extra ({exc.name} is missing): "
-            "pip install 'flowd[dashboard]'"
+            "pip install 'flowd-queue[dashboard]'"
         ) from None
     url, source = resolve_url(args.url)
     client = connect(url, source)
