@@ -78,6 +78,7 @@ class StopSignals:
     def __init__(self, shutdown_timeout: float) -> None:
         self.requested = threading.Event()
         self.shutdown_timeout = shutdown_timeout
+        self._received = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -90,7 +91,11 @@ class StopSignals:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested.is_set():
+        # Counted before any call: Python runs a second signal's handler inside
+        # the first one (at its next call), so a flag set after logging would
+        # let a quick second SIGINT be taken for the first.
+        self._received += 1
+        if self._received > 1:
             if signum == signal.SIGINT:
                 os.write(2, b"flowd: second interrupt, exiting at once\n")
                 os._exit(130)

@@ -455,6 +455,40 @@ def test_second_sigint_exits_at_once(
     assert {ids[n] for n in started} <= pending_ids(client, stream)
 
 
+_SIGINT_DURING_FIRST_HANDLER = """
+import logging, os, signal, sys
+from flowd._runner import StopSignals
+
+class SecondInterrupt(logging.Handler):
+    def emit(self, record):
+        # The second Ctrl-C arrives while the first one's handler is still logging.
+        if "received SIGINT" in record.getMessage():
+            os.kill(os.getpid(), signal.SIGINT)
+
+logging.getLogger("flowd").addHandler(SecondInterrupt())
+with StopSignals(shutdown_timeout=60) as signals:
+    os.kill(os.getpid(), signal.SIGINT)
+    signals.requested.wait(10)
+    sum(range(1000))  # a few calls, where pending handlers run
+sys.exit(0)
+"""
+
+
+def test_a_second_sigint_during_the_first_ones_handler_exits() -> None:
+    # Given a process whose second SIGINT arrives before the first one's handler has returned
+    # When it runs
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGINT_DURING_FIRST_HANDLER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Then the second one is taken as the second: the process exits at once with 130
+    assert result.returncode == 130, result.stderr
+    assert "second interrupt, exiting at once" in result.stderr
+
+
 # ---------------------------------------------------------------------------
 # flowd demo
 
