@@ -67,9 +67,13 @@ def supervise(
         for i in range(processes)
     ]
     stop = threading.Event()
+    received = [0]
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
+        # Counted before any call, as in flowd._runner.StopSignals: a second
+        # signal's handler can run inside the first one's.
+        received[0] += 1
+        if received[0] > 1:
             if signum == signal.SIGINT:
                 os.write(2, b"flowd: second interrupt, killing workers\n")
                 for child in children:
