@@ -40,7 +40,11 @@ class Acker:
         self._flushing: list[str] = []
         self._lock = threading.Lock()
         self._retried: collections.deque[str] = collections.deque()
-        self._wake = threading.Event()
+        # Held while the thread sleeps on it; add() releases it to wake the thread. A
+        # bare lock, not an Event: Event.set() runs a Condition in Python on every
+        # wake-up, the costliest step of acking tiny jobs.
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._sleeping = False
         self._closing = False
         self._deadline: float | None = None
@@ -57,15 +61,22 @@ class Acker:
         if retried:
             self._retried.append(msg_id)
         self._ids.append(msg_id)
-        # Under load the thread is busy flushing and needs no wake-up (a costly Event.set).
+        # Under load the thread is busy flushing and needs no wake-up.
         if self._sleeping:
-            self._wake.set()
+            self._sleeping = False
+            self._wake_up()
 
     def close(self, deadline: float | None) -> None:
         """Ask the thread to flush what is queued and exit (retrying until ``deadline``)."""
         self._deadline = deadline
         self._closing = True
-        self._wake.set()
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        try:
+            self._wake.release()
+        except RuntimeError:  # released already: the thread is awake or will be
+            pass
 
     def unwritten_ids(self) -> set[str]:
         """Ids added and not yet acked in Redis (queued, or in a flush not yet done)."""
@@ -96,10 +107,11 @@ class Acker:
             while True:
                 if not self._ids and not self._closing:
                     self._sleeping = True
-                    if not self._ids:  # re-check: an add() may have come before the flag
-                        self._wake.wait()
+                    # Re-check: an add() or close() may have come before the flag. A
+                    # wake-up left from earlier only makes one extra round.
+                    if not self._ids and not self._closing:
+                        self._wake.acquire()
                     self._sleeping = False
-                    self._wake.clear()
                 self._take_ids()
                 retried += self._take(self._retried)
                 while self._flushing or retried:
