@@ -28,6 +28,7 @@ from ._pool import DeadLetterWork, WorkerPool
 from ._readahead import ids_of
 from ._redis import Fields
 from ._retry import RetryControl
+from ._scheduler import UniqueRelease
 from .errors import DecodeError
 from .hooks import call_hooks
 from .task import Task
@@ -48,6 +49,7 @@ class Dispatcher:
         mover: DeadLetterMover | None,
         max_retries: int | None,
         retry: RetryControl,
+        unique: UniqueRelease,
     ) -> None:
         self.pool = pool
         self.stream = stream
@@ -56,6 +58,7 @@ class Dispatcher:
         self.acker = acker
         self.mover = mover
         self._retry = retry
+        self._unique = unique
         self._group_bytes = group.encode("utf-8")
         #: Most deliveries a claimed entry may have and still run (None: no limit).
         self.limit = None if max_retries is None else max_retries + 1
@@ -155,8 +158,10 @@ class Dispatcher:
 
     # -- the pool's route back for this stream
 
-    def ack(self, msg_id: str, retried: bool) -> None:
-        self.acker.add(msg_id, retried)
+    def ack(self, task: Task[Any], retried: bool) -> None:
+        self.acker.add(task.id, retried)
+        if UniqueRelease.holds_key(task.fields):
+            self._unique.release(task)
 
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str) -> None:
         if self.mover is not None:

@@ -95,7 +95,7 @@ class DeadLetterWork:
 class StreamRoute(Protocol):
     """Where one stream's outcomes go (see flowd._dispatch.Dispatcher)."""
 
-    def ack(self, msg_id: str, retried: bool) -> None: ...
+    def ack(self, task: Task[Any], retried: bool) -> None: ...
 
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str) -> None: ...
 
@@ -221,7 +221,7 @@ class WorkerPool:
                         limiter.exit_current()  # if the exception cut exit() short
                     self._failed(task, exc, monotonic() - started, counts)
                 else:
-                    routes[task.stream].ack(msg_id, retried)
+                    routes[task.stream].ack(task, retried)
                     counts.processed += 1
                     if success:
                         call_hooks(success, task, monotonic() - started)

@@ -80,7 +80,9 @@ def move_due_before_drain(
 
 
 class UniqueRelease(Hooks):
-    """Frees a job's ``unique_key`` once it succeeded or was dead-lettered.
+    """Frees a job's ``unique_key`` once it was dead-lettered (as a hook) or succeeded
+    (the stream's dispatcher calls :meth:`release` with the ack, for the jobs that
+    carry a key: as a success hook it would cost every job a call).
 
     Without this the key would still be free for the next enqueue (which checks
     that its holder is scheduled, waiting or running), but its string would stay
@@ -90,13 +92,16 @@ class UniqueRelease(Hooks):
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def after_success(self, task: Task[Any], duration: float) -> None:
-        self._release(task)
+    @staticmethod
+    def holds_key(fields: Any) -> bool:
+        """Whether an entry with these fields was enqueued with a ``unique_key``."""
+        return _UNIQUE in fields
 
     def on_dead_letter(self, task: Task[Any]) -> None:
-        self._release(task)
+        self.release(task)
 
-    def _release(self, task: Task[Any]) -> None:
+    def release(self, task: Task[Any]) -> None:
+        """Free the task's unique key if that job still holds it."""
         key = task.fields.get(_UNIQUE)
         if key is None:
             return

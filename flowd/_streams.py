@@ -22,7 +22,7 @@ from ._readahead import Link
 from ._reader import Reader
 from ._redis import Session, ensure_group
 from ._retry import RetryControl
-from ._scheduler import SchedulerLoop, schedules_of
+from ._scheduler import SchedulerLoop, UniqueRelease, schedules_of
 from ._threads import LoopThread
 from .claimer import Claimer
 from .hooks import Hooks
@@ -96,7 +96,8 @@ def stream_parts(
     retry = RetryControl(
         s.client, stream, s.group, s.consumer, s.claimer, mover, pool.release_lease
     )
-    dispatcher = Dispatcher(pool, stream, s.group, s.job, acker, mover, max_retries, retry)
+    unique = UniqueRelease(s.client)
+    dispatcher = Dispatcher(pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique)
     pool.routes[stream] = dispatcher
     ctx = StreamContext(
         stream=stream,

@@ -272,7 +272,7 @@ class Queue(Generic[J]):
             concurrency=self.concurrency,
             claimer=self.claimer,
             housekeeping=self.housekeeping,
-            # Frees a job's unique_key once it succeeded or was dead-lettered.
+            # Frees a dead-lettered job's unique_key (the dispatcher frees it on success).
             hooks=(UniqueRelease(self.client), *self.hooks),
             block=self.block,
             stop_timeout=self.stop_timeout,
