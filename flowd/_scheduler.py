@@ -101,14 +101,13 @@ class UniqueRelease(Hooks):
         self.release(task)
 
     def release(self, task: Task[Any]) -> None:
-        """Free the task's unique key if that job still holds it."""
+        """Free the task's unique key if that job still holds it; never raises (it runs
+        on a worker thread, after the job, where an exception would end the thread)."""
         key = task.fields.get(_UNIQUE)
         if key is None:
             return
-        name = unique_key(task.stream, key.decode("utf-8", "surrogateescape"))
         try:
+            name = unique_key(task.stream, key.decode("utf-8", "surrogateescape"))
             RELEASE(self.client, [name], [task.id])
         except Exception as exc:
-            logger.info(
-                "could not free unique key %s of %s (%s); enqueue frees it", name, task.id, exc
-            )
+            logger.info("could not free the unique key of %s (%s); enqueue frees it", task.id, exc)
