@@ -27,8 +27,12 @@ def serving(app: Any) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        # Close every channel in the server's own loop thread (browsers keep connections
-        # alive, and the loop runs until none is left).
+        # First let the handler threads finish: one still servicing a request wakes the
+        # loop when it is done, which fails (EBADF) once the loop has closed.
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=10)
+
+        # Then close every channel in the server's own loop thread (browsers keep
+        # connections alive, and the loop runs until none is left).
         def close_all() -> None:
             for channel in list(server._map.values()):
                 channel.close()
@@ -41,7 +45,6 @@ def serving(app: Any) -> Iterator[str]:
             close_all()
             server.close()
         thread.join(timeout=10)
-        server.task_dispatcher.shutdown()
         assert not thread.is_alive(), "the test dashboard server did not stop"
 
 
