@@ -241,9 +241,11 @@ class WorkerPool:
         control = route.retry
         if isinstance(exc, Retry):
             counts.retry_requested += 1
+            call_hooks(self.hooks.after_retry, task, exc, duration)
             dead = control.retry(task, exc.delay, f"Retry: {exc}", None)
         elif isinstance(exc, GiveUp):
             counts.gave_up += 1
+            call_hooks(self.hooks.after_give_up, task, exc, duration)
             dead = control.give_up(task, f"GiveUp: {exc.reason}", traceback_of(exc))
         else:
             counts.failed += 1

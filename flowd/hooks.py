@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import GiveUp, Retry
 from .task import Task
 
 __all__ = ["Hooks", "LogHooks"]
@@ -37,7 +38,15 @@ class Hooks:
         """A job raised (or ran past its time limit); it is retried or dead-lettered.
 
         Not called for :class:`flowd.Retry` and :class:`flowd.GiveUp`, which are
-        outcomes the job chose, not failures (see ``QueueStats``)."""
+        outcomes the job chose, not failures (see ``QueueStats``): those end in
+        :meth:`after_retry` and :meth:`after_give_up`."""
+
+    def after_retry(self, task: Task[Any], exc: Retry, duration: float) -> None:
+        """A job raised :class:`flowd.Retry`: it runs again after the delay (past
+        ``max_retries`` it goes down the dead-letter path instead)."""
+
+    def after_give_up(self, task: Task[Any], exc: GiveUp, duration: float) -> None:
+        """A job raised :class:`flowd.GiveUp`: it goes down the dead-letter path now."""
 
     def on_dead_letter(self, task: Task[Any]) -> None:
         """A message went down the dead-letter path (``task.error`` says why)."""
@@ -59,7 +68,15 @@ class LogHooks(Hooks):
         )
 
 
-_EVENTS = ("before_job", "after_success", "after_failure", "on_dead_letter", "on_claim")
+_EVENTS = (
+    "before_job",
+    "after_success",
+    "after_failure",
+    "after_retry",
+    "after_give_up",
+    "on_dead_letter",
+    "on_claim",
+)
 
 
 class HookSet:
@@ -75,6 +92,8 @@ class HookSet:
     before_job: tuple[Callable[[Task[Any]], None], ...]
     after_success: tuple[Callable[[Task[Any], float], None], ...]
     after_failure: tuple[Callable[[Task[Any], BaseException, float], None], ...]
+    after_retry: tuple[Callable[[Task[Any], Retry, float], None], ...]
+    after_give_up: tuple[Callable[[Task[Any], GiveUp, float], None], ...]
     on_dead_letter: tuple[Callable[[Task[Any]], None], ...]
     on_claim: tuple[Callable[[Task[Any]], None], ...]
 

@@ -32,6 +32,14 @@ class Recorder(flowd.Hooks):
     def after_failure(self, task: flowd.Task[Any], exc: BaseException, duration: float) -> None:
         self._add("failure", task.job.n, str(exc))
 
+    def after_retry(self, task: flowd.Task[Any], exc: flowd.Retry, duration: float) -> None:
+        assert duration >= 0
+        self._add("retry", task.job.n, exc.delay)
+
+    def after_give_up(self, task: flowd.Task[Any], exc: flowd.GiveUp, duration: float) -> None:
+        assert duration >= 0
+        self._add("give_up", task.job.n, exc.reason)
+
     def on_dead_letter(self, task: flowd.Task[Any]) -> None:
         self._add("dead", task.job.n, task.error)
 
@@ -41,6 +49,44 @@ class Recorder(flowd.Hooks):
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         with self.lock:
             return [e for e in self.events if e[0] == kind]
+
+
+def test_retry_and_give_up_reach_their_own_hooks_not_after_failure(
+    client: redis.Redis, stream: str
+) -> None:
+    # Given job 1 that asks for one retry and job 2 that gives up
+    flowd.Producer(client, stream).enqueue_bulk(Numbered(n) for n in range(3))
+    recorder = Recorder()
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        if task.job.n == 1 and task.deliveries == 1:
+            raise flowd.Retry(delay=0.1)
+        if task.job.n == 2:
+            raise flowd.GiveUp("card declined")
+
+    queue = flowd.Queue(
+        client,
+        stream=stream,
+        group="g",
+        job=Numbered,
+        worker=work,
+        hooks=[recorder],
+        claimer=flowd.Claimer(min_idle_time=5, interval=0.05),
+    )
+    handle = queue.run()
+    try:
+        # When it runs until job 1 succeeded on its second run and job 2 is dead
+        wait_until(lambda: len(recorder.of("success")) == 2 and recorder.of("dead"), timeout=20)
+    finally:
+        assert handle.stop(timeout=5)
+    # Then the retry and the give-up reached their own events, and no failure was reported
+    assert recorder.of("retry") == [("retry", 1, 0.1)]
+    assert recorder.of("give_up") == [("give_up", 2, "card declined")]
+    assert recorder.of("failure") == []
+    assert sorted(e[1] for e in recorder.of("success")) == [0, 1]
+    assert recorder.of("dead") == [("dead", 2, "GiveUp: card declined")]
+    stats = handle.stats()
+    assert (stats.retry_requested, stats.gave_up, stats.failed) == (1, 1, 0)
 
 
 class Broken(flowd.Hooks):

@@ -161,6 +161,50 @@ def test_an_unreachable_redis_reads_as_down_and_the_scrape_still_works(
     assert "cannot read stream emails for metrics" in caplog.text
 
 
+def test_retry_and_give_up_are_counted_and_leave_nothing_in_flight(
+    client: redis.Redis, stream: str, registry: CollectorRegistry, server: MetricsServer
+) -> None:
+    # Given a queue whose job 1 asks for one retry and whose job 2 gives up
+    hooks = PrometheusHooks(registry)
+    flowd.Producer(client, stream).enqueue_bulk([Numbered(n=i) for i in range(3)])
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        if task.job.n == 1 and task.deliveries == 1:
+            raise flowd.Retry(delay=0.1)
+        if task.job.n == 2:
+            raise flowd.GiveUp("card declined")
+
+    queue = flowd.Queue(
+        client,
+        stream=stream,
+        group="g",
+        job=Numbered,
+        worker=work,
+        claimer=flowd.Claimer(min_idle_time=5, interval=0.05),
+        housekeeping=False,
+        hooks=[hooks],
+    )
+    # When it has run them all
+    with queue.run() as handle:
+        wait_until(lambda: handle.stats().processed == 2 and handle.stats().dead_lettered == 1)
+    stats = handle.stats()
+    after = scrape(server)
+
+    # Then the retry and the give-up are counted apart from failures, as in the stats
+    assert value(after, "flowd_jobs_retry_requested_total", stream=stream) == 1
+    assert stats.retry_requested == 1
+    assert value(after, "flowd_jobs_gave_up_total", stream=stream) == stats.gave_up == 1
+    assert value(after, "flowd_jobs_failed_total", stream=stream) == stats.failed == 0
+    assert value(after, "flowd_jobs_dead_lettered_total", stream=stream) == 1
+    # And no run stays in flight
+    assert value(after, "flowd_jobs_in_flight", stream=stream) == 0
+    durations = {
+        outcome: value(after, "flowd_job_duration_seconds_count", stream=stream, outcome=outcome)
+        for outcome in ("success", "retry", "give_up")
+    }
+    assert durations == {"success": 2, "retry": 1, "give_up": 1}
+
+
 def test_hooks_share_their_metrics_per_registry(registry: CollectorRegistry) -> None:
     # Creating one PrometheusHooks per queue is fine: the metrics exist once.
     first, second = PrometheusHooks(registry), PrometheusHooks(registry)

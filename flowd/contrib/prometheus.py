@@ -13,12 +13,16 @@ cost a few counter increments per job:
 
 - ``flowd_jobs_processed_total``, ``flowd_jobs_failed_total``: runs that
   returned / raised;
+- ``flowd_jobs_retry_requested_total``, ``flowd_jobs_gave_up_total``: runs
+  that raised :class:`flowd.Retry` / :class:`flowd.GiveUp` (as
+  ``QueueStats.retry_requested`` and ``gave_up``; not counted as failed);
 - ``flowd_jobs_retried_total``: runs of a message delivered before (as
   ``QueueStats.retried``); ``flowd_messages_claimed_total``: messages
   reclaimed from an idle consumer (a failed job or a crashed consumer);
 - ``flowd_jobs_dead_lettered_total``: messages sent down the dead-letter path;
 - ``flowd_job_duration_seconds`` (histogram, also labelled ``outcome``:
-  ``success`` or ``failure``) and ``flowd_jobs_in_flight`` (gauge).
+  ``success``, ``failure``, ``retry`` or ``give_up``) and
+  ``flowd_jobs_in_flight`` (gauge).
 
 Stream metrics come from :func:`flowd.stream_info`, read at most every
 ``min_interval`` seconds whatever the scrape rate (:class:`StreamCollector`).
@@ -38,7 +42,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, GiveUp, Retry
 from ..hooks import Hooks
 from ..info import StreamInfo, stream_info
 from ..task import Task
@@ -55,6 +59,8 @@ DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class _JobMetrics:
     processed: Counter
     failed: Counter
+    retry_requested: Counter
+    gave_up: Counter
     retried: Counter
     claimed: Counter
     dead_lettered: Counter
@@ -90,6 +96,10 @@ def _job_metrics(
         found = known[namespace] = _JobMetrics(
             processed=counter("jobs_processed", "Jobs that returned (their messages are acked)."),
             failed=counter("jobs_failed", "Jobs that raised (their messages stay pending)."),
+            retry_requested=counter(
+                "jobs_retry_requested", "Jobs that raised flowd.Retry (run again after a delay)."
+            ),
+            gave_up=counter("jobs_gave_up", "Jobs that raised flowd.GiveUp (dead-lettered now)."),
             retried=counter("jobs_retried", "Runs of messages that were delivered before."),
             claimed=counter(
                 "messages_claimed", "Messages reclaimed from an idle consumer, to run again."
@@ -123,20 +133,28 @@ class _StreamChildren:
         "dead",
         "fail_time",
         "failed",
+        "gave_up",
+        "give_up_time",
         "in_flight",
         "ok_time",
         "processed",
         "retried",
+        "retry_requested",
+        "retry_time",
     )
 
     def __init__(self, metrics: _JobMetrics, stream: str) -> None:
         self.processed = metrics.processed.labels(stream)
         self.failed = metrics.failed.labels(stream)
+        self.retry_requested = metrics.retry_requested.labels(stream)
+        self.gave_up = metrics.gave_up.labels(stream)
         self.retried = metrics.retried.labels(stream)
         self.claimed = metrics.claimed.labels(stream)
         self.dead = metrics.dead_lettered.labels(stream)
         self.ok_time = metrics.duration.labels(stream, "success")
         self.fail_time = metrics.duration.labels(stream, "failure")
+        self.retry_time = metrics.duration.labels(stream, "retry")
+        self.give_up_time = metrics.duration.labels(stream, "give_up")
         self.in_flight = metrics.in_flight.labels(stream)
 
 
@@ -185,6 +203,18 @@ class PrometheusHooks(Hooks):
         children.in_flight.dec()
         children.failed.inc()
         children.fail_time.observe(duration)
+
+    def after_retry(self, task: Task[Any], exc: Retry, duration: float) -> None:
+        children = self._children(task.stream)
+        children.in_flight.dec()
+        children.retry_requested.inc()
+        children.retry_time.observe(duration)
+
+    def after_give_up(self, task: Task[Any], exc: GiveUp, duration: float) -> None:
+        children = self._children(task.stream)
+        children.in_flight.dec()
+        children.gave_up.inc()
+        children.give_up_time.observe(duration)
 
     def on_dead_letter(self, task: Task[Any]) -> None:
         self._children(task.stream).dead.inc()
