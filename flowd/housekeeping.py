@@ -63,7 +63,13 @@ return {minid, redis.call('XTRIM', KEYS[1], 'MINID', '=', minid)}
 # Removes consumers idle for at least ARGV[2] ms that own no pending entry.
 _REMOVE_IDLE_LUA = """
 local removed = {}
-local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+-- No stream or no group yet (a queue's first minutes, or Redis just back): nothing to do.
+if redis.call('EXISTS', KEYS[1]) == 0 then return removed end
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if consumers['err'] then
+  if string.sub(consumers['err'], 1, 7) == 'NOGROUP' then return removed end
+  return redis.error_reply(consumers['err'])
+end
 for _, c in ipairs(consumers) do
   local info = {}
   for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
@@ -123,7 +129,8 @@ def remove_idle_consumers(
 ) -> list[str]:
     """Remove consumers of ``group`` idle for ``idle`` seconds or more that own no
     pending entry; returns their names. Consumers with pending entries are never
-    removed (XGROUP DELCONSUMER would drop those entries)."""
+    removed (XGROUP DELCONSUMER would drop those entries). A stream or group that
+    does not exist has none to remove."""
     idle_ms = to_ms(to_seconds(idle, "idle"))
     return names(client.eval(REMOVE_IDLE.source, 1, stream, group, idle_ms, *keep))
 

@@ -235,6 +235,28 @@ def test_remove_idle_consumers_spares_pending_owners_and_kept_names(
     assert [(as_str(r["message_id"]), as_str(r["consumer"])) for r in pending] == [(ids[0], "busy")]
 
 
+def test_housekeeping_before_the_stream_or_group_exists_is_a_quiet_no_op(
+    client: redis.Redis, stream: str
+) -> None:
+    # Given a housekeeping step whose stream does not exist yet (Redis just came back,
+    # and the reader has not created the group)
+    ctx = _context(client, stream, "early")
+    try:
+        loop = HousekeepingLoop(ctx, flowd.Housekeeping(interval=30))
+
+        # When it runs, then it does its round without an error and removes nothing
+        assert loop.run_once() is True
+        # And the same with a stream that has another group but not this one
+        client.xgroup_create(stream, "other", id="0", mkstream=True)
+        client.delete(loop.lease_key)
+        assert loop.run_once() is True
+        assert flowd.remove_idle_consumers(client, stream, GROUP, 0.001) == []
+        assert flowd.remove_idle_consumers(client, stream + "-missing", GROUP, 0.001) == []
+        assert [as_str(g["name"]) for g in client.xinfo_groups(stream)] == ["other"]
+    finally:
+        ctx.redis.close()
+
+
 def test_remove_idle_consumers_accepts_a_timedelta_and_refuses_bad_ttl(
     client: redis.Redis, stream: str
 ) -> None:
