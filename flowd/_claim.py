@@ -15,8 +15,17 @@ from ._timeutil import to_ms
 
 logger = logging.getLogger(__name__)
 
-#: Ids per XCLAIM ... JUSTID when refreshing the ids this process holds.
-_REFRESH_CHUNK = 1000
+#: Ids per XCLAIM ... JUSTID when renewing the ids this process holds.
+_RENEW_CHUNK = 500
+
+
+def renew(ctx: StreamContext, ids: list[str]) -> None:
+    """Reset the idle time of ``ids``, pending under ``ctx``'s consumer, so that no
+    claimer takes them: XCLAIM with min-idle 0 always resets it, and JUSTID
+    leaves the delivery count alone."""
+    for i in range(0, len(ids), _RENEW_CHUNK):
+        chunk = ids[i : i + _RENEW_CHUNK]
+        ctx.redis.call("XCLAIM", ctx.stream, ctx.group, ctx.consumer, 0, *chunk, "JUSTID")
 
 
 class ClaimOutcome(enum.Enum):
@@ -159,20 +168,9 @@ class ClaimLoop:
         """Make the ids this process holds look busy, so XAUTOCLAIM does not return them.
 
         XAUTOCLAIM counts a delivery for every id it returns: skipping a held id
-        after claiming it would spend one of its retries without a run. XCLAIM
-        with JUSTID resets the idle time and leaves the count alone.
+        after claiming it would spend one of its retries without a run.
         """
-        ctx = self.ctx
-        ids = sorted(held)
-        chunks = [ids[i : i + _REFRESH_CHUNK] for i in range(0, len(ids), _REFRESH_CHUNK)]
-        for reply in ctx.redis.call_many(
-            [
-                ("XCLAIM", ctx.stream, ctx.group, ctx.consumer, 0, *chunk, "JUSTID")
-                for chunk in chunks
-            ]
-        ):
-            if isinstance(reply, Exception):
-                raise reply
+        renew(self.ctx, sorted(held))
 
     def _ack_unnamed_deleted(self, start: str, skip: set[str]) -> None:
         """Redis 6.2 claimed deleted entries without naming them: find and ack them.
@@ -236,10 +234,7 @@ class LeaseLoop:
         with self.lock:
             ids = ctx.running_since(time.monotonic() - self.interval / 2)
             ids += ids_of(ctx.permits.buffered_items(), ctx.stream)  # read ahead, not started
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                # JUSTID does not bump the delivery count; min-idle 0 always resets idle.
-                ctx.redis.call("XCLAIM", ctx.stream, ctx.group, ctx.consumer, 0, *chunk, "JUSTID")
+            renew(ctx, ids)
         if ids and logger.isEnabledFor(logging.DEBUG):
             logger.debug("renewed the lease of %d running messages on %s", len(ids), ctx.stream)
         return bool(ids)
