@@ -237,9 +237,11 @@ class Session:
                 "0",
             )
             self.server_version = version
-            if parse_version(version) < MIN_VERSION:
+            try:
+                check_version(version)
+            except RedisVersionError:
                 self.close()
-                raise RedisVersionError(version)
+                raise
         return self._conn
 
     def _on_error_reply(self, exc: redis.exceptions.ResponseError) -> None:
