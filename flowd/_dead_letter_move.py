@@ -130,18 +130,17 @@ class DeadLetterMover:
             )
 
     def last_failure(self, msg_id: str) -> str | None:
-        try:
-            reason = self._session().call("HGET", self.errors_key, msg_id)
-        except Exception:
-            logger.warning("could not read the failure reason of %s", msg_id, exc_info=True)
-            return None
-        return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else None
+        return self._recorded(self.errors_key, msg_id, "failure reason")
 
     def last_traceback(self, msg_id: str) -> str | None:
+        return self._recorded(self.tracebacks_key, msg_id, "traceback")
+
+    def _recorded(self, key: str, msg_id: str, what: str) -> str | None:
+        """What the failure records hold for ``msg_id`` in ``key``; None if none or unreadable."""
         try:
-            text = self._session().call("HGET", self.tracebacks_key, msg_id)
+            text = self._session().call("HGET", key, msg_id)
         except Exception:
-            logger.warning("could not read the traceback of %s", msg_id, exc_info=True)
+            logger.warning("could not read the %s of %s", what, msg_id, exc_info=True)
             return None
         return text.decode("utf-8", "replace") if isinstance(text, bytes) else None
 
