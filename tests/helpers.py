@@ -211,6 +211,14 @@ def noop(task: flowd.Task[Any]) -> None:
     return None
 
 
+def retry_once_or_give_up(task: flowd.Task[Numbered]) -> None:
+    """Job 1 asks for one retry (0.1 s), job 2 gives up ("card declined"), others succeed."""
+    if task.job.n == 1 and task.deliveries == 1:
+        raise flowd.Retry(delay=0.1)
+    if task.job.n == 2:
+        raise flowd.GiveUp("card declined")
+
+
 class QueueFactory:
     """Builds queues on the test's stream (without a claimer unless given: the tests were
     written when that was the default) and stops every handle it started on teardown."""

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 import flowd
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, retry_once_or_give_up, wait_until
 
 
 class Recorder(flowd.Hooks):
@@ -58,18 +58,12 @@ def test_retry_and_give_up_reach_their_own_hooks_not_after_failure(
     flowd.Producer(client, stream).enqueue_bulk(Numbered(n) for n in range(3))
     recorder = Recorder()
 
-    def work(task: flowd.Task[Numbered]) -> None:
-        if task.job.n == 1 and task.deliveries == 1:
-            raise flowd.Retry(delay=0.1)
-        if task.job.n == 2:
-            raise flowd.GiveUp("card declined")
-
     queue = flowd.Queue(
         client,
         stream=stream,
         group="g",
         job=Numbered,
-        worker=work,
+        worker=retry_once_or_give_up,
         hooks=[recorder],
         claimer=flowd.Claimer(min_idle_time=5, interval=0.05),
     )

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import flowd
 from flowd.contrib.prometheus import MetricsServer, PrometheusHooks, StreamCollector, serve
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, retry_once_or_give_up, wait_until
 from tests.redis_server import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -168,18 +168,12 @@ def test_retry_and_give_up_are_counted_and_leave_nothing_in_flight(
     hooks = PrometheusHooks(registry)
     flowd.Producer(client, stream).enqueue_bulk([Numbered(n=i) for i in range(3)])
 
-    def work(task: flowd.Task[Numbered]) -> None:
-        if task.job.n == 1 and task.deliveries == 1:
-            raise flowd.Retry(delay=0.1)
-        if task.job.n == 2:
-            raise flowd.GiveUp("card declined")
-
     queue = flowd.Queue(
         client,
         stream=stream,
         group="g",
         job=Numbered,
-        worker=work,
+        worker=retry_once_or_give_up,
         claimer=flowd.Claimer(min_idle_time=5, interval=0.05),
         housekeeping=False,
         hooks=[hooks],
