@@ -25,6 +25,7 @@ from .hooks import Hooks, LogHooks
 from .housekeeping import Housekeeping, TrimResult, remove_idle_consumers, trim_stream
 from .info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
 from .job import Job, Mapper, field
+from .migrate import KeyMigration, migrate_keys
 from .producer import Producer
 from .queue import Queue, WorkerFn
 from .schedule import Schedule
@@ -50,6 +51,7 @@ __all__ = [
     "Hooks",
     "Housekeeping",
     "Job",
+    "KeyMigration",
     "LogHooks",
     "Mapper",
     "Producer",
@@ -70,6 +72,7 @@ __all__ = [
     "WorkerFn",
     "__version__",
     "field",
+    "migrate_keys",
     "partition_streams",
     "remove_idle_consumers",
     "stream_info",

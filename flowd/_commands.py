@@ -218,6 +218,23 @@ def _unit(value: str | bytes) -> str:
 # -- flowd demo
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``flowd migrate STREAM...``: 0 when nothing is left in the old layout, else 1."""
+    from .migrate import migrate_keys
+
+    client = _client(args)
+    reports = migrate_keys(
+        client, args.streams, scheduled_to=args.scheduled_to, dry_run=args.dry_run
+    )
+    verb = "would move" if args.dry_run else "moved"
+    for report in reports:
+        moved = ", ".join(f"{n} {kind}" for kind, n in report.moved.items() if n)
+        print(f"{report.stream}: {verb} {moved or 'nothing'}")
+        for left in report.left:
+            print(f"{report.stream}: left {left}")
+    return 1 if any(r.left for r in reports) else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``flowd demo``."""
     from .demo import run_demo

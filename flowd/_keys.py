@@ -1,7 +1,16 @@
 """Key names derived from a stream; pure functions, no I/O.
 
 Every derived key carries the stream's cluster hash tag, so all keys of one
-queue live in one slot and multi-key steps work on Redis Cluster.
+queue live in one slot and multi-key steps work on Redis Cluster, and every
+derived key names its whole stream, so queues whose streams share a tag
+(``{shop}:emails`` and ``{shop}:orders``) never share a key:
+
+- ``emails`` -> ``{emails}:dead`` (the name becomes its own tag);
+- ``{emails:0}`` -> ``{emails:0}:dead`` (a name that is all tag keeps it);
+- ``{shop}:emails`` -> ``{shop}:emails:dead`` (a tagged name is the prefix).
+
+Before 0.2 the prefix was the tag alone (``{shop}:dead``): :func:`legacy_key_prefix`
+names that layout for ``flowd migrate``.
 """
 
 from __future__ import annotations
@@ -33,9 +42,26 @@ def hash_tag(stream: str) -> str:
     return "{" + stream + "}"
 
 
+def key_prefix(stream: str) -> str:
+    """What every derived key of ``stream`` starts with: the stream itself when it
+    has a hash tag of its own, else the stream as its own tag.
+
+    :raises ConfigurationError: for a name with a ``}`` but no tag.
+    """
+    tag = hash_tag(stream)
+    return tag if tag == "{" + stream + "}" else stream
+
+
+def legacy_key_prefix(stream: str) -> str:
+    """The prefix of the old layout, the hash tag alone, shared by every stream with that
+    tag; differs from :func:`key_prefix` only for names with a tag and more."""
+    return hash_tag(stream)
+
+
 def derived_key(stream: str, suffix: str) -> str:
-    """A key of this queue, in the stream's slot: ``{emails}:<suffix>``."""
-    return f"{hash_tag(stream)}:{suffix}"
+    """A key of this queue, in the stream's slot: ``{emails}:<suffix>``, or
+    ``{shop}:emails:<suffix>`` for a stream with a tag of its own."""
+    return f"{key_prefix(stream)}:{suffix}"
 
 
 def dead_letter_stream(stream: str) -> str:

@@ -162,6 +162,24 @@ def _scheduled(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         parser.set_defaults(func=_cli_scheduled.cmd_scheduled)
 
 
+def _migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = (
+        "move keys of streams with a hash tag (e.g. {shop}:emails) from the layout "
+        "before 0.2, where streams sharing a tag shared their keys, to their own"
+    )
+    migrate = sub.add_parser("migrate", help=text.split(" (")[0], description=text + ".")
+    migrate.add_argument("streams", nargs="+", metavar="STREAM", help="streams to migrate")
+    migrate.add_argument(
+        "--scheduled-to",
+        metavar="STREAM",
+        help="the stream that takes the tag's delayed jobs and schedules, when several "
+        "streams share the tag",
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="say what would move")
+    _url_option(migrate)
+    migrate.set_defaults(func=_commands.cmd_migrate)
+
+
 def _demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo",
@@ -187,6 +205,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _info,
     _dlq,
     _scheduled,
+    _migrate,
     _demo,
     add_dashboard_parser,
 ]

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from ._embedded import RedisServer, find_redis_server
-from ._keys import dead_letter_stream, hash_tag
+from ._keys import dead_letter_stream, key_prefix
 from ._urls import redact_url
 from .claimer import Claimer
 from .job import Job
@@ -75,7 +75,7 @@ def run_demo(url: str | None, jobs: int, *, keep: bool = False) -> int:
             )
         else:
             # the stream and every key derived from it ({stream}:dead, :errors:..., :moved:...)
-            derived = list(client.scan_iter(match=f"{hash_tag(stream)}:*", count=1000))
+            derived = list(client.scan_iter(match=f"{key_prefix(stream)}:*", count=1000))
             client.delete(stream, *derived)
             _say(f"removed {stream} and its dead letters (--keep keeps them)")
         client.close()

@@ -11,7 +11,13 @@ from typing import Any, Generic, TypeVar
 import redis.exceptions
 
 from ._engine import Engine, RunSettings, default_consumer_name
-from ._keys import dead_letter_stream, key_slot, partition_streams
+from ._keys import (
+    dead_letter_stream,
+    key_prefix,
+    key_slot,
+    legacy_key_prefix,
+    partition_streams,
+)
 from ._plan import plan_of
 from ._redis import (
     SAFE_EVICTION_POLICIES,
@@ -30,6 +36,7 @@ from .handle import QueueHandle
 from .hooks import Hooks
 from .housekeeping import Housekeeping
 from .job import Job
+from .migrate import legacy_keys_left
 from .schedule import Schedule, check_schedules
 from .task import Task
 
@@ -216,6 +223,7 @@ class Queue(Generic[J]):
                 try:
                     ensure_group(session, stream, self.group)
                     self._groups_seen.add(stream)
+                    self._check_key_layout(stream)
                     if stream == self.streams[0]:
                         self._check_eviction_policy(session)
                 finally:
@@ -237,6 +245,19 @@ class Queue(Generic[J]):
                 exc,
                 self.stream,
                 self.group,
+            )
+
+    def _check_key_layout(self, stream: str) -> None:
+        if legacy_key_prefix(stream) == key_prefix(stream):
+            return  # the common case: nothing could be in an old layout, no round trip
+        if legacy_keys_left(self.client, stream, self.group):
+            logger.warning(
+                "Redis holds keys of %s in the layout before 0.2 (%s:*, shared by every "
+                "stream with that hash tag): delayed jobs, unique keys, dead letters or "
+                "failure reasons there are not seen by this queue; run `flowd migrate %s`",
+                stream,
+                legacy_key_prefix(stream),
+                stream,
             )
 
     def _check_eviction_policy(self, session: Session) -> None:

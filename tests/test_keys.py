@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowd import ConfigurationError
-from flowd._keys import dead_letter_stream, derived_key, hash_tag, key_slot
+from flowd._keys import (
+    dead_letter_stream,
+    derived_key,
+    hash_tag,
+    key_prefix,
+    key_slot,
+    legacy_key_prefix,
+)
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
 
@@ -38,11 +45,11 @@ def test_dead_letter_stream_of_a_plain_name() -> None:
 @pytest.mark.parametrize(
     ("stream", "dead"),
     [
-        ("jobs:{emails}", "{emails}:dead"),
+        ("jobs:{emails}", "jobs:{emails}:dead"),
         ("{emails}", "{emails}:dead"),
-        ("{emails}:main", "{emails}:dead"),
-        ("a{b}c{d}", "{b}:dead"),  # the first tag decides, as in Redis
-        ("x}y{z}", "{z}:dead"),  # a "}" before the first "{" does not matter
+        ("{emails}:main", "{emails}:main:dead"),
+        ("a{b}c{d}", "a{b}c{d}:dead"),  # the first tag decides, as in Redis
+        ("x}y{z}", "x}y{z}:dead"),  # a "}" before the first "{" does not matter
     ],
 )
 def test_an_existing_tag_is_kept(stream: str, dead: str) -> None:
@@ -58,7 +65,25 @@ def test_an_open_brace_without_a_tag_still_names_its_own_slot(stream: str) -> No
 
 def test_derived_key_uses_the_same_tag() -> None:
     assert derived_key("emails", "schedule") == "{emails}:schedule"
-    assert derived_key("jobs:{emails}", "meta") == "{emails}:meta"
+    assert derived_key("jobs:{emails}", "meta") == "jobs:{emails}:meta"
+
+
+SUFFIXES = ["dead", "scheduled", "scheduled:s-1", "unique:cust:7", "schedules", "errors:g"]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_streams_sharing_a_tag_share_no_derived_key(suffix: str) -> None:
+    # {shop}:emails and {shop}:orders once shared {shop}:scheduled, {shop}:dead, ...
+    emails, orders = derived_key("{shop}:emails", suffix), derived_key("{shop}:orders", suffix)
+    assert emails != orders
+    assert key_slot(emails) == key_slot(orders) == key_slot("{shop}:emails")
+
+
+def test_partitions_and_untagged_names_keep_the_layout_they_had() -> None:
+    assert derived_key("emails", "dead") == "{emails}:dead"
+    assert derived_key("{emails:0}", "scheduled") == "{emails:0}:scheduled"
+    assert legacy_key_prefix("{shop}:emails") == "{shop}"
+    assert key_prefix("{shop}:emails") == "{shop}:emails"
 
 
 def test_hash_tag() -> None:
