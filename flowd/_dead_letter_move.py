@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _throughput
-from ._failure import traceback_of
+from ._failure import safe_repr, safe_str, traceback_of
 from ._keys import derived_key
 from ._redis import Script
 from ._thread_sessions import ThreadSessions
@@ -58,10 +58,10 @@ _MOVE_ATTEMPTS = 3
 
 def reason_of(exc: BaseException) -> str:
     """The text kept as a failure's reason: exception type and message, bounded."""
-    detail = str(exc)
+    detail = safe_str(exc)
     # Their str() is empty or a bare exit code: say what happened instead.
     if isinstance(exc, SystemExit):
-        detail = f"the job called sys.exit({exc.code!r})"
+        detail = f"the job called sys.exit({safe_repr(exc.code)})"
     elif isinstance(exc, KeyboardInterrupt) and not detail:
         detail = "the job was interrupted (SIGINT / Ctrl-C while it ran)"
     text = f"{type(exc).__name__}: {detail}"

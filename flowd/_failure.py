@@ -1,4 +1,10 @@
-"""What is kept of a failure: the bounded traceback beside the one-line reason."""
+"""What is kept of a failure: the bounded traceback beside the one-line reason.
+
+A job's exception is the job's code: its ``__str__`` or ``__repr__`` (or a GiveUp
+reason's, or a SystemExit code's) may raise. Everything here formats through
+:func:`safe_str` and :func:`safe_repr`, which never raise, so a failure is always
+recorded and no worker thread dies of one.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,41 @@ import traceback
 TRACEBACK_LIMIT = 4096
 
 
+def _class_name(obj: object) -> str:
+    try:
+        return type(obj).__name__
+    except Exception:  # a hostile metaclass; nothing else is left to say
+        return "object"
+
+
+def safe_str(obj: object) -> str:
+    """``str(obj)``, or ``"<unprintable ClassName>"`` when that raises."""
+    try:
+        text = str(obj)
+        if type(text) is str:
+            return text
+    except Exception:
+        pass
+    return f"<unprintable {_class_name(obj)}>"
+
+
+def safe_repr(obj: object) -> str:
+    """``repr(obj)``, or ``"<unprintable ClassName>"`` when that raises."""
+    try:
+        text = repr(obj)
+        if type(text) is str:
+            return text
+    except Exception:
+        pass
+    return f"<unprintable {_class_name(obj)}>"
+
+
 def traceback_of(exc: BaseException) -> str:
     """The formatted traceback of ``exc``, cut to its last ``TRACEBACK_LIMIT`` characters."""
-    text = "".join(traceback.format_exception(exc)).rstrip("\n")
+    try:
+        text = "".join(traceback.format_exception(exc)).rstrip("\n")
+    except Exception:  # format_exception guards str(exc), but not every hostile object
+        text = f"{_class_name(exc)}: {safe_str(exc)} (its traceback could not be formatted)"
     if len(text) <= TRACEBACK_LIMIT:
         return text
     return "...\n" + text[-(TRACEBACK_LIMIT - 4) :]

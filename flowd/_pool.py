@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._dead_letter_move import reason_of
-from ._failure import traceback_of
+from ._failure import safe_str, traceback_of
 from ._permits import Permits
 from ._readahead import ALPHA, ReadAhead
 from ._retry import RetryControl
@@ -219,7 +219,10 @@ class WorkerPool:
                 except BaseException as exc:
                     if limiter is not None:
                         limiter.exit_current()  # if the exception cut exit() short
-                    self._failed(task, exc, monotonic() - started, counts)
+                    try:
+                        self._failed(task, exc, monotonic() - started, counts)
+                    except BaseException as inner:  # this thread and its permit must live on
+                        self._failure_not_recorded(task, inner)
                 else:
                     routes[task.stream].ack(task, retried)
                     counts.processed += 1
@@ -242,11 +245,11 @@ class WorkerPool:
         if isinstance(exc, Retry):
             counts.retry_requested += 1
             call_hooks(self.hooks.after_retry, task, exc, duration)
-            dead = control.retry(task, exc.delay, f"Retry: {exc}", None)
+            dead = control.retry(task, exc.delay, f"Retry: {safe_str(exc)}", None)
         elif isinstance(exc, GiveUp):
             counts.gave_up += 1
             call_hooks(self.hooks.after_give_up, task, exc, duration)
-            dead = control.give_up(task, f"GiveUp: {exc.reason}", traceback_of(exc))
+            dead = control.give_up(task, f"GiveUp: {safe_str(exc.reason)}", traceback_of(exc))
         else:
             counts.failed += 1
             if isinstance(exc, TimeLimitExceeded) and not exc.args and self.limiter is not None:
@@ -258,6 +261,21 @@ class WorkerPool:
         if dead is not None:
             counts.dead_lettered += 1
             call_hooks(self.hooks.on_dead_letter, dead)
+
+    def _failure_not_recorded(self, task: Task[Any], exc: BaseException) -> None:
+        # Redis refused the record, or a policy raised: the message stays pending, so
+        # the claimer runs it again or dead-letters it once its deliveries are used up.
+        try:
+            logger.error(
+                "the failure of job %s on %s could not be recorded (%s: %s); it stays "
+                "pending for the claimer",
+                task.id,
+                task.stream,
+                type(exc).__name__,
+                safe_str(exc),
+            )
+        except BaseException:  # logging itself failed: nothing more can be said
+            pass
 
     def release_lease(self, task: Task[Any]) -> None:
         """Stop leasing ``task``'s message; returns once no renewal of it is in flight."""
