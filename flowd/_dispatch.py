@@ -11,8 +11,8 @@ letters to its dead-letter mover, retry decisions to its
 
 An entry a retry re-added to the stream carries ``flowd:runs`` (the runs done
 before): its deliveries count them too, so ``max_retries`` keeps its meaning.
-One re-added by another group's retry (``flowd:group``) is acked unrun: this
-group has run that job already.
+One re-added by another group's retry (``flowd:group`` beside ``flowd:retry-of``)
+is acked unrun: this group has run that job already.
 """
 
 from __future__ import annotations

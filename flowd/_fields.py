@@ -8,12 +8,16 @@ from collections.abc import Mapping
 RUNS_FIELD = b"flowd:runs"
 #: The consumer group whose retry re-added the entry.
 GROUP_FIELD = b"flowd:group"
+#: The id the retry script re-added the entry for. Only that script writes it, so
+#: ``flowd:group`` and ``flowd:runs`` are believed only beside it: another program's
+#: ``flowd:group`` field must not make a group ack a job it never ran.
+RETRY_OF_FIELD = b"flowd:retry-of"
 
 
 def prior_runs(fields: Mapping[bytes, bytes]) -> int:
     """Runs done before the entry was (re)scheduled: its ``flowd:runs`` field, else 0."""
     raw = fields.get(RUNS_FIELD)
-    if raw is None:
+    if raw is None or RETRY_OF_FIELD not in fields:
         return 0
     try:
         return max(int(raw), 0)
@@ -24,4 +28,4 @@ def prior_runs(fields: Mapping[bytes, bytes]) -> int:
 def other_group(fields: Mapping[bytes, bytes], group: bytes) -> bool:
     """True for an entry re-added by another group's retry: this group has run it already."""
     owner = fields.get(GROUP_FIELD)
-    return owner is not None and owner != group
+    return owner is not None and owner != group and RETRY_OF_FIELD in fields

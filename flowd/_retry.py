@@ -9,7 +9,8 @@
   stream's scheduled set (``{stream}:scheduled``, due by Redis's clock) with
   ``flowd:runs``, the runs done so far, so ``task.deliveries`` keeps counting
   when the scheduler moves it back into the stream. ``flowd:group`` names the
-  group that asked: other groups of the stream ack the new entry unread.
+  group that asked: other groups of the stream ack the new entry unread. Both are
+  believed only beside ``flowd:retry-of``, which only this script writes.
 - GiveUp, and a retry past ``max_retries``, dead-letter the message now.
 
 Without a backoff, a failure stays pending for the claimer, as before.
@@ -54,7 +55,7 @@ if #found > 0 then
   local flat = found[1][2]
   local out = {}
   for j = 1, #flat, 2 do
-    if flat[j] ~= 'flowd:runs' and flat[j] ~= 'flowd:group' then
+    if flat[j] ~= 'flowd:runs' and flat[j] ~= 'flowd:group' and flat[j] ~= 'flowd:retry-of' then
       out[#out + 1] = flat[j]
       out[#out + 1] = flat[j + 1]
     end
@@ -67,6 +68,8 @@ if #found > 0 then
   out[#out + 1] = ARGV[5]
   out[#out + 1] = 'flowd:group'
   out[#out + 1] = ARGV[1]
+  out[#out + 1] = 'flowd:retry-of'
+  out[#out + 1] = ARGV[2]
   redis.call('DEL', KEYS[3])
   for i = 1, #out, 1000 do
     redis.call('HSET', KEYS[3], unpack(out, i, math.min(i + 999, #out)))

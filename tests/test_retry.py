@@ -178,6 +178,7 @@ def test_long_retry_leaves_the_pel_for_the_scheduled_set(
     fields = client.hgetall(derived_key(stream, f"scheduled:{member}"))
     assert fields[b"flowd:runs"] == b"1"
     assert fields[b"flowd:group"] == GROUP.encode()
+    assert b"flowd:retry-of" in fields
     assert fields[b"n"] == b"7"
     assert msg_id in member
     # And no claimer runs it again meanwhile, though min_idle_time passes twice
@@ -191,15 +192,20 @@ def test_a_rescheduled_entry_counts_the_runs_before_it(
     # Given an entry as the scheduler adds it back after a retry (two runs done before)
     runs = Runs()
     start(runs.add, claimer=flowd.Claimer(min_idle_time=30, max_retries=5))
-    client.xadd(stream, {"n": "3", "flowd:runs": "2", "flowd:group": GROUP})
+    retry_of = {"flowd:retry-of": "1-1"}
+    client.xadd(stream, {"n": "3", "flowd:runs": "2", "flowd:group": GROUP, **retry_of})
     # And one that another group's retry added back
-    client.xadd(stream, {"n": "4", "flowd:runs": "1", "flowd:group": "other"})
+    client.xadd(stream, {"n": "4", "flowd:runs": "1", "flowd:group": "other", **retry_of})
+    # And one that another program wrote with flowd:group, without the retry's marker
+    client.xadd(stream, {"n": "6", "flowd:runs": "4", "flowd:group": "other"})
     client.xadd(stream, {"n": "5"})
     # Then its run is delivery 3; the other group's entry is acked without a run
     wait_until(lambda: runs.of(5), timeout=WAIT)
     wait_until(lambda: pending(client, stream) == 0, timeout=WAIT)
     assert [d for _, d in runs.of(3)] == [3]
     assert runs.of(4) == []
+    # and the foreign one runs, as a first delivery (its flowd: fields are not believed)
+    assert [d for _, d in runs.of(6)] == [1]
 
 
 def test_retry_counts_toward_max_retries(
