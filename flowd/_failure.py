@@ -9,6 +9,7 @@ recorded and no worker thread dies of one.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 
 #: Most characters of a traceback kept (its end: the frames nearest the error and the message).
 TRACEBACK_LIMIT = 4096
@@ -21,26 +22,24 @@ def _class_name(obj: object) -> str:
         return "object"
 
 
-def safe_str(obj: object) -> str:
-    """``str(obj)``, or ``"<unprintable ClassName>"`` when that raises."""
+def _safe(format_: Callable[[object], str], obj: object) -> str:
     try:
-        text = str(obj)
+        text = format_(obj)
         if type(text) is str:
             return text
     except Exception:
         pass
     return f"<unprintable {_class_name(obj)}>"
+
+
+def safe_str(obj: object) -> str:
+    """``str(obj)``, or ``"<unprintable ClassName>"`` when that raises."""
+    return _safe(str, obj)
 
 
 def safe_repr(obj: object) -> str:
     """``repr(obj)``, or ``"<unprintable ClassName>"`` when that raises."""
-    try:
-        text = repr(obj)
-        if type(text) is str:
-            return text
-    except Exception:
-        pass
-    return f"<unprintable {_class_name(obj)}>"
+    return _safe(repr, obj)
 
 
 def traceback_of(exc: BaseException) -> str:
