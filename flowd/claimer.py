@@ -17,6 +17,11 @@ __all__ = ["Claimer", "DeadLetterWorker"]
 DeadLetterWorker = Callable[[Task[Any]], None]
 
 
+# Below these a queue harms itself: see the errors raised in Claimer.__init__.
+MIN_IDLE_TIME_FLOOR = 0.1
+MIN_INTERVAL = 0.01
+MAX_BATCH = 10_000
+
 class Claimer:
     """Settings of a queue's claimer thread.
 
@@ -29,7 +34,7 @@ class Claimer:
 
     :param min_idle_time: seconds (or a timedelta) a message must be idle before
         it is reclaimed. While a job runs, its message is kept fresh (a lease),
-        so a live long job is never reclaimed, however long it runs.
+        so a live long job is never reclaimed, however long it runs. At least 0.1 s.
     :param max_retries: at most ``max_retries + 1`` runs per message; the claim
         that would start one more sends it to the dead-letter path instead.
     :param dlq_worker: called with the dead ``Task`` (typed ``job``, or ``None``
@@ -41,9 +46,9 @@ class Claimer:
         a string names another stream (keep it in the stream's hash slot for
         Redis Cluster); ``False`` acks dead messages after ``dlq_worker`` with a
         WARNING, and then they are gone.
-    :param interval: seconds between sweeps; defaults to a quarter of
-        ``min_idle_time``, at most 5 s.
-    :param batch: most messages claimed per XAUTOCLAIM call.
+    :param interval: seconds between sweeps (at least 0.01); defaults to a
+        quarter of ``min_idle_time``, at most 5 s.
+    :param batch: most messages claimed per XAUTOCLAIM call (1 to 10,000).
     :param backoff: a :class:`Backoff`: after the n-th failed run the next one
         starts after its n-th delay. A delay shorter than ``min_idle_time``
         keeps the message pending until then; a longer one moves it to the
@@ -71,6 +76,13 @@ class Claimer:
         backoff: Backoff | None = None,
     ) -> None:
         self.min_idle_time = to_seconds(min_idle_time, "min_idle_time")
+        if self.min_idle_time < MIN_IDLE_TIME_FLOOR:
+            raise ConfigurationError(
+                f"min_idle_time must be at least {MIN_IDLE_TIME_FLOOR} s, not {min_idle_time!r}: "
+                "a running job's message is renewed every min_idle_time/3, and a shorter "
+                "time lets a renewal come late under load, so another consumer claims and "
+                "runs the job while it still runs"
+            )
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigurationError(f"max_retries must be an int >= 0, not {max_retries!r}")
         self.max_retries = max_retries
@@ -87,8 +99,13 @@ class Claimer:
             if interval is None
             else to_seconds(interval, "interval")
         )
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ConfigurationError(f"batch must be a positive int, not {batch!r}")
+        if self.interval < MIN_INTERVAL:
+            raise ConfigurationError(
+                f"interval must be at least {MIN_INTERVAL} s, not {interval!r}: each sweep "
+                "is a round trip to Redis, and an idle queue would flood it"
+            )
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+            raise ConfigurationError(f"batch must be an int from 1 to {MAX_BATCH}, not {batch!r}")
         self.batch = batch
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ConfigurationError(f"backoff must be a flowd.Backoff or None, not {backoff!r}")
@@ -112,4 +129,4 @@ class Claimer:
     @property
     def lease_interval(self) -> float:
         """How often a running job's message is kept fresh: well inside min_idle_time."""
-        return max(self.min_idle_time / 3, 0.01)
+        return self.min_idle_time / 3

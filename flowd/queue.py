@@ -51,6 +51,8 @@ WorkerFn = Callable[[Task[J]], None]
 
 #: Stands for "a Claimer() of the queue's own" in Queue's signature.
 _DEFAULT_CLAIMER = Claimer()
+# Each unit of concurrency is a worker thread: past this, a typo, not a plan.
+MAX_CONCURRENCY = 4096
 
 
 def _check_name(value: object, name: str) -> str:
@@ -106,7 +108,8 @@ class Queue(Generic[J]):
         the first worker started are processed.
     :param job: the Job dataclass of the stream's messages.
     :param worker: called with a ``Task[job]`` on a worker thread.
-    :param concurrency: most jobs running at once, for reader and claimer together.
+    :param concurrency: most jobs running at once, for reader and claimer together
+        (1 to 4096).
     :param claimer: the :class:`Claimer` that retries failed and stuck messages;
         ``Claimer()`` (30 s, 3 retries, dead-letter stream on) unless given.
         ``None`` turns it off, with a WARNING: failures are then never retried.
@@ -174,8 +177,15 @@ class Queue(Generic[J]):
         if not callable(worker):
             raise ConfigurationError(f"worker must be callable, not {worker!r}")
         self.worker = worker
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an int >= 1, not {concurrency!r}")
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_CONCURRENCY
+        ):
+            raise ConfigurationError(
+                f"concurrency must be an int from 1 to {MAX_CONCURRENCY}, not {concurrency!r}: "
+                "each unit is a worker thread"
+            )
         self.concurrency = concurrency
         if claimer is _DEFAULT_CLAIMER:
             claimer = Claimer()  # each queue its own, so changing one changes no other

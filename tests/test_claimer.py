@@ -144,6 +144,34 @@ def test_claimer_rejects_bad_configuration(kwargs: dict[str, Any]) -> None:
         flowd.Claimer(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "bound"),
+    [
+        ({"min_idle_time": 0.005}, "at least 0.1 s"),
+        ({"min_idle_time": timedelta(milliseconds=99)}, "at least 0.1 s"),
+        ({"min_idle_time": 1, "interval": 0.001}, "at least 0.01 s"),
+        ({"batch": 10_001}, "from 1 to 10000"),
+    ],
+    ids=repr,
+)
+def test_claimer_refuses_settings_that_would_harm_its_queue(
+    kwargs: dict[str, Any], bound: str
+) -> None:
+    # Given a setting past a bound that keeps a queue from running a job twice at once
+    # or flooding Redis / When a Claimer is built / Then the error names the bound and why
+    with pytest.raises(flowd.ConfigurationError) as info:
+        flowd.Claimer(**kwargs)
+    assert bound in str(info.value)
+    if "min_idle_time" in kwargs and "interval" not in kwargs:
+        assert "renewed every min_idle_time/3" in str(info.value)
+
+
+def test_claimer_accepts_its_smallest_settings() -> None:
+    # Given the bounds themselves / When a Claimer is built / Then they are accepted
+    claimer = flowd.Claimer(min_idle_time=0.1, interval=0.01, batch=10_000)
+    assert claimer.lease_interval == pytest.approx(0.1 / 3)
+
+
 def test_claimer_accepts_timedelta_and_defaults() -> None:
     # Given times as timedelta / When a Claimer is built
     c = flowd.Claimer(

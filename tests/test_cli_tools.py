@@ -43,7 +43,7 @@ def fail_into_dlq(client: redis.Redis, stream: str, jobs: int) -> None:
         group="g",
         job=Numbered,
         worker=fail,
-        claimer=flowd.Claimer(min_idle_time=0.05, max_retries=0, interval=0.02),
+        claimer=flowd.Claimer(min_idle_time=0.1, max_retries=0, interval=0.02),
     )
     handle = queue.run()
     try:

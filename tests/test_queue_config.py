@@ -30,6 +30,8 @@ class PlainDataclass:
         {"concurrency": -1},
         {"concurrency": 1.5},
         {"concurrency": True},
+        {"concurrency": 4097},
+        {"concurrency": 10**9},
         {"block": -1},
         {"block": 0},
         {"block": "2"},
