@@ -64,7 +64,7 @@ from ._context import StopSignal
 from ._pool import QueueStats, WorkerPool
 from ._readahead import hand_back
 from ._reader import Reader
-from ._redis import Session
+from ._redis import COMMAND_TIMEOUT, Session
 from ._scheduler import move_due_before_drain
 from ._streams import BACKGROUND, RunSettings, StreamParts, add_loops, stream_parts
 from ._timeutil import remaining
@@ -75,6 +75,13 @@ logger = logging.getLogger(__name__)
 
 #: How often stop() repeats CLIENT UNBLOCK while the reader has not returned yet.
 _UNBLOCK_EVERY = 0.05
+
+
+def bounded(deadline: float | None) -> float:
+    """A socket timeout for one step of a stop: what is left of its deadline, at most
+    flowd's own command timeout (and enough for one loopback round trip)."""
+    left = remaining(deadline)
+    return COMMAND_TIMEOUT if left is None else max(0.05, min(left, COMMAND_TIMEOUT))
 #: How often a drain waiting for permits looks at its stop event.
 _DRAIN_POLL = 0.25
 
@@ -224,7 +231,7 @@ class Engine:
         for thread in self._loops(*BACKGROUND):
             thread.join(remaining(deadline))
         if s.claimer is not None:  # after the claimer's end: it would take them itself
-            self._hand_back()
+            self._hand_back(deadline)
         finished = self.pool.permits.wait_all_free(remaining(deadline))
         self.wind_down(deadline, finished=finished, ack_deadline=deadline)
         alive = [t.name for part in self.streams for t in part.threads() if t.is_alive()]
@@ -255,7 +262,7 @@ class Engine:
         )
         return clean
 
-    def _hand_back(self) -> None:
+    def _hand_back(self, deadline: float | None) -> None:
         """Make the messages read ahead and not started claimable by any consumer now.
 
         Without a claimer nothing would take them back, so they run instead (the
@@ -267,7 +274,9 @@ class Engine:
         for part in self.streams:
             ctx, reader_session = part.ctx, part.reader_session
             address = None if reader_session is None else reader_session.address
-            session = Session(self.settings.client, ctx.stream, address=address)
+            session = Session(
+                self.settings.client, ctx.stream, address=address, timeout=bounded(deadline)
+            )
             try:
                 handed = hand_back(session, ctx.stream, ctx.group, ctx.consumer, items)
             except Exception as exc:
@@ -295,7 +304,16 @@ class Engine:
         if reader is None or reader_session is None:
             return
         # No client retries (a stop must not stall), and the reader's own node on a cluster.
-        session = Session(self.settings.client, part.ctx.stream, address=reader_session.address)
+        # A failed call drops the session: the next one waits only what is left.
+        def new_session() -> Session:
+            return Session(
+                self.settings.client,
+                part.ctx.stream,
+                address=reader_session.address,
+                timeout=bounded(deadline),
+            )
+
+        session = new_session()
         try:
             while reader.is_alive():
                 client_id = reader_session.client_id
@@ -306,9 +324,10 @@ class Engine:
                         logger.debug(
                             "CLIENT UNBLOCK failed (%s); the read ends at its block time", exc
                         )
-                reader.join(min(_UNBLOCK_EVERY, remaining(deadline) or _UNBLOCK_EVERY))
+                        session = new_session()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                reader.join(min(_UNBLOCK_EVERY, remaining(deadline) or _UNBLOCK_EVERY))
         finally:
             session.close()
 

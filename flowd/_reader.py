@@ -12,7 +12,7 @@ import time
 
 from ._context import StreamContext
 from ._readahead import NUDGE, STALE, Link, hand_back, item_id
-from ._redis import Entry, parse_xpending_range, parse_xreadgroup
+from ._redis import READ_MARGIN, Entry, parse_xpending_range, parse_xreadgroup
 from ._timeutil import to_ms
 
 logger = logging.getLogger(__name__)
@@ -21,9 +21,13 @@ logger = logging.getLogger(__name__)
 _PERMIT_POLL = 0.25
 
 
-def block_seconds(requested: float, socket_timeout: float | None) -> float:
-    """The BLOCK time to use: a read must return before the client's socket times out."""
-    if socket_timeout is None:
+def block_seconds(requested: float, socket_timeout: float) -> float:
+    """The BLOCK time to use: a read must return before its socket times out.
+
+    The reader's session waits ``READ_MARGIN`` past the block; a shorter socket
+    timeout of the client's own halves the block instead.
+    """
+    if requested + READ_MARGIN <= socket_timeout:
         return requested
     return max(0.001, min(requested, socket_timeout / 2))
 

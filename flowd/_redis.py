@@ -101,6 +101,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 #: Pool settings that are redis-py internals of the pool, not connection options.
+#: flowd's own connections never wait longer than these on a socket, whatever
+#: the application's client says (or a shorter timeout of the client's own): a
+#: half-open connection must end in an error that a loop retries, not freeze it.
+COMMAND_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+#: A blocking read waits this much longer than its BLOCK time before giving up.
+READ_MARGIN = 5.0
+
 _POOL_INTERNAL_PREFIXES = ("maint_notifications", "orig_", "himport_registry", "oss_cluster")
 
 
@@ -128,12 +136,18 @@ def _pool_of(client: Any) -> Any:
     return client.connection_pool
 
 
-def connection_options(client: Any) -> dict[str, Any]:
+def _bounded(value: Any, bound: float) -> float:
+    """The client's timeout when it is set and shorter than ``bound``, else ``bound``."""
+    return min(float(value), bound) if value else bound
+
+
+def connection_options(client: Any, timeout: float = COMMAND_TIMEOUT) -> dict[str, Any]:
     """Options for a connection like the client's own, minus pool internals and retries.
 
     flowd's loops own their retries: redis-py 8's default policy would retry a
     connect or a timed-out command for seconds inside one call, where a stop
     cannot interrupt it, and could re-send a command whose reply was lost.
+    Socket timeouts are bounded by ``timeout`` and :data:`CONNECT_TIMEOUT`.
     """
     options = {
         key: value
@@ -141,6 +155,10 @@ def connection_options(client: Any) -> dict[str, Any]:
         if not key.startswith(_POOL_INTERNAL_PREFIXES)
     }
     options["retry"] = Retry(NoBackoff(), 0)
+    options["socket_timeout"] = _bounded(options.get("socket_timeout"), timeout)
+    options["socket_connect_timeout"] = _bounded(
+        options.get("socket_connect_timeout"), CONNECT_TIMEOUT
+    )
     return options
 
 
@@ -179,10 +197,17 @@ class Session:
     ``key``: MOVED switches to the named node and re-sends the command (it
     did not run), ASK sends it once to the named node after ASKING. With a
     Sentinel client, each new connection asks the sentinels for the master.
+
+    ``timeout`` bounds every socket wait (the client's own timeout when shorter).
     """
 
     def __init__(
-        self, client: Any, key: str | None = None, *, address: tuple[str, int] | None = None
+        self,
+        client: Any,
+        key: str | None = None,
+        *,
+        address: tuple[str, int] | None = None,
+        timeout: float = COMMAND_TIMEOUT,
     ) -> None:
         self._client = client
         self._key = key
@@ -190,14 +215,13 @@ class Session:
         if self._cluster and key is None and address is None:
             raise ValueError("a cluster session needs the key it serves")
         self._connection_class = _pool_of(client).connection_class
-        self._options = connection_options(client)
+        self._options = connection_options(client, timeout)
         self._address = address
         self._conn: Any = None
         self.client_id: int | None = None
         self.server_version: str | None = None
-        timeout = self._options.get("socket_timeout")
-        #: The socket timeout of the client's connections (None: no timeout).
-        self.socket_timeout: float | None = float(timeout) if timeout else None
+        #: The socket timeout of this session's connections.
+        self.socket_timeout: float = self._options["socket_timeout"]
 
     @property
     def address(self) -> tuple[str, int] | None:

@@ -20,7 +20,7 @@ from ._keys import derived_key
 from ._pool import WorkerPool
 from ._readahead import Link
 from ._reader import Reader
-from ._redis import Session, ensure_group
+from ._redis import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group
 from ._retry import RetryControl
 from ._scheduler import SchedulerLoop, UniqueRelease, schedules_of
 from ._threads import LoopThread
@@ -135,9 +135,10 @@ def add_loops(
         make_step: Callable[[StreamContext], Callable[[], bool | None]],
         client: Any = None,
         stop: threading.Event | None = None,
+        timeout: float = COMMAND_TIMEOUT,
     ) -> None:
         stream = part.ctx.stream
-        session = Session(client or s.client, stream)
+        session = Session(client or s.client, stream, timeout=timeout)
         ctx = part.ctx.for_loop(session, stop)
         if role == "reader":
             part.reader_session = session
@@ -163,7 +164,12 @@ def add_loops(
     if not lease_only:
         pool = part.dispatcher.pool
         ahead = Link(pool.readahead, part.dispatcher.prepare, pool.submit, claimer is not None)
-        loop("reader", lambda ctx: Reader(ctx, s.block, ahead).step, s.read_client)
+        loop(
+            "reader",
+            lambda ctx: Reader(ctx, s.block, ahead).step,
+            s.read_client,
+            timeout=s.block + READ_MARGIN,
+        )
     if claimer is not None and not lease_only:
         loop(
             "claimer",

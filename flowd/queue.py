@@ -101,8 +101,11 @@ class Queue(Generic[J]):
     :param client: a ``redis.Redis`` (or Sentinel-made, or ``RedisCluster``)
         client; one is enough: flowd's threads open connections of their own,
         made with the client's settings but without its retry policy (they own
-        their retries). Any ``socket_timeout`` works: reads block for at most
-        half of it.
+        their retries). Whatever its ``socket_timeout`` (even None), flowd's
+        connections never wait on a socket for long: a read gives up 5 s after
+        its block time, other commands after 10 s, a connect after 5 s, or
+        sooner when the client's own timeouts are shorter (reads then block
+        for half of it).
     :param stream: the stream key; created with the group if missing.
     :param group: the consumer group; created at id 0, so jobs enqueued before
         the first worker started are processed.

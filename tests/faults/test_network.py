@@ -19,6 +19,7 @@ with its delivery count), which is printed and asserted:
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import threading
 import time
@@ -729,3 +730,86 @@ def test_enqueue_bulk_cut_mid_pipeline_is_at_least_once_and_counted(
         assert raised == 1  # retry=None: the error reaches the caller
     if mode == "reply":
         assert account.enqueued_twice > 0  # the cut pipeline had run (at least in part)
+
+
+# ---------------------------------------------------------------------------
+# e: half-open connections, whatever the client's socket timeout (issue 21, case 6)
+
+
+def flowd_warnings(caplog: pytest.LogCaptureFixture, thread: str, text: str, since: float) -> int:
+    return sum(
+        1
+        for r in caplog.records
+        if r.created >= since and r.threadName.startswith(thread) and text in r.getMessage()
+    )
+
+
+def test_a_half_open_connection_ends_in_a_retried_error_even_without_a_client_timeout(
+    direct: redis.Redis,
+    stream: str,
+    proxy: Proxy,
+    handles: Handles,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flowd")
+    # Given a queue whose client has no socket timeout at all, idle after 20 jobs
+    enqueue(direct, stream, 20)
+    records = Records()
+    client = handles.client(socket_timeout=None, **no_retry())
+    handle = handles.run(make_queue(client, stream, records, concurrency=2))
+    wait_until(runs_reach(records, 20), timeout=10)
+    # When every connection goes half-open: nothing is forwarded, nothing is closed
+    proxy.stall()
+    stalled_at = time.time()
+    # Then the reader's blocked read ends on flowd's own timeout, and it says so
+    wait_until(
+        lambda: flowd_warnings(caplog, "flowd-reader", "Redis unavailable", stalled_at) > 0,
+        timeout=20,
+        message="the reader noticed the half-open connection",
+    )
+    # And once the network heals, new jobs run again
+    proxy.unstall()
+    flowd.Producer(direct, stream).enqueue_bulk(Numbered(n) for n in range(20, 40))
+    wait_until(runs_reach(records, 40), timeout=30)
+    assert handle.stop(timeout=5) is True
+
+
+@pytest.mark.parametrize("socket_timeout", [None, 5.0], ids=["no-timeout", "redis-py-default"])
+def test_stop_returns_within_its_timeout_while_redis_answers_nothing(
+    socket_timeout: float | None,
+    direct: redis.Redis,
+    stream: str,
+    proxy: Proxy,
+    handles: Handles,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flowd")
+    # Given a queue with a claimer, running a job that takes 1 s
+    enqueue(direct, stream, 1)
+    started = threading.Event()
+
+    def slow() -> None:
+        started.set()
+        time.sleep(1.0)
+
+    records = Records(slow)
+    claimer = flowd.Claimer(min_idle_time=3.0, interval=0.25)
+    client = handles.client(socket_timeout=socket_timeout, **no_retry())
+    handle = handles.run(make_queue(client, stream, records, concurrency=2, claimer=claimer))
+    assert started.wait(10), "the job never started"
+    # When Redis stops answering (every connection half-open) and stop(timeout=2) is called
+    proxy.stall()
+    outcome: list[bool] = []
+    began = time.monotonic()
+    stopper = threading.Thread(target=lambda: outcome.append(handle.stop(timeout=2)))
+    stopper.start()
+    stopper.join(15)
+    took = time.monotonic() - began
+    proxy.unstall()
+    stopper.join(15)
+    # Then stop returned within its timeout and one second, and said it was not clean:
+    # the job finished, but its ack could not be written
+    assert outcome == [False], (outcome, took)
+    assert took <= 3.0, f"stop(timeout=2) took {took:.1f}s"
+    assert records.ok == 1
+    assert flowd_warnings(caplog, "", "did not stop cleanly", 0) == 1
