@@ -82,6 +82,8 @@ def bounded(deadline: float | None) -> float:
     flowd's own command timeout (and enough for one loopback round trip)."""
     left = remaining(deadline)
     return COMMAND_TIMEOUT if left is None else max(0.05, min(left, COMMAND_TIMEOUT))
+
+
 #: How often a drain waiting for permits looks at its stop event.
 _DRAIN_POLL = 0.25
 
@@ -303,6 +305,7 @@ class Engine:
         reader, reader_session = part.loops.get("reader"), part.reader_session
         if reader is None or reader_session is None:
             return
+
         # No client retries (a stop must not stall), and the reader's own node on a cluster.
         # A failed call drops the session: the next one waits only what is left.
         def new_session() -> Session:

@@ -22,6 +22,7 @@ MIN_IDLE_TIME_FLOOR = 0.1
 MIN_INTERVAL = 0.01
 MAX_BATCH = 10_000
 
+
 class Claimer:
     """Settings of a queue's claimer thread.
 
