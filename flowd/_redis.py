@@ -93,6 +93,13 @@ _RECONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Redis refused a write that needs memory: used memory is over maxmemory (noeviction)."""
+    return isinstance(exc, _E.OutOfMemoryError) or (
+        isinstance(exc, _E.ResponseError) and str(exc).startswith("OOM")
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """A connection problem or a server state that passes (LOADING, READONLY, OOM...)."""
     if isinstance(exc, _TRANSIENT_ERRORS):
@@ -100,7 +107,6 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _E.ResponseError) and str(exc).startswith(_TRANSIENT_PREFIXES)
 
 
-#: Pool settings that are redis-py internals of the pool, not connection options.
 #: flowd's own connections never wait longer than these on a socket, whatever
 #: the application's client says (or a shorter timeout of the client's own): a
 #: half-open connection must end in an error that a loop retries, not freeze it.
@@ -109,6 +115,7 @@ CONNECT_TIMEOUT = 5.0
 #: A blocking read waits this much longer than its BLOCK time before giving up.
 READ_MARGIN = 5.0
 
+#: Pool settings that are redis-py internals of the pool, not connection options.
 _POOL_INTERNAL_PREFIXES = ("maint_notifications", "orig_", "himport_registry", "oss_cluster")
 
 

@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import redis.exceptions
 
 from ._acker import Acker
 from ._claim import ClaimLoop, LeaseLoop
@@ -20,7 +24,7 @@ from ._keys import derived_key
 from ._pool import WorkerPool
 from ._readahead import Link
 from ._reader import Reader
-from ._redis import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group
+from ._redis import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
 from ._retry import RetryControl
 from ._scheduler import SchedulerLoop, UniqueRelease, schedules_of
 from ._threads import LoopThread
@@ -29,6 +33,8 @@ from .hooks import Hooks
 from .housekeeping import Housekeeping
 from .schedule import Schedule
 from .task import Task
+
+logger = logging.getLogger(__name__)
 
 #: Loops that end with the run's stop signal, after the reader (the lease ends after the jobs).
 BACKGROUND = ("claimer", "housekeeping", "scheduler")
@@ -113,6 +119,32 @@ def stream_parts(
     return StreamParts(ctx, acker, dispatcher)
 
 
+#: A group that cannot be created is said at ERROR at most this often (seconds).
+GROUP_REPORT_EVERY = 60.0
+_group_reports: dict[tuple[str, str], float] = {}
+_group_reports_lock = threading.Lock()
+
+
+def report_group_not_created(stream: str, group: str, exc: BaseException) -> None:
+    """Say at ERROR, once a minute per stream and group, that Redis out of memory keeps
+    the group from being created: nothing is consumed until someone frees memory."""
+    now = time.monotonic()
+    with _group_reports_lock:
+        last = _group_reports.get((stream, group))
+        if last is not None and now - last < GROUP_REPORT_EVERY:
+            return
+        _group_reports[(stream, group)] = now
+    logger.error(
+        "consumer group %s of %s cannot be created: Redis is out of memory (OOM: used "
+        "memory is over maxmemory and the policy evicts nothing); no job of %s runs until "
+        "memory is freed or maxmemory raised (%s)",
+        group,
+        stream,
+        stream,
+        exc,
+    )
+
+
 def add_loops(
     part: StreamParts,
     settings: RunSettings,
@@ -144,7 +176,12 @@ def add_loops(
             part.reader_session = session
 
         def recreate_group() -> None:
-            created = ensure_group(session, stream, s.group)
+            try:
+                created = ensure_group(session, stream, s.group)
+            except redis.exceptions.ResponseError as exc:
+                if is_oom(exc):
+                    report_group_not_created(stream, s.group, exc)
+                raise
             if created and stream in s.groups_seen:
                 part.dispatcher.group_lost()
             s.groups_seen.add(stream)

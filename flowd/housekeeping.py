@@ -60,6 +60,41 @@ return {minid, redis.call('XTRIM', KEYS[1], 'MINID', '=', minid)}
 """
 )
 
+# Out of memory, one pending entry (a dead-letter move that needs memory to land)
+# keeps XTRIM from freeing anything above it. This deletes, one by one, the entries
+# after ARGV[1] (exclusive; '-' for the start) that every group has read and none
+# holds pending: at most ARGV[2] of them scanned. XDEL needs no memory. Returns the
+# last id scanned ('' when the scan reached the end) and how many were deleted.
+_DELETE_CONSUMED_LUA = (
+    _CMP_LUA
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'', 0} end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return {'', 0} end
+local names, read = {}, nil
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  table.insert(names, info['name'])
+  if read == nil or cmp(info['last-delivered-id'], read) < 0 then
+    read = info['last-delivered-id']
+  end
+end
+local start = ARGV[1] == '-' and '-' or '(' .. ARGV[1]
+local entries = redis.call('XRANGE', KEYS[1], start, read, 'COUNT', tonumber(ARGV[2]))
+local deleted = 0
+for _, entry in ipairs(entries) do
+  local id, held = entry[1], false
+  for _, name in ipairs(names) do
+    if #redis.call('XPENDING', KEYS[1], name, id, id, 1) > 0 then held = true break end
+  end
+  if not held then deleted = deleted + redis.call('XDEL', KEYS[1], id) end
+end
+if #entries < tonumber(ARGV[2]) then return {'', deleted} end
+return {entries[#entries][1], deleted}
+"""
+)
+
 # Removes consumers idle for at least ARGV[2] ms that own no pending entry.
 _REMOVE_IDLE_LUA = """
 local removed = {}
@@ -88,6 +123,7 @@ return removed
 
 TRIM = Script(_TRIM_LUA)
 REMOVE_IDLE = Script(_REMOVE_IDLE_LUA)
+DELETE_CONSUMED = Script(_DELETE_CONSUMED_LUA)
 
 
 @dataclass(frozen=True, slots=True)

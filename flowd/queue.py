@@ -25,9 +25,11 @@ from ._redis import (
     check_client,
     ensure_group,
     eviction_policy,
+    is_oom,
     is_transient,
 )
 from ._scheduler import UniqueRelease
+from ._streams import report_group_not_created
 from ._timelimit import check_supported
 from ._timeutil import Seconds, to_seconds
 from .claimer import Claimer
@@ -253,6 +255,9 @@ class Queue(Generic[J]):
         except redis.exceptions.ResponseError as exc:
             if must_connect or not is_transient(exc):
                 raise
+            if is_oom(exc):
+                report_group_not_created(stream, self.group, exc)
+                return
             logger.warning(
                 "Redis is not ready yet (%s); queue %s/%s keeps trying",
                 exc,
