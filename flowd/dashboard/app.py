@@ -50,7 +50,13 @@ class Dashboard:
         consumer groups (a bounded SCAN, repeated at most every 5 s).
     :param read_only: show no action buttons and refuse every POST.
     :param auth: ``"USER:PASSWORD"`` or a pair: HTTP Basic auth on every request.
-    :raises ConfigurationError: for a bad client, stream list or auth value.
+    :param allowed_hosts: the hosts it answers for (``example.com``,
+        ``example.com:8700``, ``.example.com`` for a domain and its subdomains,
+        ``*`` for any): another ``Host`` gets 400, a POST whose ``Origin``
+        names another host 403. None checks no host: right when mounted in a
+        framework that does (Django's ``ALLOWED_HOSTS``); served on its own or
+        under Flask, give a list (``flowd dashboard`` always does).
+    :raises ConfigurationError: for a bad client, stream list, auth or host value.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class Dashboard:
         *,
         read_only: bool = False,
         auth: str | tuple[str, str] | None = None,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         check_client(client)
         if streams is not None:
@@ -69,12 +76,18 @@ class Dashboard:
             for name in streams:
                 if not isinstance(name, str) or not name:
                     raise ConfigurationError(f"a stream name must be a non-empty str: {name!r}")
+        if isinstance(allowed_hosts, str | bytes):
+            raise ConfigurationError(
+                f"allowed_hosts must be a list of hosts; write [{allowed_hosts!r}]"
+            )
         if not isinstance(read_only, bool):
             raise ConfigurationError(f"read_only must be a bool, not {read_only!r}")
         self.client = client
         self.streams = streams
         self.read_only = read_only
         self._auth = security.parse_auth(auth)
+        self._hosts = None if allowed_hosts is None else security.AllowedHosts(allowed_hosts)
+        self.allowed_hosts = None if self._hosts is None else self._hosts.entries
         self._discovered: tuple[float, list[str]] = (0.0, [])
         self._lock = threading.Lock()
         self._env = jinja2.Environment(
@@ -86,7 +99,10 @@ class Dashboard:
 
     def __repr__(self) -> str:
         # No auth in here: reprs end up in logs.
-        return f"Dashboard(streams={self.streams!r}, read_only={self.read_only})"
+        return (
+            f"Dashboard(streams={self.streams!r}, read_only={self.read_only}, "
+            f"allowed_hosts={self.allowed_hosts!r})"
+        )
 
     def known_streams(self) -> list[str]:
         """The streams shown: the ones given, or those discovered (cached for a few seconds)."""
@@ -103,7 +119,17 @@ class Dashboard:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
-        if self._auth is not None and not security.check_basic_auth(environ, self._auth):
+        refused = None if self._hosts is None else self._hosts.refused_host(environ)
+        if refused is not None:
+            # First of all: a rebound name must not get the page (and its token), nor
+            # even the auth challenge.
+            logger.warning("dashboard: refused a request for host %r", refused[:200])
+            response = plain(
+                400,
+                f"host {refused[:200]!r} is not allowed here; to serve the dashboard under that "
+                "name, list it with --allowed-hosts (flowd dashboard) or allowed_hosts=",
+            )
+        elif self._auth is not None and not security.check_basic_auth(environ, self._auth):
             response = plain(401, "authentication required")
             response.headers.append(
                 ("WWW-Authenticate", 'Basic realm="flowd dashboard", charset="UTF-8"')
@@ -199,6 +225,11 @@ class Dashboard:
         form = request.form()
         if form is None:
             return plain(413, "form too large")
+        if self._hosts is not None and not self._hosts.origin_allowed(request.environ):
+            logger.warning(
+                "dashboard: refused a POST to %s from an origin not allowed", request.path
+            )
+            return plain(403, "cross-site request refused: origin not allowed")
         if not security.csrf_ok(request.environ, form):
             logger.warning("dashboard: refused a cross-site or tokenless POST to %s", request.path)
             return plain(403, "cross-site request refused")

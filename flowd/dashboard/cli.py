@@ -10,7 +10,13 @@ import sys
 from types import FrameType
 from typing import Any
 
+# Standard library only: `flowd --help` must work without the dashboard extra.
+from .security import LOOPBACK_HOSTS, AllowedHosts
+
 AUTH_ENV = "FLOWD_DASHBOARD_AUTH"
+HOSTS_ENV = "FLOWD_DASHBOARD_ALLOWED_HOSTS"
+#: Addresses that listen on every interface: their own name is never a Host header.
+_WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 DEFAULT_PORT = 8700
 
 
@@ -46,6 +52,15 @@ def add_dashboard_parser(sub: Any) -> None:
         help=f"require HTTP Basic auth (default: ${AUTH_ENV}); needed to bind a public address",
     )
     parser.add_argument(
+        "--allowed-hosts",
+        action="append",
+        metavar="HOST,...",
+        help="more host names the dashboard answers for, comma separated (example.com, "
+        "example.com:8700, .example.com for a domain and its subdomains, * for any); "
+        f"default: ${HOSTS_ENV}. Always allowed: localhost, 127.0.0.1, [::1] and the "
+        "--bind address; any other Host header gets 400 (it guards against DNS rebinding)",
+    )
+    parser.add_argument(
         "--read-only", action="store_true", help="show no action buttons; refuse every POST"
     )
     parser.set_defaults(func=cmd_dashboard)
@@ -61,6 +76,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def split_hosts(values: list[str] | str | None) -> list[str]:
+    """The entries of comma-separated host lists, blanks dropped."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def allowed_hosts(bind: str, port: int, extra: list[str]) -> list[str]:
+    """The loopback names, the bind address with and without its port, then ``extra``."""
+    host = f"[{bind.strip('[]')}]" if ":" in bind else bind
+    own = [host, f"{host}:{port}"] if port else [host]
+    return [*LOOPBACK_HOSTS, *own, *extra]
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -68,7 +99,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Run ``flowd dashboard`` until SIGINT or SIGTERM (exit status 0).
 
-    :raises ConfigurationError: a public address without auth, a bad port, or
+    :raises ConfigurationError: a public address without auth, a bad port or allowed host, or
         the ``dashboard`` extra missing (the CLI exits 2 with the message).
     """
     from .._connect import connect, resolve_url
@@ -85,6 +116,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         )
     if not 0 <= args.port <= 65535:
         raise ConfigurationError(f"--port must be 0..65535, not {args.port}")
+    # The option replaces the environment variable (as --auth does); both add to the defaults.
+    extra = split_hosts(args.allowed_hosts) or split_hosts(os.environ.get(HOSTS_ENV))
+    hosts = allowed_hosts(args.bind, args.port, extra)
+    AllowedHosts(hosts)  # a bad entry is refused here, naming it, before Redis is contacted
     try:
         import waitress
 
@@ -97,7 +132,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     url, source = resolve_url(args.url)
     client = connect(url, source)
     streams = [name for s in args.streams for name in partition_streams(s, args.partitions)]
-    app = Dashboard(client, streams or None, read_only=args.read_only, auth=auth)
+    app = Dashboard(
+        client, streams or None, read_only=args.read_only, auth=auth, allowed_hosts=hosts
+    )
     server: Any = waitress.create_server(app, host=args.bind, port=args.port, threads=4)
     host = f"[{args.bind}]" if ":" in args.bind else args.bind
     mode = ", read-only" if args.read_only else ""
@@ -107,6 +144,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         f"(Redis {redact_url(url)}{guard}{mode}); Ctrl-C stops it",
         flush=True,
     )
+    if args.bind.strip() in _WILDCARDS and not extra:
+        print(
+            f"flowd dashboard: only Host {', '.join(hosts)} is answered; pass the names "
+            f"people use with --allowed-hosts (or set {HOSTS_ENV})",
+            file=sys.stderr,
+            flush=True,
+        )
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         server.run()

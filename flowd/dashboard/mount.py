@@ -18,6 +18,12 @@ Flask, registered under a prefix::
 The dashboard keeps its own protection of actions (a SameSite cookie, a
 form token and an Origin check), so it needs neither framework's CSRF
 middleware: the Django view is exempt from it.
+
+Hosts: under Django, ``Dashboard(allowed_hosts=None)`` (the default) leaves
+the ``Host`` check to Django's ``ALLOWED_HOSTS``, which the view applies
+before the dashboard sees the request. Flask checks no host by default, and
+requests under the prefix never reach Flask anyway: give the Dashboard
+``allowed_hosts=[...]`` there.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ def django_view(dashboard: Dashboard) -> Callable[..., Any]:
     from django.http import HttpResponse
 
     def view(request: Any, subpath: str = "") -> Any:
+        # Django checks ALLOWED_HOSTS only when something asks for the host; ask, so a
+        # Host it does not allow gets its 400 (DisallowedHost) even with no middleware.
+        request.get_host()
         environ = dict(request.META)
         # The prefix is what the URL had before the dashboard's own path.
         full = request.path
@@ -91,7 +100,8 @@ def mount_flask(app: Any, dashboard: Dashboard, prefix: str = "/flowd") -> None:
 
     Requests under the prefix go to the dashboard before Flask sees them,
     so put your own guard in front (a reverse proxy, or ``auth=``) if the
-    app is reachable by people who should not act on queues.
+    app is reachable by people who should not act on queues, and give the
+    Dashboard ``allowed_hosts=`` (Flask's ``TRUSTED_HOSTS`` does not apply).
     """
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 

@@ -10,6 +10,12 @@ A POST must pass two independent checks (either alone stops a forged request):
 
 The cookie is ``Secure`` when the request came over HTTPS (directly or
 through a proxy that says so in ``X-Forwarded-Proto``).
+
+With an allowed-hosts list (``flowd dashboard`` always has one), every
+request's ``Host`` (and ``X-Forwarded-Host``, when present) must name an
+allowed host, and so must a POST's ``Origin``. Without it a DNS-rebinding
+page (``evil.example`` resolving to 127.0.0.1) is "same origin" as far as the
+browser and the checks above can tell, and could read the token and post it.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +33,8 @@ from urllib.parse import urlsplit
 from ..errors import ConfigurationError
 
 CSRF_COOKIE = "flowd_csrf"
+#: Always allowed by ``flowd dashboard`` (besides its bind address).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 CSRF_FIELD = "csrf"
 
 #: No script at all, styles and images from the dashboard only, no framing.
@@ -145,3 +154,100 @@ def csrf_ok(environ: Mapping[str, Any], form: Mapping[str, str]) -> bool:
     if not hmac.compare_digest(cookie.encode(), field.encode()):
         return False
     return same_origin(environ)
+
+
+# A DNS name or IPv4 address, or a bracketed IPv6 address; then an optional port.
+_HOST_RE = re.compile(r"^(?P<host>[a-z0-9_.-]+|\[[a-f0-9:.]+\])(?::(?P<port>[0-9]{1,5}))?$")
+
+
+def split_host(value: str) -> tuple[str, str | None] | None:
+    """``(host, port or None)`` of a ``Host`` value, lower case; None when it is not one.
+
+    A bare IPv6 address (``::1``) is bracketed, and a trailing dot dropped
+    (``localhost.`` is ``localhost``), so each host has one spelling.
+    """
+    value = value.strip().lower()
+    if value.count(":") > 1 and not value.startswith("["):
+        value = f"[{value}]"
+    found = _HOST_RE.match(value)
+    if found is None:
+        return None
+    host = found["host"].removesuffix(".")
+    return (host, found["port"]) if host else None
+
+
+class AllowedHosts:
+    """The hosts a dashboard answers for.
+
+    Each entry is a host, optionally with a port (without one it matches
+    every port); ``.example.com`` matches example.com and its subdomains;
+    ``*`` matches every host. Case does not matter.
+
+    :raises ConfigurationError: for an entry that is none of these.
+    """
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.entries: list[str] = []
+        self._any = False
+        self._exact: list[tuple[str, str | None]] = []
+        self._domains: list[tuple[str, str | None]] = []
+        for entry in entries:
+            if not isinstance(entry, str):
+                raise ConfigurationError(f"an allowed host must be a str, not {entry!r}")
+            text = entry.strip().lower()
+            self.entries.append(text)
+            if text == "*":
+                self._any = True
+                continue
+            domain = text.startswith(".")
+            parsed = split_host(text.removeprefix(".")) if text != "." else None
+            if parsed is None or (domain and parsed[0].startswith("[")):
+                raise ConfigurationError(
+                    f"allowed host {entry!r} is not a host (example.com, example.com:8700,"
+                    " [::1]), a domain with its subdomains (.example.com), or '*'"
+                )
+            (self._domains if domain else self._exact).append(parsed)
+
+    def __repr__(self) -> str:
+        return f"AllowedHosts({self.entries!r})"
+
+    def allows(self, value: str) -> bool:
+        """True when ``value`` (a ``Host`` header, or an origin's ``host[:port]``) is allowed."""
+        parsed = split_host(value)
+        if parsed is None:
+            return False
+        if self._any:
+            return True
+        host, port = parsed
+        for rule_host, rule_port in self._exact:
+            if host == rule_host and rule_port in (None, port):
+                return True
+        for rule_host, rule_port in self._domains:
+            if (host == rule_host or host.endswith("." + rule_host)) and rule_port in (None, port):
+                return True
+        return False
+
+    def refused_host(self, environ: Mapping[str, Any]) -> str | None:
+        """The request's ``Host`` (or ``X-Forwarded-Host``) when it is not allowed, else None.
+
+        Both are checked: a page of a rebound name can set ``X-Forwarded-Host``
+        but not ``Host``, and a proxy may put the browser's host in either.
+        A request without a ``Host`` is refused (as ``""``): browsers always send one.
+        """
+        host = str(environ.get("HTTP_HOST") or "")
+        if not self.allows(host):
+            return host
+        forwarded = environ.get("HTTP_X_FORWARDED_HOST")
+        if forwarded is not None:
+            first = str(forwarded).split(",")[0].strip()
+            if not self.allows(first):
+                return first
+        return None
+
+    def origin_allowed(self, environ: Mapping[str, Any]) -> bool:
+        """False when the request has an ``Origin`` that names a host not allowed."""
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is None:
+            return True
+        parts = urlsplit(str(origin))
+        return parts.scheme in ("http", "https") and self.allows(parts.netloc)

@@ -190,6 +190,14 @@ def dashboard() -> dict[str, Any]:
     assert css.status_code == 200 and css["Content-Type"].startswith("text/css")
     page = client.get("/ops/flowd/stream", {"name": f"{PREFIX}-emails"})
     assert page.status_code == 200 and "Dead letters" in page.content.decode()
+    # When a page of a name not in ALLOWED_HOSTS (DNS rebinding) asks, even for staff
+    # (no CommonMiddleware here, so nothing else asks Django for the host)
+    rebound = client.get(
+        "/ops/flowd/stream", {"name": f"{PREFIX}-emails"}, HTTP_HOST="evil.example"
+    )
+    # Then Django refuses it (400), and the dashboard's page and token are not in the answer
+    assert rebound.status_code == 400, rebound.status_code
+    assert b"csrf" not in rebound.content and "Set-Cookie" not in rebound.headers
     return {}
 
 
