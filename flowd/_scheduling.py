@@ -244,11 +244,17 @@ class LuaScript:
             raise passing from exc
 
     def pipelined(
-        self, client: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+        self,
+        client: Any,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        *,
+        raise_on_error: bool = True,
     ) -> list[Any]:
         """Run many calls in one pipelined round trip (``transaction=False``); replies in order.
 
         Calls refused with NOSCRIPT did not run and are sent again as EVAL.
+        With ``raise_on_error=False`` an error reply is returned in its call's place
+        instead of raised (a connection error is still raised).
         """
         replies = _pipeline(client, [("EVALSHA", self.sha, len(k), *k, *a) for k, a in calls])
         missing = [
@@ -264,6 +270,8 @@ class LuaScript:
             )
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply
+        if not raise_on_error:
+            return replies
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

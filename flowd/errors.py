@@ -8,6 +8,7 @@
     ├── DecodeError                       a stream entry could not be mapped to its Job
     ├── EncodeError (TypeError)           a Job value does not fit its annotation (at enqueue)
     ├── ReplicationError                  durable enqueue: too few replicas confirmed in time
+    ├── EnqueueError                      enqueue_bulk: not every job was written; says which were
     ├── HandleStateError (RuntimeError)   a queue or handle used in the wrong state
     ├── CommandError                      a worker command must exit: message and exit status
     ├── Retry                             raised by a job: run it again (after a delay)
@@ -96,6 +97,44 @@ class ReplicationError(FlowdError):
         super().__init__(
             f"only {acknowledged} of {wanted} replicas confirmed {len(ids)} enqueued jobs "
             f"within {timeout}s; they are on the master but not yet durable"
+        )
+
+
+class EnqueueError(FlowdError):
+    """``enqueue_bulk`` did not write every job; says which ones it did.
+
+    Every input index is in exactly one of three places, so the jobs can be
+    sent again without duplicates::
+
+        try:
+            ids = producer.enqueue_bulk(jobs)
+        except flowd.EnqueueError as err:
+            producer.enqueue_bulk([jobs[i] for i in err.failed])  # certainly not written
+
+    :ivar enqueued: ids of the jobs written, in input order (as a success returns them).
+    :ivar failed: input indexes of jobs certainly not written: refused by Redis
+        (OOM, say), or never sent because an earlier chunk went wrong.
+    :ivar unknown: input indexes of jobs that may or may not have been written:
+        the connection broke while their chunk was in flight.
+    :ivar cause: the first Redis error (also ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        enqueued: list[str],
+        failed: list[int],
+        unknown: list[int],
+        cause: BaseException,
+    ) -> None:
+        self.enqueued = enqueued
+        self.failed = failed
+        self.unknown = unknown
+        self.cause = cause
+        self.__cause__ = cause
+        super().__init__(
+            f"enqueue_bulk wrote {len(enqueued)} jobs; {len(failed)} were not written "
+            f"(see .failed) and {len(unknown)} may or may not have been (see .unknown): "
+            f"{type(cause).__name__}: {cause}"
         )
 
 

@@ -9,12 +9,14 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
+import redis.exceptions
+
 from . import _scheduling as sched
 from ._keys import partition_streams
 from ._plan import FieldAppender, field_appender
 from ._redis import check_client, is_cluster
 from ._timeutil import Seconds, to_ms, to_seconds
-from .errors import ConfigurationError, EncodeError, ReplicationError
+from .errors import ConfigurationError, EncodeError, EnqueueError, ReplicationError
 from .job import Job
 
 __all__ = ["Producer"]
@@ -229,62 +231,87 @@ class Producer:
         any length is fine. An empty input makes no call. ``delay`` or ``at``
         schedule every job as :meth:`enqueue` does.
 
+        When a chunk is not written in full (Redis refuses some jobs, OOM say, or
+        the connection breaks), no further chunk is sent: the rest of the input
+        is read (not encoded) to number it, and :class:`~flowd.EnqueueError` says
+        which jobs were written (``enqueued``, their ids), which certainly were
+        not (``failed``: send these again) and which may have been (``unknown``).
+
         :raises ConfigurationError: bad ``delay`` or ``at`` (nothing is sent).
         :raises EncodeError: a job does not fit its class; the jobs of earlier chunks
             were already added, and their ids are on the error's ``enqueued`` attribute.
+        :raises EnqueueError: some jobs were not written, or may not have been.
         :raises ReplicationError: with ``replicas``, too few replicas confirmed a chunk.
         """
         when = _when(delay, at)
-        if when is not None:
-            return self._enqueue_bulk_scheduled(jobs, when)
-        ids: list[str] = []
-        for chunk in _chunks(iter(jobs), self.chunk_size):
+        pending = iter(jobs)
+        bulk = _Bulk()
+        for chunk in _chunks(pending, self.chunk_size):
             try:
-                commands = [self._command(job) for job in chunk]
+                if when is None:
+                    outcomes = self._send_bulk_chunk(chunk)
+                else:
+                    outcomes = self._send_scheduled_chunk(chunk, when)
             except EncodeError as exc:
-                exc.enqueued = ids  # type: ignore[attr-defined]
-                if ids:
+                exc.enqueued = bulk.ids  # type: ignore[attr-defined]
+                if bulk.ids:
                     exc.args = (
-                        f"{exc.args[0]} ({len(ids)} jobs of earlier chunks "
+                        f"{exc.args[0]} ({len(bulk.ids)} jobs of earlier chunks "
                         "were already enqueued; see .enqueued)",
                     )
                 raise
-            if self.replicas:
-                ids.extend(str(msg_id) for msg_id in self._send_durable(commands))
-                continue
-            with self.client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                ids.extend(_as_str(reply) for reply in pipe.execute())
-        return ids
+            bulk.add(outcomes)
+            if bulk.cause is not None:
+                error = bulk.error(pending)
+                raise error from error.cause
+        return bulk.ids
 
-    def _enqueue_bulk_scheduled(self, jobs: Iterable[Job], when: tuple[str, int]) -> list[str]:
-        """Scheduled bulk: per chunk, one ENQUEUE_MANY call per stream and batch, pipelined."""
-        ids: list[str] = []
-        for chunk in _chunks(iter(jobs), self.chunk_size):
+    def _send_bulk_chunk(self, chunk: list[Job]) -> list[Any]:
+        """Each job's outcome: its id, the error Redis refused it with, or _Unknown.
+
+        Encodes the whole chunk before sending any of it (EncodeError sends nothing).
+        """
+        commands = [self._command(job) for job in chunk]
+        if self.replicas:
+            replies, waits = self._durable_replies(commands)
+            outcomes = [_as_str(r) if _written(r) else r for r in replies]
+            if all(_written(r) for r in replies):
+                self._check_replicated(waits, [str(o) for o in outcomes])
+            return outcomes
+        # raise_on_error=False: each job's own reply, so one refused XADD does not
+        # hide which of the others were written.
+        replies = _pipeline(self.client, commands)
+        return [_as_str(r) if _written(r) else r for r in replies]
+
+    def _send_scheduled_chunk(self, chunk: list[Job], when: tuple[str, int]) -> list[Any]:
+        """Scheduled bulk: one ENQUEUE_MANY call per stream and batch, pipelined; each
+        job's outcome as in :meth:`_send_bulk_chunk`."""
+        calls = self._bulk_calls(chunk, when)
+        waits: list[tuple[list[int], Any]] = []
+        if self.replicas:
+            script = sched.ENQUEUE_MANY
+            commands = [["EVAL", script.source, len(k), *k, *a] for _, k, a, _ in calls]
+            replies, waits = self._durable_replies(commands, [stream for stream, *_ in calls])
+        else:
             try:
-                calls = self._bulk_calls(chunk, when)
-            except EncodeError as exc:
-                exc.enqueued = ids  # type: ignore[attr-defined]
-                raise
-            if self.replicas:
-                script = sched.ENQUEUE_MANY
-                commands = [["EVAL", script.source, len(k), *k, *a] for _, k, a, _ in calls]
-                replies = self._send_durable(
-                    commands,
-                    [stream for stream, _, _, _ in calls],
-                    lambda reply: [_as_str(msg_id) for msg_id in reply],
-                )
-            else:
                 replies = sched.ENQUEUE_MANY.pipelined(
-                    self.client, [(k, a) for _, k, a, _ in calls]
+                    self.client, [(k, a) for _, k, a, _ in calls], raise_on_error=False
                 )
-            chunk_ids = [""] * len(chunk)
-            for (_, _, _, indexes), reply in zip(calls, replies, strict=True):
-                for index, msg_id in zip(indexes, reply, strict=True):
-                    chunk_ids[index] = _as_str(msg_id)
-            ids.extend(chunk_ids)
-        return ids
+            except redis.exceptions.RedisError as exc:
+                replies = [_Unknown(exc)] * len(calls)
+        outcomes: list[Any] = [None] * len(chunk)
+        for (_, _, _, indexes), reply in zip(calls, replies, strict=True):
+            if not _written(reply):
+                # A script refused for OOM is refused before its first write (Redis
+                # lets a script that has written run to its end): none of its jobs is in.
+                for index in indexes:
+                    outcomes[index] = reply
+                continue
+            for index, msg_id in zip(indexes, reply, strict=True):
+                outcomes[index] = _as_str(msg_id)
+        if all(_written(o) for o in outcomes):
+            self._check_replicated(waits, [str(o) for o in outcomes])
+        return outcomes
 
     def _bulk_calls(
         self, chunk: list[Job], when: tuple[str, int]
@@ -321,39 +348,132 @@ class Producer:
         streams: list[str] | None = None,
         ids_of: Callable[[Any], list[str]] | None = None,
     ) -> Any:
-        """Commands then WAIT, on one connection per stream (WAIT covers that connection's
-        writes); replies (ids for XADDs) come back in the order of ``commands``.
+        """Commands then WAIT (see :meth:`_durable_replies`); replies (ids for XADDs)
+        in the order of ``commands``; the first error is raised.
+
+        :param ids_of: the job ids in a script's reply (for ReplicationError.ids).
+        """
+        replies, waits = self._durable_replies(commands, streams)
+        for reply in replies:
+            if isinstance(reply, _Unknown):
+                raise reply.error
+            if isinstance(reply, BaseException):
+                raise reply
+        if streams is None:
+            replies = [_as_str(reply) for reply in replies]
+        written = [
+            msg_id
+            for reply in replies
+            for msg_id in (ids_of(reply) if ids_of is not None else [reply])
+        ]
+        self._check_replicated(waits, written)
+        return replies
+
+    def _durable_replies(
+        self, commands: list[list[Any]], streams: list[str] | None = None
+    ) -> tuple[list[Any], list[tuple[list[int], Any]]]:
+        """Send the commands, then WAIT, on one connection per stream (WAIT covers that
+        connection's writes).
 
         :param streams: the stream of each command; by default its second word (XADD's key).
-        :param ids_of: the job ids in a script's reply (for ReplicationError.ids).
+        :returns: each command's reply, error reply or _Unknown (its connection broke),
+            in the order of ``commands``; and per stream, its commands' indexes and
+            WAIT's reply (or _Unknown).
         """
         by_stream: dict[str, list[int]] = {}
         for index, command in enumerate(commands):
             stream = command[1] if streams is None else streams[index]
             by_stream.setdefault(stream, []).append(index)
-        ids: list[Any] = [""] * len(commands)
+        replies: list[Any] = [None] * len(commands)
+        waits: list[tuple[list[int], Any]] = []
         for stream, indexes in by_stream.items():
             node_client = (
                 self.client.get_node_from_key(stream).redis_connection
                 if is_cluster(self.client)
                 else self.client
             )
-            with node_client.pipeline(transaction=False) as pipe:
-                for index in indexes:
-                    pipe.execute_command(*commands[index])
-                pipe.execute_command("WAIT", self.replicas, to_ms(self.replica_timeout))
-                replies = pipe.execute()
-            written = [
-                msg_id
-                for reply in replies[:-1]
-                for msg_id in (ids_of(reply) if ids_of is not None else [_as_str(reply)])
-            ]
-            for index, reply in zip(indexes, replies[:-1], strict=True):
-                ids[index] = _as_str(reply) if streams is None else reply
-            acknowledged = int(replies[-1])
-            if acknowledged < self.replicas:
-                raise ReplicationError(self.replicas, acknowledged, self.replica_timeout, written)
-        return ids
+            wait = ["WAIT", self.replicas, to_ms(self.replica_timeout)]
+            got = _pipeline(node_client, [*(commands[i] for i in indexes), wait])
+            for index, reply in zip(indexes, got[:-1], strict=True):
+                replies[index] = reply
+            waits.append((indexes, got[-1]))
+        return replies, waits
+
+    def _check_replicated(self, waits: list[tuple[list[int], Any]], written: list[str]) -> None:
+        """Raise ReplicationError if a WAIT saw fewer replicas than asked (or WAIT's error)."""
+        short: list[int] = []
+        for _, wait in waits:
+            if isinstance(wait, _Unknown):
+                raise wait.error
+            if isinstance(wait, BaseException):
+                raise wait
+            if int(wait) < self.replicas:
+                short.append(int(wait))
+        if short:
+            raise ReplicationError(self.replicas, min(short), self.replica_timeout, written)
+
+
+class _Unknown:
+    """The outcome of a command sent on a connection that broke before its reply."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _written(reply: Any) -> bool:
+    """A reply, not an error reply nor _Unknown."""
+    return not isinstance(reply, BaseException | _Unknown)
+
+
+def _pipeline(client: Any, commands: list[list[Any]]) -> list[Any]:
+    """One pipelined round trip (``transaction=False``): each command's reply, error
+    reply, or, when the connection broke (after redis-py's own retries), _Unknown."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(pipe.execute(raise_on_error=False))
+    except redis.exceptions.RedisError as exc:
+        # Which of the commands ran before the break is not known: none is reported
+        # as refused, so none is sent again as if certainly missing.
+        return [_Unknown(exc)] * len(commands)
+
+
+class _Bulk:
+    """What enqueue_bulk knows so far: each input index written (its id), failed or unknown."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.failed: list[int] = []
+        self.unknown: list[int] = []
+        self.cause: BaseException | None = None
+        self.count = 0  # input jobs accounted for
+
+    def add(self, outcomes: list[Any]) -> None:
+        """Account for one chunk: each job's id, error reply or _Unknown, in input order."""
+        for offset, outcome in enumerate(outcomes):
+            index = self.count + offset
+            if isinstance(outcome, _Unknown):
+                self.unknown.append(index)
+                error = outcome.error
+            elif isinstance(outcome, BaseException):
+                self.failed.append(index)
+                error = outcome
+            else:
+                self.ids.append(outcome)
+                continue
+            if self.cause is None:
+                self.cause = error
+        self.count += len(outcomes)
+
+    def error(self, rest: Iterator[Job]) -> EnqueueError:
+        """The EnqueueError of a bulk stopped here: the jobs never sent count as failed."""
+        assert self.cause is not None
+        never_sent = sum(1 for _ in rest)
+        failed = [*self.failed, *range(self.count, self.count + never_sent)]
+        return EnqueueError(self.ids, failed, self.unknown, self.cause)
 
 
 def _when(delay: object, at: object) -> tuple[str, int] | None:

@@ -682,10 +682,13 @@ def test_enqueue_bulk_cut_mid_pipeline_is_at_least_once_and_counted(
                 jobs = [Numbered(n) for n in range(start, start + batch)]
                 try:
                     returned += producer.enqueue_bulk(jobs)
-                except redis.exceptions.ConnectionError:
+                except flowd.EnqueueError as err:
+                    assert isinstance(err.cause, redis.exceptions.ConnectionError)
                     raised += 1
-                    resent += len(jobs)  # which XADDs ran is unknown: send the batch again
-                    returned += producer.enqueue_bulk(jobs)
+                    # which XADDs of the cut chunk ran is unknown: send those again
+                    again = [jobs[i] for i in sorted(err.failed + err.unknown)]
+                    resent += len(again)
+                    returned += err.enqueued + producer.enqueue_bulk(again)
         finally:
             client.close()
         assert rule.done
