@@ -160,7 +160,10 @@ class Acker:
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
             commands.append(("HDEL", self.tracebacks_key, *retried))
-        # The dashboard's per-minute history rides on the same round trip.
+        # The dashboard's per-minute history rides on the same round trip, and the
+        # minute is Redis's: the first flush of a process asks its clock first.
+        if not _throughput.CLOCK.known:
+            _throughput.CLOCK.learn(self._session.call("TIME"))
         stats = _throughput.processed_commands(self.stream, len(ids))
         replies = self._session.call_many([*commands, *stats])
         _throughput.check_replies(replies[len(commands) :], self.stream)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +39,12 @@ if #pending == 0 then
   if redis.call('GET', KEYS[3]) == ARGV[3] then return 1 end
   return 0
 end
-if KEYS[5] then redis.call('XADD', KEYS[5], '*', unpack(ARGV, 4)) end
+if KEYS[5] then
+  -- flowd:time is Redis's clock, like the entry's id: a worker's clock may be off
+  local now = redis.call('TIME')
+  local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+  redis.call('XADD', KEYS[5], '*', 'flowd:time', ms, unpack(ARGV, 4))
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
 redis.call('HDEL', KEYS[2], ARGV[2])
@@ -167,7 +171,9 @@ class DeadLetterMover:
             return 1 if found == token.encode() else 0
         commands: list[tuple[Any, ...]] = [("MULTI",)]
         if len(keys) > 4:
-            commands.append(("XADD", keys[4], "*", *args[3:]))
+            seconds, micros = session.call("TIME")
+            ms = f"{int(seconds)}{int(micros) // 1000:03d}"
+            commands.append(("XADD", keys[4], "*", "flowd:time", ms, *args[3:]))
         commands += [
             ("XACK", stream, group, msg_id),
             ("SET", marker, token, "PX", 600_000),
@@ -219,7 +225,6 @@ class DeadLetterMover:
                 "flowd:consumer": self.consumer,
                 "flowd:deliveries": str(task.deliveries),
                 "flowd:reason": reason,
-                "flowd:time": str(int(time.time() * 1000)),
             }
             if traceback:
                 meta["flowd:traceback"] = traceback
