@@ -81,8 +81,6 @@ class StreamParts:
     loops: dict[str, LoopThread] = field(default_factory=dict)
     #: The reader's session: stop() interrupts its blocked read with CLIENT UNBLOCK.
     reader_session: Session | None = None
-    #: When a loop of this run last reported the group lost (monotonic seconds).
-    loss_reported_at: float | None = None
 
     def threads(self) -> list[threading.Thread]:
         return [self.acker.thread, *self.loops.values()]
@@ -147,21 +145,6 @@ def report_group_not_created(stream: str, group: str, exc: BaseException) -> Non
     )
 
 
-#: Loops of one run that meet the same lost group within this many seconds report it once.
-LOSS_REPORT_WINDOW = 10.0
-
-
-def _first_report_of_loss(part: StreamParts, created: bool) -> bool:
-    """True for the first loop of this run to meet this loss (the creator always)."""
-    now = time.monotonic()
-    with _group_reports_lock:
-        last = part.loss_reported_at
-        if not created and last is not None and now - last < LOSS_REPORT_WINDOW:
-            return False
-        part.loss_reported_at = now
-        return True
-
-
 def add_loops(
     part: StreamParts,
     settings: RunSettings,
@@ -199,9 +182,7 @@ def add_loops(
                 if is_oom(exc):
                     report_group_not_created(stream, s.group, exc)
                 raise
-            # Called after this loop's own NOGROUP: the group was lost, also when another
-            # process recreated it first (BUSYGROUP), so each process that saw it says so.
-            if stream in s.groups_seen and _first_report_of_loss(part, created):
+            if created and stream in s.groups_seen:
                 part.dispatcher.group_lost()
             s.groups_seen.add(stream)
 

@@ -106,33 +106,6 @@ def test_a_deleted_stream_is_reported_as_lost_data(
     assert handle.stats().groups_lost == 1
 
 
-def test_every_running_worker_reports_a_lost_group_once(
-    client: redis.Redis, stream: str, caplog: pytest.LogCaptureFixture
-):
-    # Given two running workers of one group (two consumers, as two processes would be)
-    ran: list[int] = []
-    handles = [_queue(client, stream, lambda task: ran.append(task.job.n)).run() for _ in "ab"]
-    producer = flowd.Producer(client, stream=stream)
-    try:
-        producer.enqueue(Numbered(1))
-        wait_until(lambda: ran == [1])
-        # When the stream is deleted under them: one recreates the group, the other
-        # then finds it there (BUSYGROUP) after its own NOGROUP
-        with caplog.at_level(logging.ERROR, logger="flowd"):
-            client.delete(stream)
-            wait_until(lambda: all(h.stats().groups_lost >= 1 for h in handles), timeout=10)
-            producer.enqueue(Numbered(2))
-            wait_until(lambda: ran == [1, 2])
-    finally:
-        for handle in handles:
-            assert handle.stop(5)
-    # Then each of them reported the loss at ERROR, once
-    lost = [r for r in caplog.records if "vanished" in r.getMessage()]
-    assert len(lost) == 2, [r.getMessage() for r in lost]
-    assert all(r.levelno == logging.ERROR for r in lost)
-    assert [h.stats().groups_lost for h in handles] == [1, 1]
-
-
 @dataclass
 class Exits(flowd.Job):
     how: str
