@@ -10,7 +10,7 @@ import redis
 import flowd
 from flowd import _throughput
 from flowd._keys import dead_letter_stream
-from tests.helpers import QueueFactory, enqueue_numbers, wait_until
+from tests.helpers import Numbered, QueueFactory, enqueue_numbers, wait_until
 
 THREE_DAYS = 3 * 86400
 
@@ -28,8 +28,8 @@ def test_a_worker_three_days_behind_counts_and_dates_by_redis_time(
     monkeypatch.setattr(time, "time", lambda: real_time() - THREE_DAYS)
     enqueue_numbers(client, stream, 100)
 
-    def work(task: flowd.Task[flowd.Job]) -> None:
-        if getattr(task.job, "n") >= 95:
+    def work(task: flowd.Task[Numbered]) -> None:
+        if task.job.n >= 95:
             raise flowd.GiveUp("not today")
 
     # When it runs them
