@@ -191,17 +191,29 @@ def _json_codec(tp: Any, owner: str, name: str) -> Codec:
         f"_{owner}_{name}_json", [("v", tp)], bases=(DataClassJsonMixin,)
     )
     origin = typing.get_origin(tp) or tp
+    checked_by_json = _json_checks_all(tp)
 
-    def encode(value: Any) -> str:
-        as_dict = wrapper(value).to_dict(encode_json=True)
-        return json.dumps(as_dict["v"], separators=(",", ":"), ensure_ascii=False)
-
-    def decode(raw: bytes) -> Any:
+    def decode(raw: bytes | str) -> Any:
         value = json.loads(raw)
         # dataclasses-json coerces rather than checks (null in list[str] gives 'None',
         # 1.9 in dict[str, int] gives 1), so the JSON is checked against the type first.
         _check_json(value, tp, name)
         return wrapper.from_dict({"v": value}).v  # type: ignore[attr-defined]
+
+    def encode(value: Any) -> str:
+        as_dict = wrapper(value).to_dict(encode_json=True)
+        text = json.dumps(as_dict["v"], separators=(",", ":"), ensure_ascii=False)
+        # The type check sees only the container; its contents are checked by reading
+        # the text back with the decoder's rules, so what enqueues decodes. The full
+        # decode (slow) runs only where the JSON check alone cannot tell.
+        try:
+            if checked_by_json:
+                _check_json(json.loads(text), tp, name)
+            else:
+                decode(text)
+        except Exception as exc:
+            raise ValueError(f"it would not decode: {exc}") from exc
+        return text
 
     return Codec(
         getattr(origin, "__name__", str(origin)), lambda v: isinstance(v, origin), encode, decode
@@ -262,6 +274,31 @@ _JSON_SCALAR_CHECKS: dict[type[Any], Callable[[Any], bool]] = {
     float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     str: lambda v: isinstance(v, str),
 }
+
+
+def _json_checks_all(tp: Any, seen: frozenset[Any] = frozenset()) -> bool:
+    """Whether :func:`_check_json` alone proves that JSON for ``tp`` decodes.
+
+    True for str, int, float, bool and Any, and containers and dataclasses made
+    only of them (with str dict keys); dates, Decimals, enums or other dict keys
+    need dataclasses-json's own decode to tell.
+    """
+    inner, _ = split_optional(tp)
+    if inner is Any or inner in _JSON_SCALAR_CHECKS:
+        return True
+    origin = typing.get_origin(inner) or inner
+    args = typing.get_args(inner)
+    if origin in (list, set, frozenset, tuple):
+        return all(a is Ellipsis or _json_checks_all(a, seen) for a in args)
+    if origin is dict:
+        return not args or (args[0] is str and _json_checks_all(args[1], seen))
+    if dataclasses.is_dataclass(origin):
+        if origin in seen:  # a recursive type: its other fields decide
+            return True
+        hints = typing.get_type_hints(origin)
+        inner_seen = seen | {origin}
+        return all(_json_checks_all(hints[f.name], inner_seen) for f in dataclasses.fields(origin))
+    return False
 
 
 def _check_json_array(value: Any, origin: Any, args: tuple[Any, ...], path: str) -> None:
