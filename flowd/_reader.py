@@ -11,6 +11,7 @@ import logging
 import time
 
 from ._context import StreamContext
+from ._group_loss import LossWatch
 from ._readahead import NUDGE, STALE, Link, hand_back, item_id
 from ._redis import READ_MARGIN, Entry, parse_xpending_range, parse_xreadgroup
 from ._timeutil import to_ms
@@ -95,8 +96,15 @@ class Reader:
     returns 0: first this consumer's own pending entries, then new ones.
     """
 
-    def __init__(self, ctx: StreamContext, block: float, ahead: Link | None = None) -> None:
+    def __init__(
+        self,
+        ctx: StreamContext,
+        block: float,
+        ahead: Link | None = None,
+        loss: LossWatch | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.loss = loss
         self.block_ms = to_ms(block_seconds(block, ctx.redis.socket_timeout))
         self._poll = block
         self._own_after: str | None = "0"  # where re-reading own pending entries goes on
@@ -112,7 +120,9 @@ class Reader:
             free = ctx.permits.wait_free(self._poll)
             if free <= 0 or ctx.stop.is_set():
                 return False
-            start_entries(ctx, xreadgroup(ctx, free, block_ms=self.block_ms), None)
+            entries = xreadgroup(ctx, free, block_ms=self.block_ms)
+            self._watch(entries)
+            start_entries(ctx, entries, None)
             return True
         permits = ctx.permits
         target = ahead.policy.target()
@@ -125,6 +135,7 @@ class Reader:
         if count <= 0 or (spare <= 0 and buffered > target // 2) or ctx.stop.is_set():
             return False
         entries = xreadgroup(ctx, count, block_ms=self.block_ms)
+        self._watch(entries)
         if entries:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("read %d messages from %s/%s", len(entries), ctx.stream, ctx.group)
@@ -138,6 +149,16 @@ class Reader:
             for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
                 submit(item)
         return True
+
+    def _watch(self, entries: list[Entry]) -> None:
+        """Note how far this run has read; when idle, look for a group made anew."""
+        loss = self.loss
+        if loss is None:
+            return
+        if entries:
+            loss.read(entries[-1][0])
+        else:
+            loss.check_idle(self.ctx.redis, self.ctx.stream, self.ctx.group)
 
     def _stalled(self, ahead: Link) -> bool:
         """If nothing started from the buffer for NUDGE seconds, start it on the free

@@ -19,6 +19,7 @@ from ._claim import ClaimLoop, LeaseLoop
 from ._context import StopSignal, StreamContext
 from ._dead_letter_move import DeadLetterMover
 from ._dispatch import Dispatcher
+from ._group_loss import LossWatch
 from ._housekeeper import HousekeepingLoop
 from ._keys import derived_key
 from ._pool import WorkerPool
@@ -81,6 +82,11 @@ class StreamParts:
     loops: dict[str, LoopThread] = field(default_factory=dict)
     #: The reader's session: stop() interrupts its blocked read with CLIENT UNBLOCK.
     reader_session: Session | None = None
+    #: Reports the group's loss once, whichever loop notices it.
+    loss: LossWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loss = LossWatch(self.dispatcher.group_lost)
 
     def threads(self) -> list[threading.Thread]:
         return [self.acker.thread, *self.loops.values()]
@@ -182,8 +188,10 @@ def add_loops(
                 if is_oom(exc):
                     report_group_not_created(stream, s.group, exc)
                 raise
-            if created and stream in s.groups_seen:
-                part.dispatcher.group_lost()
+            # Called after this loop's own NOGROUP: the group was lost, also when another
+            # process recreated it first (BUSYGROUP), so each process that saw it says so.
+            if stream in s.groups_seen:
+                part.loss.lost(created=created)
             s.groups_seen.add(stream)
 
         part.loops[role] = LoopThread(
@@ -203,7 +211,7 @@ def add_loops(
         ahead = Link(pool.readahead, part.dispatcher.prepare, pool.submit, claimer is not None)
         loop(
             "reader",
-            lambda ctx: Reader(ctx, s.block, ahead).step,
+            lambda ctx: Reader(ctx, s.block, ahead, part.loss).step,
             s.read_client,
             timeout=s.block + READ_MARGIN,
         )

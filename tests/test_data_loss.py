@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 import redis
 
 import flowd
+from flowd._group_loss import CHECK_EVERY
 from tests.helpers import Numbered, wait_until
 from tests.redis_server import RedisServer
 from tests.test_cli_tools import flowd_cmd
@@ -104,6 +106,45 @@ def test_a_deleted_stream_is_reported_as_lost_data(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == lost
     assert handle.stats().groups_lost == 1
+
+
+def test_every_running_worker_reports_a_lost_group_once(
+    client: redis.Redis, stream: str, caplog: pytest.LogCaptureFixture
+):
+    # Given two running workers of one group (two consumers, as two processes would be)
+    ran: dict[str, list[int]] = {"a": [], "b": []}
+
+    def worker_of(name: str) -> Callable[[flowd.Task[Numbered]], None]:
+        return lambda task: ran[name].append(task.job.n)
+
+    handles = [_queue(client, stream, worker_of(name)).run() for name in ran]
+    producer = flowd.Producer(client, stream=stream)
+    try:
+        # (each has read a job: Redis serves blocked readers in turn)
+        for n in range(100):
+            if all(ran.values()):
+                break
+            producer.enqueue(Numbered(n))
+            wait_until(lambda: sum(map(len, ran.values())) == n + 1)  # noqa: B023
+        assert all(ran.values()), ran
+        done = sum(map(len, ran.values()))
+        # When the stream is deleted under them: one recreates the group; the other finds
+        # it there after its own NOGROUP (BUSYGROUP), or on Redis 6.2 its blocked read
+        # never sees NOGROUP and it finds a group whose last-delivered id went back
+        with caplog.at_level(logging.ERROR, logger="flowd"):
+            client.delete(stream)
+            wait_until(lambda: all(h.stats().groups_lost >= 1 for h in handles), timeout=15)
+            producer.enqueue(Numbered(-1))
+            wait_until(lambda: sum(map(len, ran.values())) == done + 1)
+            time.sleep(2 * CHECK_EVERY)  # idle reads that would report it again
+    finally:
+        for handle in handles:
+            assert handle.stop(5)
+    # Then each of them reported the loss at ERROR, once
+    lost = [r for r in caplog.records if "vanished" in r.getMessage()]
+    assert len(lost) == 2, [r.getMessage() for r in lost]
+    assert all(r.levelno == logging.ERROR for r in lost)
+    assert [h.stats().groups_lost for h in handles] == [1, 1]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 import flowd
+from flowd._group_loss import last_delivered, parse_id
 from flowd._redis import (
     Session,
     parse_xautoclaim,
@@ -206,6 +207,30 @@ def test_real_xreadgroup_reply_parses_on_both_protocols(
         # ... and an empty BLOCK read is empty
         empty = session.call("XREADGROUP", "GROUP", GROUP, "c", "BLOCK", 10, "STREAMS", stream, ">")
         assert parse_xreadgroup(empty) == []
+    finally:
+        session.close()
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_real_xinfo_groups_reply_gives_last_delivered_id(
+    redis_url: str, stream: str, protocol: int
+) -> None:
+    # Given a group that has delivered one of two entries, on RESP2 or RESP3
+    client = redis.Redis.from_url(redis_url, protocol=protocol)
+    session = Session(client)
+    try:
+        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        client.xgroup_create(stream, "other", id="0")
+        first = as_str(client.xadd(stream, {"n": "1"}))
+        client.xadd(stream, {"n": "2"})
+        client.xreadgroup(GROUP, "c", {stream: ">"}, count=1)
+        # When XINFO GROUPS's raw reply is parsed
+        reply = session.call("XINFO", "GROUPS", stream)
+        # Then the group's last-delivered id is the entry it read, the other's 0-0
+        assert last_delivered(reply, GROUP) == parse_id(first)
+        assert last_delivered(reply, "other") == (0, 0)
+        assert last_delivered(reply, "missing") is None
     finally:
         session.close()
         client.close()
