@@ -103,6 +103,26 @@ def private_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def oom_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own with ``noeviction``, whose maxmemory a test lowers
+    (CONFIG SET) to make Redis refuse writes, as a full server does."""
+    server = RedisServer(extra_args=("--maxmemory-policy", "noeviction"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def oom_admin(oom_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of :func:`oom_server`."""
+    client = redis.Redis.from_url(oom_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def make_queue(client: redis.Redis, stream: str) -> Iterator[QueueFactory]:
     """Builds queues (no claimer unless given) and stops every handle it ran on teardown."""
     factory = QueueFactory(client, stream)

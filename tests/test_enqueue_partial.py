@@ -8,7 +8,6 @@ order) and the jobs not written, so sending those again adds each job once.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,52 +35,34 @@ def _jobs() -> list[Blob]:
     return [Blob(n=n, payload="x" * 1000) for n in range(TOTAL)]
 
 
-@pytest.fixture
-def oom_server() -> Iterator[RedisServer]:
-    """A redis-server of this test's own (its memory limit is changed by CONFIG SET)."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def admin(oom_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(oom_server.url)
-    yield client
-    client.close()
-
-
-def _fill_memory(admin: redis.Redis) -> None:
+def _fill_memory(oom_admin: redis.Redis) -> None:
     """Fill memory up to HEADROOM below maxmemory (noeviction: further writes are refused)."""
-    admin.set("filler", b"f" * FILLER)
-    used = int(admin.info("memory")["used_memory"])
-    admin.config_set("maxmemory-policy", "noeviction")
-    admin.config_set("maxmemory", used + HEADROOM)
+    oom_admin.set("filler", b"f" * FILLER)
+    used = int(oom_admin.info("memory")["used_memory"])
+    oom_admin.config_set("maxmemory-policy", "noeviction")
+    oom_admin.config_set("maxmemory", used + HEADROOM)
 
 
-def _free_memory(admin: redis.Redis) -> None:
-    admin.delete("filler")
+def _free_memory(oom_admin: redis.Redis) -> None:
+    oom_admin.delete("filler")
 
 
-def _ids_by_n(admin: redis.Redis, streams: list[str]) -> dict[int, list[str]]:
+def _ids_by_n(oom_admin: redis.Redis, streams: list[str]) -> dict[int, list[str]]:
     """Every stream entry's id, by its job's n (a job in twice has two ids)."""
     found: dict[int, list[str]] = {}
     for stream in streams:
-        entries: Any = admin.xrange(stream)
+        entries: Any = oom_admin.xrange(stream)
         for msg_id, fields in entries:
             found.setdefault(int(fields[b"n"]), []).append(as_str(msg_id))
     return found
 
 
-def _scheduled_by_n(admin: redis.Redis, stream: str) -> dict[int, list[str]]:
+def _scheduled_by_n(oom_admin: redis.Redis, stream: str) -> dict[int, list[str]]:
     """Every scheduled job's id, by its job's n."""
     found: dict[int, list[str]] = {}
-    for member in admin.zrange(sched.scheduled_key(stream), 0, -1):
+    for member in oom_admin.zrange(sched.scheduled_key(stream), 0, -1):
         job_id = as_str(member)
-        n = admin.hget(sched.job_key(stream, job_id), "n")
+        n = oom_admin.hget(sched.job_key(stream, job_id), "n")
         assert n is not None, f"scheduled job {job_id} has no hash"
         found.setdefault(int(n), []).append(job_id)
     return found
@@ -115,27 +96,27 @@ def _check_account(error: flowd.EnqueueError, in_redis: dict[int, list[str]]) ->
     ids=["one-pipeline", "chunks", "partitions", "durable"],
 )
 def test_oom_part_way_names_the_jobs_written_and_retrying_the_failed_adds_each_once(
-    admin: redis.Redis, options: dict[str, Any]
+    oom_admin: redis.Redis, options: dict[str, Any]
 ) -> None:
     # Given a producer, and a Redis with room for only some of 1,000 jobs
-    producer = flowd.Producer(admin, "jobs", **options)
+    producer = flowd.Producer(oom_admin, "jobs", **options)
     jobs = _jobs()
-    _fill_memory(admin)
+    _fill_memory(oom_admin)
     # When the bulk enqueue runs out of memory part-way
     with pytest.raises(flowd.EnqueueError) as info:
         producer.enqueue_bulk(jobs)
     err = info.value
     # Then its account matches the streams entry for entry
-    _check_account(err, _ids_by_n(admin, producer.streams))
+    _check_account(err, _ids_by_n(oom_admin, producer.streams))
     assert isinstance(err, flowd.FlowdError)
     # When memory is freed and only the failed jobs are sent again
-    _free_memory(admin)
+    _free_memory(oom_admin)
     # (without replicas: this server has none, and the point is what gets written)
     plain = {k: v for k, v in options.items() if "replica" not in k}
-    retry = flowd.Producer(admin, "jobs", **plain)
+    retry = flowd.Producer(oom_admin, "jobs", **plain)
     again = retry.enqueue_bulk([jobs[i] for i in err.failed])
     # Then every job is in the streams exactly once, and the ids returned are theirs
-    in_redis = _ids_by_n(admin, producer.streams)
+    in_redis = _ids_by_n(oom_admin, producer.streams)
     assert Counter({n: len(ids) for n, ids in in_redis.items()}) == Counter(
         {n: 1 for n in range(TOTAL)}
     )
@@ -143,49 +124,49 @@ def test_oom_part_way_names_the_jobs_written_and_retrying_the_failed_adds_each_o
 
 
 def test_oom_part_way_through_a_scheduled_bulk_names_the_jobs_scheduled(
-    admin: redis.Redis,
+    oom_admin: redis.Redis,
 ) -> None:
     # Given a Redis with room for only some of 1,000 delayed jobs
-    producer = flowd.Producer(admin, "later", chunk_size=250)
+    producer = flowd.Producer(oom_admin, "later", chunk_size=250)
     jobs = _jobs()
-    _fill_memory(admin)
+    _fill_memory(oom_admin)
     # When the scheduled bulk runs out of memory part-way
     with pytest.raises(flowd.EnqueueError) as info:
         producer.enqueue_bulk(jobs, delay=3600)
     err = info.value
     # Then its account matches the scheduled set job for job (a script refused for
     # OOM wrote nothing, so no job is half-scheduled)
-    _check_account(err, _scheduled_by_n(admin, "later"))
+    _check_account(err, _scheduled_by_n(oom_admin, "later"))
     # When memory is freed and only the failed jobs are sent again
-    _free_memory(admin)
+    _free_memory(oom_admin)
     producer.enqueue_bulk([jobs[i] for i in err.failed], delay=3600)
     # Then every job is scheduled exactly once
-    in_redis = _scheduled_by_n(admin, "later")
+    in_redis = _scheduled_by_n(oom_admin, "later")
     assert sorted(in_redis) == list(range(TOTAL))
     assert all(len(ids) == 1 for ids in in_redis.values())
 
 
-def test_a_bulk_refused_from_its_first_job_has_no_ids(admin: redis.Redis) -> None:
+def test_a_bulk_refused_from_its_first_job_has_no_ids(oom_admin: redis.Redis) -> None:
     # Given a Redis already over its memory limit
-    admin.set("filler", b"f" * FILLER)
-    admin.config_set("maxmemory-policy", "noeviction")
-    admin.config_set("maxmemory", 1)
+    oom_admin.set("filler", b"f" * FILLER)
+    oom_admin.config_set("maxmemory-policy", "noeviction")
+    oom_admin.config_set("maxmemory", 1)
     try:
         # When a bulk is sent in chunks
         with pytest.raises(flowd.EnqueueError) as info:
-            flowd.Producer(admin, "full", chunk_size=100).enqueue_bulk(_jobs())
+            flowd.Producer(oom_admin, "full", chunk_size=100).enqueue_bulk(_jobs())
     finally:
-        admin.config_set("maxmemory", 0)
+        oom_admin.config_set("maxmemory", 0)
     # Then nothing was written, and every job (sent or not) is reported failed
     assert info.value.enqueued == [] and info.value.unknown == []
     assert info.value.failed == list(range(TOTAL))
-    assert admin.exists("full") == 0
+    assert oom_admin.exists("full") == 0
     assert str(info.value).startswith("enqueue_bulk wrote 0 jobs; 1000 were not written")
 
 
 @pytest.mark.parametrize("mode", ["command", "reply"])
 def test_a_connection_cut_mid_bulk_makes_its_chunk_unknown(
-    oom_server: RedisServer, admin: redis.Redis, mode: CutMode
+    oom_server: RedisServer, oom_admin: redis.Redis, mode: CutMode
 ) -> None:
     # Given a producer without client retries, talking through a proxy that cuts
     # the connection at job 550 (in the sixth chunk of 100)
@@ -200,7 +181,7 @@ def test_a_connection_cut_mid_bulk_makes_its_chunk_unknown(
             client.close()
         assert rule.done
     err = info.value
-    in_redis = _ids_by_n(admin, ["cut"])
+    in_redis = _ids_by_n(oom_admin, ["cut"])
     # Then the chunks before the cut are enqueued, exactly as in the stream
     assert err.enqueued == [in_redis[n][0] for n in range(500)]
     # the cut chunk is unknown (some of it may be in the stream: "reply" ran job 550)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -32,45 +31,28 @@ class Padded(flowd.Job):
     pad: str
 
 
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer(extra_args=("--maxmemory-policy", "noeviction"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def admin(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
-
-
-def fill(admin: redis.Redis, stream: str, count: int) -> None:
+def fill(oom_admin: redis.Redis, stream: str, count: int) -> None:
     jobs = (Padded(n, "x" * 1024) for n in range(count))
-    flowd.Producer(admin, stream).enqueue_bulk(jobs)
+    flowd.Producer(oom_admin, stream).enqueue_bulk(jobs)
 
 
-def out_of_memory_now(admin: redis.Redis) -> None:
+def out_of_memory_now(oom_admin: redis.Redis) -> None:
     """Set maxmemory just below what Redis uses: every write that needs memory is refused."""
-    used = int(admin.info("memory")["used_memory"])
-    admin.config_set("maxmemory", str(int(used * 0.9)))
+    used = int(oom_admin.info("memory")["used_memory"])
+    oom_admin.config_set("maxmemory", str(int(used * 0.9)))
     with pytest.raises(redis.exceptions.OutOfMemoryError):
-        admin.set("probe", "x")
+        oom_admin.set("probe", "x")
 
 
 def test_out_of_memory_the_queue_trims_what_it_consumed_and_dead_letters_land(
-    server: RedisServer, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+    oom_server: RedisServer, oom_admin: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="flowd")
     stream = "oom"
     # Given 3,000 jobs of 1 KB, its group, and Redis then out of memory
-    fill(admin, stream, 3000)
-    admin.xgroup_create(stream, GROUP, id="0")
-    out_of_memory_now(admin)
+    fill(oom_admin, stream, 3000)
+    oom_admin.xgroup_create(stream, GROUP, id="0")
+    out_of_memory_now(oom_admin)
     gave_up: set[int] = set()
     lock = threading.Lock()
 
@@ -82,7 +64,7 @@ def test_out_of_memory_the_queue_trims_what_it_consumed_and_dead_letters_land(
 
     # When a queue with housekeeping every 0.5 s runs them; one job in 50 gives up
     queue = flowd.Queue(
-        admin,
+        oom_admin,
         stream=stream,
         group=GROUP,
         job=Padded,
@@ -93,15 +75,15 @@ def test_out_of_memory_the_queue_trims_what_it_consumed_and_dead_letters_land(
     handle = queue.run()
     try:
         # Then housekeeping trims the consumed entries though it cannot write its lease
-        wait_until(lambda: admin.xlen(stream) < 1000, timeout=30, message="stream trimmed")
+        wait_until(lambda: oom_admin.xlen(stream) < 1000, timeout=30, message="stream trimmed")
         # And every job that gave up reaches the dead letters, exactly once
         dead = dead_letter_stream(stream)
-        wait_until(lambda: admin.xlen(dead) >= 60, timeout=30, message="60 dead letters")
-        wait_until(lambda: pending_count(admin, stream, GROUP) == 0, timeout=30)
-        ids = [int(fields[b"n"]) for _, fields in admin.xrange(dead)]
+        wait_until(lambda: oom_admin.xlen(dead) >= 60, timeout=30, message="60 dead letters")
+        wait_until(lambda: pending_count(oom_admin, stream, GROUP) == 0, timeout=30)
+        ids = [int(fields[b"n"]) for _, fields in oom_admin.xrange(dead)]
         assert sorted(ids) == sorted(gave_up) == list(range(0, 3000, 50))
         # And enqueueing works again: the memory is back
-        flowd.Producer(admin, stream).enqueue(Padded(3001, "x"))
+        flowd.Producer(oom_admin, stream).enqueue(Padded(3001, "x"))
         wait_until(lambda: handle.stats().processed == 3001 - 60, timeout=10)
     finally:
         assert handle.stop(timeout=10)
@@ -109,18 +91,18 @@ def test_out_of_memory_the_queue_trims_what_it_consumed_and_dead_letters_land(
 
 
 def test_a_group_that_cannot_be_created_out_of_memory_is_an_error_until_it_can(
-    server: RedisServer, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+    oom_server: RedisServer, oom_admin: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="flowd")
     stream = "oom-nogroup"
     # Given a stream filled before its group exists, and Redis then out of memory
-    fill(admin, stream, 500)
-    out_of_memory_now(admin)
+    fill(oom_admin, stream, 500)
+    out_of_memory_now(oom_admin)
     done: list[int] = []
 
     # When a queue starts on it
     queue = flowd.Queue(
-        admin, stream=stream, group=GROUP, job=Padded, worker=lambda t: done.append(t.job.n)
+        oom_admin, stream=stream, group=GROUP, job=Padded, worker=lambda t: done.append(t.job.n)
     )
     handle = queue.run()
     try:
@@ -140,7 +122,7 @@ def test_a_group_that_cannot_be_created_out_of_memory_is_an_error_until_it_can(
         assert "OOM" in errors()[0] and stream in errors()[0]
         assert done == []
         # And once memory is freed, the group is made and every job runs
-        admin.config_set("maxmemory", "0")
+        oom_admin.config_set("maxmemory", "0")
         wait_until(lambda: len(done) == 500, timeout=20, message="all 500 jobs ran")
     finally:
         assert handle.stop(timeout=10)
