@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import flowd  # noqa: E402
 from benchmarks.cluster_app import Work  # noqa: E402
-from flowd._keys import derived_key  # noqa: E402
+from flowd._redis.keys import derived_key  # noqa: E402
 from tests.redis_cluster import RedisCluster  # noqa: E402
 
 

@@ -64,7 +64,7 @@ from bench_enqueue import raw_bulk, raw_single  # noqa: E402
 from bench_process import raw_loop, raw_threads  # noqa: E402
 
 import flowd  # noqa: E402
-from flowd._embedded import RedisServer  # noqa: E402
+from flowd.cli.embedded import RedisServer  # noqa: E402
 
 #: One Redis database per contender, all on the same server.
 DB = {"flowd": 0, "rq": 1, "dramatiq": 2, "celery": 3}

@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 
 import flowd  # noqa: E402
-from flowd import _scheduling  # noqa: E402
+from flowd._redis import scheduling as _scheduling  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 

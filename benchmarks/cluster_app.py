@@ -13,7 +13,7 @@ import os
 import redis.cluster
 
 import flowd
-from flowd._keys import derived_key
+from flowd._redis.keys import derived_key
 
 
 @dataclasses.dataclass

@@ -1,10 +1,32 @@
-"""flowd: a job queue on Redis Streams for synchronous Python."""
+"""flowd: a job queue on Redis Streams for synchronous Python.
+
+This module is the curated face: every public name is imported here. The
+package is laid out as its architecture:
+
+- the public vocabulary at the top: ``job``, ``task``, ``producer``, ``queue``,
+  ``handle``, ``claimer``, ``backoff``, ``schedule``, ``scheduled``,
+  ``deadletters``, ``info``, ``housekeeping``, ``migrate``, ``hooks``, ``errors``;
+- ``_redis/``: the Redis boundary (sessions, reply parsing, key and field
+  names, the one Lua script runner and the scheduling scripts, connecting,
+  URLs, throughput counters, time units);
+- ``_codec/``: how a Job class maps to stream fields (the plan and the codecs);
+- ``_consumer/``: the consumer runtime of a running Queue (its walk-through is
+  at the top of ``_consumer/engine.py``);
+- ``cli/``: the ``flowd`` command; ``dashboard/`` and ``contrib/`` (Django,
+  Flask, Prometheus) beside it.
+
+Import rules (tests/test_imports.py enforces them, beside its no-cycle check):
+``_redis`` and ``_codec`` import nothing of flowd but ``errors`` and each
+other's modules; ``_consumer`` never imports ``cli``,
+``dashboard`` or ``contrib``; no module of flowd imports this one.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from ._keys import partition_streams
+from ._redis.keys import partition_streams
+from ._version import __version__
 from .backoff import Backoff
 from .claimer import Claimer, DeadLetterWorker
 from .deadletters import DeadLetter, DeadLetters
@@ -32,8 +54,6 @@ from .queue import Queue, WorkerFn
 from .schedule import Schedule
 from .scheduled import ScheduledJob, ScheduledJobs, ScheduleState
 from .task import Task
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Backoff",

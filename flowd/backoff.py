@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ._timeutil import Seconds, to_seconds
+from ._redis.timeutil import Seconds, to_seconds
 from .errors import ConfigurationError
 
 __all__ = ["Backoff"]

@@ -1,12 +1,12 @@
-"""Claimer: the settings of the loop that reclaims stuck messages (flowd._claim runs it)."""
+"""Claimer: the settings of the loop that reclaims stuck messages (run by _consumer/claim.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from ._keys import dead_letter_stream
-from ._timeutil import Seconds, to_seconds
+from ._redis.keys import dead_letter_stream
+from ._redis.timeutil import Seconds, to_seconds
 from .backoff import Backoff
 from .errors import ConfigurationError
 from .task import Task

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-import redis.exceptions
-
-from ._keys import dead_letter_stream
-from ._redis import Fields, Session, check_client, parse_entries
+from ._redis.keys import dead_letter_stream
+from ._redis.replies import Fields, parse_entries
+from ._redis.scripts import Script
+from ._redis.session import Session, check_client
 from .errors import ConfigurationError
 
 __all__ = ["DeadLetter", "DeadLetters"]
@@ -80,6 +80,7 @@ for i = 2, #ARGV do
 end
 return out
 """
+_REQUEUE = Script(_REQUEUE_LUA)
 
 
 def _text(value: bytes | str) -> str:
@@ -238,7 +239,6 @@ class DeadLetters:
         self.client = client
         self.stream = stream
         self.dlq_stream = dlq_stream
-        self._requeue_script = client.register_script(_REQUEUE_LUA)
 
     def __repr__(self) -> str:
         return f"DeadLetters(stream={self.stream!r}, dlq_stream={self.dlq_stream!r})"
@@ -366,7 +366,7 @@ class DeadLetters:
         return removed
 
     def _requeue_batch(self, session: Session, ids: builtins.list[str]) -> builtins.list[str]:
-        reply = self._run_script(session, [self.dlq_stream, self.stream], [self.stream, *ids])
+        reply = _REQUEUE(session, [self.dlq_stream, self.stream], [self.stream, *ids])
         moved: builtins.list[str] = []
         for dlq_id, status, value in zip(ids, reply[::2], reply[1::2], strict=True):
             if status == b"moved":
@@ -382,13 +382,3 @@ class DeadLetters:
             else:
                 logger.debug("dead letter %s is not in %s; skipped", dlq_id, self.dlq_stream)
         return moved
-
-    def _run_script(
-        self, session: Session, keys: builtins.list[str], args: builtins.list[str]
-    ) -> Any:
-        script = self._requeue_script
-        try:
-            return session.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            # EVAL runs the script and caches it, so the next EVALSHA finds it.
-            return session.call("EVAL", script.script, len(keys), *keys, *args)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
-from ._engine import Engine
-from ._pool import QueueStats
-from ._timeutil import stop_timeout
+from ._consumer.engine import Engine
+from ._consumer.pool import QueueStats
+from ._redis.timeutil import stop_timeout
 
 __all__ = ["QueueHandle", "QueueStats"]
 

@@ -2,7 +2,7 @@
 
 Both steps are Lua scripts, so each is atomic with respect to every other
 client of the stream: no group can deliver, ack or move between the check
-and the change. Queues run them on a thread of their own (flowd._housekeeper),
+and the change. Queues run them on a thread of their own (flowd._consumer.housekeeper),
 at most once per ``interval`` for the whole stream (a ``SET NX PX`` lease
 decides which consumer does it), and apps can call :func:`trim_stream` and
 :func:`remove_idle_consumers` directly, with their own client.
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._redis import Script
-from ._timeutil import Seconds, to_ms, to_seconds
+from ._redis.scripts import Script
+from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError
 
 __all__ = ["Housekeeping", "TrimResult", "remove_idle_consumers", "trim_stream"]
@@ -148,7 +148,7 @@ def trim_stream(client: Any, stream: str, *, exact: bool = False) -> TrimResult:
     ~``: whole internal nodes only, which is much cheaper); ``exact=True``
     trims to the entry.
     """
-    return trim_result(client.eval(TRIM.source, 1, stream, trim_mode(exact)))
+    return trim_result(TRIM(client, [stream], [trim_mode(exact)]))
 
 
 def trim_mode(exact: bool) -> str:
@@ -168,7 +168,7 @@ def remove_idle_consumers(
     removed (XGROUP DELCONSUMER would drop those entries). A stream or group that
     does not exist has none to remove."""
     idle_ms = to_ms(to_seconds(idle, "idle"))
-    return names(client.eval(REMOVE_IDLE.source, 1, stream, group, idle_ms, *keep))
+    return names(REMOVE_IDLE(client, [stream], [group, idle_ms, *keep]))
 
 
 def names(reply: Any) -> list[str]:

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._keys import dead_letter_stream
-from ._redis import (
+from ._redis.keys import dead_letter_stream
+from ._redis.replies import parse_entries
+from ._redis.scheduling import scheduled_key, schedules_key
+from ._redis.session import (
     SAFE_EVICTION_POLICIES,
     Session,
     check_client,
     eviction_policy,
     is_nogroup,
-    parse_entries,
 )
-from ._scheduling import scheduled_key, schedules_key
 from .errors import ConfigurationError
 from .scheduled import ScheduleState, schedule_state
 

@@ -10,7 +10,7 @@ before consumers learn them. Decoding never evaluates code: no pickle, no eval.
 
 The mapping plan of a class is computed once, on first use (or when a
 ``Queue``/``Producer`` is built for it), and cached on the class (see
-flowd._plan; the codecs of each annotation are in flowd._codecs).
+flowd._codec.plan; the codecs of each annotation are in flowd._codec.codecs).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from ._codecs import MAPPER_METADATA_KEY, Encoded, Mapper
-from ._plan import Plan, decode_job, encode_job
+from ._codec.codecs import MAPPER_METADATA_KEY, Encoded, Mapper
+from ._codec.plan import Plan, decode_job, encode_job
 
 __all__ = ["Job", "Mapper", "field"]
 

@@ -3,7 +3,7 @@
 Before 0.2 every derived key was named from the stream's hash tag alone, so
 ``{shop}:emails`` and ``{shop}:orders`` shared ``{shop}:dead``, ``{shop}:scheduled``,
 ``{shop}:unique:<key>`` and the rest. Now each stream's keys start with its own name
-(:func:`flowd._keys.key_prefix`). Streams without a tag, or that are all tag
+(:func:`flowd._redis.keys.key_prefix`). Streams without a tag, or that are all tag
 (``emails``, ``{emails:0}``, partitions), never changed and have nothing to migrate.
 
 :func:`migrate_keys` (and ``flowd migrate STREAM...``) splits the shared keys by owner:
@@ -29,8 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._keys import derived_key, hash_tag, key_prefix, legacy_key_prefix
-from ._scheduling import LuaScript
+from ._redis.keys import derived_key, hash_tag, key_prefix, legacy_key_prefix
+from ._redis.scripts import Script
 from .errors import ConfigurationError
 
 __all__ = ["KeyMigration", "legacy_keys_left", "migrate_keys"]
@@ -42,7 +42,7 @@ _BATCH = 200
 
 # KEYS: old dead-letter stream, new one. ARGV[1] the stream named in flowd:stream, then
 # ids. An entry keeps its id when the new stream allows it (ids order dead letters).
-_MOVE_DEAD = LuaScript("""
+_MOVE_DEAD = Script("""
 local moved = 0
 for i = 2, #ARGV do
   local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])[1]
@@ -67,7 +67,7 @@ return moved
 """)
 
 # KEYS: old hash, new hash. ARGV: fields to move (a field already in the new hash wins).
-_MOVE_FIELDS = LuaScript("""
+_MOVE_FIELDS = Script("""
 local moved = 0
 for i = 1, #ARGV do
   local value = redis.call('HGET', KEYS[1], ARGV[i])
@@ -82,7 +82,7 @@ return moved
 
 # KEYS: old key, new key. ARGV[1]: the value the old key must hold ('' for any).
 # RENAME keeps the TTL; a new key that exists already is never overwritten.
-_RENAME = LuaScript("""
+_RENAME = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('RENAME', KEYS[1], KEYS[2])
@@ -91,7 +91,7 @@ return 1
 
 # KEYS: old scheduled set, new one. ARGV[1], ARGV[2]: old and new job-hash prefixes,
 # then members. Each job moves with its hash, or not at all.
-_MOVE_SCHEDULED = LuaScript("""
+_MOVE_SCHEDULED = Script("""
 local moved = 0
 for i = 3, #ARGV do
   local member = ARGV[i]
@@ -160,9 +160,7 @@ def _tag_streams(client: Any, tag: str) -> set[str]:
     return {n for n in names if hash_tag(n) == tag and not n.endswith(":dead")}
 
 
-def _calls(
-    script: LuaScript, client: Any, keys: list[str], items: Sequence[str], *head: str
-) -> int:
+def _calls(script: Script, client: Any, keys: list[str], items: Sequence[str], *head: str) -> int:
     moved = 0
     for start in range(0, len(items), _BATCH):
         moved += int(script(client, keys, [*head, *items[start : start + _BATCH]]))

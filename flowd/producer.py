@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from itertools import islice
 from typing import Any
 
 import redis.exceptions
 
-from . import _scheduling as sched
-from ._keys import partition_streams
-from ._plan import FieldAppender, field_appender
-from ._redis import check_client, is_cluster
-from ._timeutil import Seconds, to_ms, to_seconds
-from .errors import ConfigurationError, EncodeError, EnqueueError, ReplicationError
+from ._codec.plan import FieldAppender, field_appender
+from ._redis import scheduling as sched
+from ._redis.bulk import BulkAccount, Unknown, chunks, pipeline, written
+from ._redis.keys import partition_streams
+from ._redis.session import check_client, is_cluster
+from ._redis.timeutil import Seconds, to_ms, to_seconds
+from .errors import ConfigurationError, EncodeError, ReplicationError
 from .job import Job
 
 __all__ = ["Producer"]
@@ -245,8 +245,8 @@ class Producer:
         """
         when = _when(delay, at)
         pending = iter(jobs)
-        bulk = _Bulk()
-        for chunk in _chunks(pending, self.chunk_size):
+        bulk = BulkAccount()
+        for chunk in chunks(pending, self.chunk_size):
             try:
                 if when is None:
                     outcomes = self._send_bulk_chunk(chunk)
@@ -267,21 +267,21 @@ class Producer:
         return bulk.ids
 
     def _send_bulk_chunk(self, chunk: list[Job]) -> list[Any]:
-        """Each job's outcome: its id, the error Redis refused it with, or _Unknown.
+        """Each job's outcome: its id, the error Redis refused it with, or Unknown.
 
         Encodes the whole chunk before sending any of it (EncodeError sends nothing).
         """
         commands = [self._command(job) for job in chunk]
         if self.replicas:
             replies, waits = self._durable_replies(commands)
-            outcomes = [_as_str(r) if _written(r) else r for r in replies]
-            if all(_written(r) for r in replies):
+            outcomes = [_as_str(r) if written(r) else r for r in replies]
+            if all(written(r) for r in replies):
                 self._check_replicated(waits, [str(o) for o in outcomes])
             return outcomes
         # raise_on_error=False: each job's own reply, so one refused XADD does not
         # hide which of the others were written.
-        replies = _pipeline(self.client, commands)
-        return [_as_str(r) if _written(r) else r for r in replies]
+        replies = pipeline(self.client, commands)
+        return [_as_str(r) if written(r) else r for r in replies]
 
     def _send_scheduled_chunk(self, chunk: list[Job], when: tuple[str, int]) -> list[Any]:
         """Scheduled bulk: one ENQUEUE_MANY call per stream and batch, pipelined; each
@@ -298,10 +298,10 @@ class Producer:
                     self.client, [(k, a) for _, k, a, _ in calls], raise_on_error=False
                 )
             except redis.exceptions.RedisError as exc:
-                replies = [_Unknown(exc)] * len(calls)
+                replies = [Unknown(exc)] * len(calls)
         outcomes: list[Any] = [None] * len(chunk)
         for (_, _, _, indexes), reply in zip(calls, replies, strict=True):
-            if not _written(reply):
+            if not written(reply):
                 # A script refused for OOM is refused before its first write (Redis
                 # lets a script that has written run to its end): none of its jobs is in.
                 for index in indexes:
@@ -309,7 +309,7 @@ class Producer:
                 continue
             for index, msg_id in zip(indexes, reply, strict=True):
                 outcomes[index] = _as_str(msg_id)
-        if all(_written(o) for o in outcomes):
+        if all(written(o) for o in outcomes):
             self._check_replicated(waits, [str(o) for o in outcomes])
         return outcomes
 
@@ -355,7 +355,7 @@ class Producer:
         """
         replies, waits = self._durable_replies(commands, streams)
         for reply in replies:
-            if isinstance(reply, _Unknown):
+            if isinstance(reply, Unknown):
                 raise reply.error
             if isinstance(reply, BaseException):
                 raise reply
@@ -376,9 +376,9 @@ class Producer:
         connection's writes).
 
         :param streams: the stream of each command; by default its second word (XADD's key).
-        :returns: each command's reply, error reply or _Unknown (its connection broke),
+        :returns: each command's reply, error reply or Unknown (its connection broke),
             in the order of ``commands``; and per stream, its commands' indexes and
-            WAIT's reply (or _Unknown).
+            WAIT's reply (or Unknown).
         """
         by_stream: dict[str, list[int]] = {}
         for index, command in enumerate(commands):
@@ -393,7 +393,7 @@ class Producer:
                 else self.client
             )
             wait = ["WAIT", self.replicas, to_ms(self.replica_timeout)]
-            got = _pipeline(node_client, [*(commands[i] for i in indexes), wait])
+            got = pipeline(node_client, [*(commands[i] for i in indexes), wait])
             for index, reply in zip(indexes, got[:-1], strict=True):
                 replies[index] = reply
             waits.append((indexes, got[-1]))
@@ -403,7 +403,7 @@ class Producer:
         """Raise ReplicationError if a WAIT saw fewer replicas than asked (or WAIT's error)."""
         short: list[int] = []
         for _, wait in waits:
-            if isinstance(wait, _Unknown):
+            if isinstance(wait, Unknown):
                 raise wait.error
             if isinstance(wait, BaseException):
                 raise wait
@@ -411,69 +411,6 @@ class Producer:
                 short.append(int(wait))
         if short:
             raise ReplicationError(self.replicas, min(short), self.replica_timeout, written)
-
-
-class _Unknown:
-    """The outcome of a command sent on a connection that broke before its reply."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _written(reply: Any) -> bool:
-    """A reply, not an error reply nor _Unknown."""
-    return not isinstance(reply, BaseException | _Unknown)
-
-
-def _pipeline(client: Any, commands: list[list[Any]]) -> list[Any]:
-    """One pipelined round trip (``transaction=False``): each command's reply, error
-    reply, or, when the connection broke (after redis-py's own retries), _Unknown."""
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(pipe.execute(raise_on_error=False))
-    except redis.exceptions.RedisError as exc:
-        # Which of the commands ran before the break is not known: none is reported
-        # as refused, so none is sent again as if certainly missing.
-        return [_Unknown(exc)] * len(commands)
-
-
-class _Bulk:
-    """What enqueue_bulk knows so far: each input index written (its id), failed or unknown."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.failed: list[int] = []
-        self.unknown: list[int] = []
-        self.cause: BaseException | None = None
-        self.count = 0  # input jobs accounted for
-
-    def add(self, outcomes: list[Any]) -> None:
-        """Account for one chunk: each job's id, error reply or _Unknown, in input order."""
-        for offset, outcome in enumerate(outcomes):
-            index = self.count + offset
-            if isinstance(outcome, _Unknown):
-                self.unknown.append(index)
-                error = outcome.error
-            elif isinstance(outcome, BaseException):
-                self.failed.append(index)
-                error = outcome
-            else:
-                self.ids.append(outcome)
-                continue
-            if self.cause is None:
-                self.cause = error
-        self.count += len(outcomes)
-
-    def error(self, rest: Iterator[Job]) -> EnqueueError:
-        """The EnqueueError of a bulk stopped here: the jobs never sent count as failed."""
-        assert self.cause is not None
-        never_sent = sum(1 for _ in rest)
-        failed = [*self.failed, *range(self.count, self.count + never_sent)]
-        return EnqueueError(self.ids, failed, self.unknown, self.cause)
 
 
 def _when(delay: object, at: object) -> tuple[str, int] | None:
@@ -500,8 +437,3 @@ def _check_unique(value: object) -> str | None:
 
 def _no_fields(job: Any, args: list[Any]) -> None:
     raise AssertionError("replaced on first use")
-
-
-def _chunks(jobs: Iterator[Job], size: int) -> Iterator[list[Job]]:
-    while chunk := list(islice(jobs, size)):
-        yield chunk

@@ -10,16 +10,19 @@ from typing import Any, Generic, TypeVar
 
 import redis.exceptions
 
-from ._engine import Engine, RunSettings, default_consumer_name
-from ._keys import (
+from ._codec.plan import plan_of
+from ._consumer.engine import Engine, RunSettings, default_consumer_name
+from ._consumer.scheduler import UniqueRelease
+from ._consumer.streams import report_group_not_created
+from ._consumer.timelimit import check_supported
+from ._redis.keys import (
     dead_letter_stream,
     key_prefix,
     key_slot,
     legacy_key_prefix,
     partition_streams,
 )
-from ._plan import plan_of
-from ._redis import (
+from ._redis.session import (
     SAFE_EVICTION_POLICIES,
     Session,
     check_client,
@@ -28,10 +31,7 @@ from ._redis import (
     is_oom,
     is_transient,
 )
-from ._scheduler import UniqueRelease
-from ._streams import report_group_not_created
-from ._timelimit import check_supported
-from ._timeutil import Seconds, to_seconds
+from ._redis.timeutil import Seconds, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
 from .handle import QueueHandle

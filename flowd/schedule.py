@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import _scheduling as sched
-from ._plan import field_appender
-from ._redis import Session
-from ._timeutil import Seconds, to_ms, to_seconds
+from ._codec.plan import field_appender
+from ._redis import scheduling as sched
+from ._redis.session import Session
+from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError, EncodeError
 from .job import Job
 from .scheduled import parse_state, utc_from_ms

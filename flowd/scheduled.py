@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import _scheduling as sched
-from ._redis import check_client
+from ._redis import scheduling as sched
+from ._redis.session import check_client
 from .errors import ConfigurationError
 
 __all__ = ["ScheduleState", "ScheduledJob", "ScheduledJobs"]

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 import waitress
 
-from flowd._keys import dead_letter_stream, derived_key
+from flowd._redis.keys import dead_letter_stream, derived_key
 
 
 @contextmanager

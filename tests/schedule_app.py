@@ -29,7 +29,7 @@ class Tick(flowd.Job):
 def main() -> int:
     client = redis.Redis.from_url(os.environ["FLOWD_REDIS_URL"])
     stream = os.environ["FLOWD_TEST_STREAM"]
-    ticks = flowd._keys.derived_key(stream, "ticks")
+    ticks = flowd._redis.keys.derived_key(stream, "ticks")
 
     def work(task: flowd.Task[Tick]) -> None:
         client.rpush(ticks, task.id)

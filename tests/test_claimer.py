@@ -23,10 +23,10 @@ import pytest
 import redis
 
 import flowd
-from flowd._claim import ClaimLoop, ClaimOutcome
-from flowd._context import StreamContext
-from flowd._permits import Permits
-from flowd._redis import Session
+from flowd._consumer.claim import ClaimLoop, ClaimOutcome
+from flowd._consumer.context import StreamContext
+from flowd._consumer.permits import Permits
+from flowd._redis.session import Session
 from tests.helpers import Numbered, Recorder, as_str, flowd_threads, pending_count, wait_until
 from tests.redis_server import RedisServer
 

@@ -457,7 +457,7 @@ def test_second_sigint_exits_at_once(
 
 _SIGINT_DURING_FIRST_HANDLER = """
 import logging, os, signal, sys
-from flowd._runner import StopSignals
+from flowd.cli.runner import StopSignals
 
 class SecondInterrupt(logging.Handler):
     def emit(self, record):

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 import flowd
-from flowd._keys import dead_letter_stream
-from flowd.cli import build_parser
+from flowd._redis.keys import dead_letter_stream
+from flowd.cli.parser import build_parser
 from tests.cli_app import key
 from tests.helpers import wait_until
 from tests.redis_server import RedisServer, free_port

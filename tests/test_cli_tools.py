@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 import flowd
-from flowd._urls import redact_url
+from flowd._redis.urls import redact_url
 from tests.helpers import Numbered, wait_until
 from tests.redis_server import RedisServer
 
@@ -61,8 +61,8 @@ def test_info_json_is_parsed_and_exact(redis_url: str, client: redis.Redis, stre
     client.xgroup_create(stream, "g", id="0")
     read = client.xreadgroup("g", "alice", {stream: ">"}, count=4)[0][1]
     client.xack(stream, "g", read[0][0])
-    client.xadd(flowd._keys.dead_letter_stream(stream), {"n": "x"})
-    client.xadd(flowd._keys.dead_letter_stream(stream), {"n": "y"})
+    client.xadd(flowd._redis.keys.dead_letter_stream(stream), {"n": "x"})
+    client.xadd(flowd._redis.keys.dead_letter_stream(stream), {"n": "y"})
     # When `flowd info --json` runs
     result = flowd_cmd("info", stream, "--json", url=redis_url)
     # Then its output parses and says exactly that

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowd
-from flowd._plan import decode_job, encode_job
+from flowd._codec.plan import decode_job, encode_job
 
 
 @dataclass

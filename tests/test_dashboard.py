@@ -13,8 +13,8 @@ import pytest
 import redis
 
 import flowd
-from flowd import _throughput
-from flowd._keys import dead_letter_stream, derived_key
+from flowd._redis import throughput as _throughput
+from flowd._redis.keys import dead_letter_stream, derived_key
 from flowd.dashboard import Dashboard
 from flowd.dashboard.security import CONTENT_SECURITY_POLICY
 from tests.dashboard_server import add_dead_letter, call, http, serving

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._keys import dead_letter_stream
+from flowd._redis.keys import dead_letter_stream
 from flowd.dashboard import Dashboard
 from tests.dashboard_server import add_dead_letter, serving
 from tests.helpers import Email, Numbered, wait_until

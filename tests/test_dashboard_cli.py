@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from flowd import partition_streams
-from flowd._keys import dead_letter_stream
+from flowd._redis.keys import dead_letter_stream
 from tests.dashboard_server import add_dead_letter, http
 
 REPO = Path(__file__).resolve().parent.parent
@@ -345,7 +345,7 @@ def test_the_options_are_documented_in_help(env: dict[str, str]) -> None:
 def test_the_flowd_command_does_not_need_the_dashboard_extra(env: dict[str, str]) -> None:
     # The dashboard's libraries are imported only when `flowd dashboard` runs
     code = (
-        "import sys, flowd.cli; flowd.cli.build_parser(); "
+        "import sys, flowd.cli.parser; flowd.cli.parser.build_parser(); "
         "assert not {'jinja2', 'waitress'} & set(sys.modules), sorted(sys.modules)"
     )
     result = subprocess.run(

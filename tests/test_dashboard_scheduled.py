@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 import flowd
-from flowd._keys import derived_key
+from flowd._redis.keys import derived_key
 from flowd.dashboard import Dashboard
 from tests.dashboard_server import http, serving
 from tests.helpers import Email

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._group_loss import CHECK_EVERY
+from flowd._consumer.group_loss import CHECK_EVERY
 from tests.helpers import Numbered, wait_until
 from tests.redis_server import RedisServer
 from tests.test_cli_tools import flowd_cmd

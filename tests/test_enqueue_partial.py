@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import flowd
-from flowd import _scheduling as sched
+from flowd._redis import scheduling as sched
 from tests.faults.proxy import CutMode, Proxy
 from tests.helpers import as_str
 from tests.redis_server import RedisServer

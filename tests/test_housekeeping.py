@@ -11,10 +11,10 @@ import pytest
 import redis
 
 import flowd
-from flowd._context import StreamContext
-from flowd._housekeeper import HousekeepingLoop
-from flowd._permits import Permits
-from flowd._redis import Session
+from flowd._consumer.context import StreamContext
+from flowd._consumer.housekeeper import HousekeepingLoop
+from flowd._consumer.permits import Permits
+from flowd._redis.session import Session
 from tests.helpers import Numbered, as_str, id_key, wait_until
 
 GROUP = "g"

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowd
-import flowd._plan
+import flowd._codec.plan
 import flowd.job
 from tests.helpers import Email, Numbered
 
@@ -509,7 +509,7 @@ def test_string_annotations_are_resolved() -> None:
     assert isinstance(Everything.__dataclass_fields__["at"].type, str)
     assert isinstance(MaybeJob.__dataclass_fields__["old_style"].type, str)
     # ...and flowd resolves them to real types, Optional included.
-    plan = flowd._plan.plan_of(MaybeJob)
+    plan = flowd._codec.plan.plan_of(MaybeJob)
     assert [(f.name, f.optional) for f in plan.fields] == [
         ("required_or_none", True),
         ("old_style", True),
@@ -755,20 +755,20 @@ def test_plan_is_built_once_and_cached_per_class(monkeypatch: pytest.MonkeyPatch
         s: str = "x"
 
     built: list[type] = []
-    real_build = flowd._plan._build_plan
+    real_build = flowd._codec.plan._build_plan
 
     def counting(cls: type) -> Any:
         built.append(cls)
         return real_build(cls)
 
-    monkeypatch.setattr(flowd._plan, "_build_plan", counting)
+    monkeypatch.setattr(flowd._codec.plan, "_build_plan", counting)
 
-    first = flowd._plan.plan_of(Fresh)
+    first = flowd._codec.plan.plan_of(Fresh)
     for i in range(200):
         Fresh(i).to_fields()
         Fresh.from_fields({b"n": str(i).encode()})
-    assert flowd._plan.plan_of(Fresh) is first
-    assert flowd._plan.plan_of(Fresh) is flowd._plan.plan_of(Fresh)
+    assert flowd._codec.plan.plan_of(Fresh) is first
+    assert flowd._codec.plan.plan_of(Fresh) is flowd._codec.plan.plan_of(Fresh)
     assert built == [Fresh]
 
 
@@ -783,7 +783,7 @@ def test_subclass_gets_its_own_plan() -> None:
 
     assert Base(1).to_fields() == {"a": "1"}
     assert Child(1).to_fields() == {"a": "1", "b": "b"}
-    assert flowd._plan.plan_of(Child) is not flowd._plan.plan_of(Base)
+    assert flowd._codec.plan.plan_of(Child) is not flowd._codec.plan.plan_of(Base)
     assert Child.from_fields({b"a": b"2", b"b": b"c"}) == Child(2, "c")
 
 

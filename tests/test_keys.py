@@ -1,4 +1,4 @@
-"""Key naming (flowd/_keys.py): every derived key is in the stream's cluster slot."""
+"""Key naming (flowd/_redis/keys.py): every derived key is in the stream's cluster slot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowd import ConfigurationError
-from flowd._keys import (
+from flowd._redis.keys import (
     dead_letter_stream,
     derived_key,
     hash_tag,

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._keys import dead_letter_stream
+from flowd._redis.keys import dead_letter_stream
 from tests.helpers import pending_count, wait_until
 from tests.redis_server import RedisServer
 

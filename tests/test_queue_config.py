@@ -10,7 +10,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._redis import check_version
+from flowd._redis.session import check_version
 from tests.helpers import GROUP, Numbered, flowd_threads, messages, noop
 
 

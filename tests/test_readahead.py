@@ -24,7 +24,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._permits import Permits
+from flowd._consumer.permits import Permits
 from tests.helpers import Numbered, wait_until
 
 GROUP = "g"

@@ -1,4 +1,4 @@
-"""flowd/_redis.py reply parsers, on literal replies and on a real server; RESP3 end to end."""
+"""flowd/_redis/replies.py parsers, on literal replies and on a real server; RESP3 end to end."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ import pytest
 import redis
 
 import flowd
-from flowd._group_loss import last_delivered, parse_id
-from flowd._redis import (
-    Session,
-    parse_xautoclaim,
-    parse_xpending_range,
-    parse_xreadgroup,
-)
+from flowd._consumer.group_loss import last_delivered, parse_id
+from flowd._redis.replies import parse_xautoclaim, parse_xpending_range, parse_xreadgroup
+from flowd._redis.session import Session
 from tests.helpers import Numbered, as_str, wait_until
 
 GROUP = "g"

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flowd._embedded import _bundled, on_path, server_version
+from flowd.cli.embedded import _bundled, on_path, server_version
 
 REPO = Path(__file__).resolve().parent.parent
-CHOOSE = "from flowd._embedded import find_redis_server; print(find_redis_server())"
+CHOOSE = "from flowd.cli.embedded import find_redis_server; print(find_redis_server())"
 
 
 def chosen(env: dict[str, str]) -> str:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._keys import derived_key
+from flowd._redis.keys import derived_key
 from tests.helpers import Numbered, wait_until
 
 GROUP = "g"

@@ -13,7 +13,7 @@ import redis
 import redis.cluster
 
 import flowd
-from flowd._keys import key_slot
+from flowd._redis.keys import key_slot
 from tests.helpers import Numbered, wait_until
 from tests.redis_cluster import RedisCluster
 from tests.redis_sentinel import SentinelSetup
@@ -135,7 +135,7 @@ def test_partitions_land_on_different_masters(cluster_client: redis.cluster.Redi
     owners = {cluster_client.get_node_from_key(s).name for s in streams}
     assert len(owners) == 3
     for s in streams:  # every derived key shares its partition's slot
-        assert key_slot(flowd._keys.dead_letter_stream(s)) == key_slot(s)
+        assert key_slot(flowd._redis.keys.dead_letter_stream(s)) == key_slot(s)
 
 
 # -- the core scenarios on a 3-master cluster, partitioned P=3

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 import flowd
-from flowd import _scheduling as sched
-from flowd._keys import derived_key
+from flowd._redis import scheduling as sched
+from flowd._redis.keys import derived_key
 from flowd.schedule import fire_schedules
 from tests.helpers import Numbered, wait_until
 

@@ -13,7 +13,7 @@ import redis
 import redis.cluster
 
 import flowd
-from flowd import _scheduling as sched
+from flowd._redis import scheduling as sched
 from tests.helpers import Numbered, wait_until
 
 
@@ -259,7 +259,7 @@ def test_unique_key_after_dead_letter_is_free(client: redis.Redis, stream: str) 
         raise RuntimeError("boom")
 
     claimer = flowd.Claimer(min_idle_time=0.2, max_retries=0, interval=0.1)
-    dlq = flowd._keys.dead_letter_stream(stream)
+    dlq = flowd._redis.keys.dead_letter_stream(stream)
     with _queue(client, stream, fail, claimer=claimer).run():
         wait_until(lambda: client.xlen(dlq) == 1, timeout=20)
         wait_until(lambda: not client.exists(sched.unique_key(stream, "k")), timeout=5)

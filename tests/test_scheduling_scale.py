@@ -12,7 +12,7 @@ import redis
 import redis.cluster
 
 import flowd
-from flowd import _scheduling as sched
+from flowd._redis import scheduling as sched
 from tests.helpers import Numbered
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
@@ -132,12 +132,12 @@ def test_the_mover_on_a_read_only_replica_fails_as_transient(
     # A demoted master: even with nothing due, the mover must notice and reconnect,
     # not keep reading a replica's copy (the loop retries transient errors quietly).
     client = redis.Redis.from_url(private_redis.url)
-    session = flowd._redis.Session(client, stream)
+    session = flowd._redis.session.Session(client, stream)
     try:
-        client.replicaof("127.0.0.1", str(flowd._embedded.free_port()))
+        client.replicaof("127.0.0.1", str(flowd.cli.embedded.free_port()))
         with pytest.raises(redis.exceptions.ReadOnlyError) as info:
             sched.move_due(session, stream)
-        assert flowd._redis.is_transient(info.value)
+        assert flowd._redis.session.is_transient(info.value)
         client.replicaof("NO", "ONE")
         assert sched.move_due(session, stream).moved == 0
     finally:

@@ -39,7 +39,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._urls import redact_url
+from flowd._redis.urls import redact_url
 from tests.helpers import Numbered, as_str, wait_until
 from tests.redis_server import RedisServer, free_port
 

@@ -8,8 +8,8 @@ import pytest
 import redis
 
 import flowd
-from flowd import _throughput
-from flowd._keys import dead_letter_stream
+from flowd._redis import throughput as _throughput
+from flowd._redis.keys import dead_letter_stream
 from tests.helpers import Numbered, QueueFactory, enqueue_numbers, wait_until
 
 THREE_DAYS = 3 * 86400

@@ -189,7 +189,7 @@ def test_a_queue_warns_of_keys_left_in_the_old_layout(
 def test_flowd_migrate_command(
     client: redis.Redis, redis_url: str, shop: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flowd.cli import main
+    from flowd.cli.parser import main
 
     emails, orders = f"{shop}:emails", f"{shop}:orders"
     _old_layout(client, shop)

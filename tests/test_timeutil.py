@@ -1,4 +1,4 @@
-"""Durations (flowd/_timeutil.py): float seconds or timedelta in, milliseconds only for Redis."""
+"""Durations (flowd/_redis/timeutil.py): float seconds or timedelta in, milliseconds for Redis."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowd
-from flowd._timeutil import to_ms, to_seconds
+from flowd._redis.timeutil import to_ms, to_seconds
 
 
 @pytest.mark.parametrize(

@@ -42,9 +42,9 @@ import click
 from flask import Flask, current_app, has_app_context
 from flask.cli import AppGroup, ScriptInfo
 
-from .. import _runner
-from .._connect import EXIT_USAGE
-from .._urls import DEFAULT_URL, redact_url
+from .._redis.connect import EXIT_USAGE
+from .._redis.urls import DEFAULT_URL, redact_url
+from ..cli import runner as _runner
 from ..errors import CommandError
 from ..job import Job
 from ..producer import Producer

@@ -12,8 +12,8 @@ from typing import Any
 import jinja2
 import redis.exceptions
 
-from .._keys import dead_letter_stream
-from .._redis import check_client
+from .._redis.keys import dead_letter_stream
+from .._redis.session import check_client
 from ..deadletters import DeadLetters
 from ..errors import ConfigurationError
 from ..info import stream_info

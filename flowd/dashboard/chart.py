@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .._throughput import Minute
+from .._redis.throughput import Minute
 
 WIDTH = 720
 HEIGHT = 160

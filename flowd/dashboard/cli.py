@@ -102,9 +102,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     :raises ConfigurationError: a public address without auth, a bad port or allowed host, or
         the ``dashboard`` extra missing (the CLI exits 2 with the message).
     """
-    from .._connect import connect, resolve_url
-    from .._keys import partition_streams
-    from .._urls import redact_url
+    from .._redis.connect import connect, resolve_url
+    from .._redis.keys import partition_streams
+    from .._redis.urls import redact_url
     from ..errors import ConfigurationError
 
     auth = args.auth or os.environ.get(AUTH_ENV) or None
@@ -139,20 +139,22 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     host = f"[{args.bind}]" if ":" in args.bind else args.bind
     mode = ", read-only" if args.read_only else ""
     guard = ", HTTP Basic auth" if auth else ""
-    print(
-        f"flowd dashboard: serving http://{host}:{server.effective_port}/ "
-        f"(Redis {redact_url(url)}{guard}{mode}); Ctrl-C stops it",
-        flush=True,
-    )
-    if args.bind.strip() in _WILDCARDS and not extra:
-        print(
-            f"flowd dashboard: only Host {', '.join(hosts)} is answered; pass the names "
-            f"people use with --allowed-hosts (or set {HOSTS_ENV})",
-            file=sys.stderr,
-            flush=True,
-        )
+    # The warning and the SIGTERM handler come before "serving": whoever waits for that
+    # line (a supervisor, a test) may stop the dashboard at once.
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
+        if args.bind.strip() in _WILDCARDS and not extra:
+            print(
+                f"flowd dashboard: only Host {', '.join(hosts)} is answered; pass the names "
+                f"people use with --allowed-hosts (or set {HOSTS_ENV})",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(
+            f"flowd dashboard: serving http://{host}:{server.effective_port}/ "
+            f"(Redis {redact_url(url)}{guard}{mode}); Ctrl-C stops it",
+            flush=True,
+        )
         server.run()
     except KeyboardInterrupt:
         pass

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import _throughput
-from .._keys import dead_letter_stream, derived_key
+from .._redis import throughput as _throughput
+from .._redis.keys import dead_letter_stream, derived_key
 from ..deadletters import DeadLetter
 
 history = _throughput.history

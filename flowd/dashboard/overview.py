@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _throughput
-from .._keys import dead_letter_stream, derived_key
-from .._redis import SAFE_EVICTION_POLICIES
+from .._redis import throughput as _throughput
+from .._redis.keys import dead_letter_stream, derived_key
+from .._redis.session import SAFE_EVICTION_POLICIES
 
 #: Entries read to count a group's lag where the server does not report it
 #: (Redis 6.2, or 7.x after deletions); past it the lag shows as ">= N".

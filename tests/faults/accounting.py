@@ -40,7 +40,7 @@ import flowd
 GROUP = "g"
 REPO = Path(__file__).resolve().parents[2]
 
-#: A flowd loop backs off for at most 2 s (flowd._threads.MAX_BACKOFF), so an
+#: A flowd loop backs off for at most 2 s (flowd._consumer.threads.MAX_BACKOFF), so an
 #: ack or lease held back by an outage is written at most that long after it.
 SLACK_AFTER = 3.0
 #: A run that ended this shortly before a fault began may have lost its ack to it.

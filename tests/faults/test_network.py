@@ -33,7 +33,7 @@ import pytest
 import redis
 
 import flowd
-from flowd._keys import dead_letter_stream, derived_key
+from flowd._redis.keys import dead_letter_stream, derived_key
 from tests.faults.proxy import CutMode, Proxy
 from tests.helpers import Numbered, as_str, pending_count, wait_until
 from tests.redis_server import RedisServer
@@ -587,7 +587,9 @@ def test_dead_letter_move_cut_mid_command_dead_letters_each_job_exactly_once(
     )
     # The move's script is loaded beforehand, so that every EVALSHA is a move (no
     # NOSCRIPT round trip); six of the first twelve are cut, alternating the variants.
-    move_script = getattr(importlib.import_module("flowd._dead_letter_move"), "_MOVE_LUA", None)
+    move_script = getattr(
+        importlib.import_module("flowd._consumer.dead_letter_move"), "_MOVE_LUA", None
+    )
     if move_script is not None:
         direct.script_load(move_script)
     rules = [

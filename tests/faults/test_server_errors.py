@@ -57,7 +57,9 @@ def test_oom_replies_for_3s_are_transient_and_lose_no_job(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="flowd")
-    caplog.set_level(logging.DEBUG, logger="flowd._threads")  # "still unavailable: <reply>"
+    caplog.set_level(
+        logging.DEBUG, logger="flowd._consumer.threads"
+    )  # "still unavailable: <reply>"
     moments: dict[str, float] = {}
 
     def out_of_memory(windows: FaultWindows, queue: RecordingQueue) -> None:
@@ -104,7 +106,9 @@ def test_readonly_replies_for_3s_are_transient_and_lose_no_job(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="flowd")
-    caplog.set_level(logging.DEBUG, logger="flowd._threads")  # "still unavailable: <reply>"
+    caplog.set_level(
+        logging.DEBUG, logger="flowd._consumer.threads"
+    )  # "still unavailable: <reply>"
     moments: dict[str, float] = {}
     # Given a read-only replica of the queue's server, and a proxy in front of the server
     replica = RedisServer(

@@ -44,7 +44,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import close_old_connections, transaction
 
-from ..._urls import DEFAULT_URL
+from ..._redis.urls import DEFAULT_URL
 from ...errors import ConfigurationError
 from ...job import Job
 from ...producer import Producer

@@ -1,7 +1,7 @@
 """``python manage.py flowd_worker [queue ...]``: run queues of ``settings.FLOWD``.
 
 The options, signals and exit statuses are those of ``flowd worker`` (the
-same runner, :mod:`flowd._runner`): SIGTERM or SIGINT stops gracefully (a
+same runner, :mod:`flowd.cli.runner`): SIGTERM or SIGINT stops gracefully (a
 SIGINT after that exits at once); 0 on a clean stop, 1 on an unclean one, 2
 for bad usage or settings (system check errors included), 3 when Redis cannot
 be reached.
@@ -14,11 +14,12 @@ from typing import Any, ClassVar
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, SystemCheckError
 
-from flowd import _runner
-from flowd._connect import EXIT_USAGE
-from flowd._urls import redact_url
-from flowd.cli import add_worker_options
 from flowd.contrib.django import QUEUE_ENV, get_queue, queue_names, registry
+
+from ....._redis.connect import EXIT_USAGE
+from ....._redis.urls import redact_url
+from .....cli import runner as _runner
+from .....cli.parser import add_worker_options
 
 
 class Command(BaseCommand):

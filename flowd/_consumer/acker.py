@@ -1,0 +1,183 @@
+"""Acker: batches XACKs from worker threads into pipelined round trips."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+from .._redis import throughput as _throughput
+from .._redis.keys import derived_key
+from .._redis.session import Session, is_nogroup
+from .threads import Backoff
+
+logger = logging.getLogger(__name__)
+
+#: ids per XACK command; several commands go in one pipelined round trip.
+ACK_CHUNK = 1000
+
+
+class Acker:
+    """Acknowledges finished messages in batches on a thread of its own.
+
+    ``add`` is cheap and thread-safe (a deque append). The thread flushes as
+    soon as it is woken, so a batch is whatever finished during the previous
+    round trip: no added latency when idle, large batches under load. A
+    failed flush is retried with backoff and never dropped; ``close`` flushes
+    what is left, and whatever it cannot write stays pending in Redis, to be
+    delivered again.
+    """
+
+    def __init__(self, client: Any, stream: str, group: str, errors_key: str) -> None:
+        self.stream = stream
+        self.group = group
+        self.errors_key = errors_key
+        self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
+        self._ids: collections.deque[str] = collections.deque()
+        #: ids taken from _ids and not written yet; changed and read under _lock.
+        self._flushing: list[str] = []
+        self._lock = threading.Lock()
+        self._retried: collections.deque[str] = collections.deque()
+        # Held while the thread sleeps on it; add() releases it to wake the thread. A
+        # bare lock, not an Event: Event.set() runs a Condition in Python on every
+        # wake-up, the costliest step of acking tiny jobs.
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._sleeping = False
+        self._closing = False
+        self._deadline: float | None = None
+        self._session = Session(client, stream)
+        self.unwritten = 0
+        self.thread = threading.Thread(name=f"flowd-acker-{stream}", target=self._run)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def add(self, msg_id: str, retried: bool = False) -> None:
+        """Queue one id for XACK; ``retried`` also clears its recorded failure (reason and
+        traceback)."""
+        if retried:
+            self._retried.append(msg_id)
+        self._ids.append(msg_id)
+        # Under load the thread is busy flushing and needs no wake-up.
+        if self._sleeping:
+            self._sleeping = False
+            self._wake_up()
+
+    def close(self, deadline: float | None) -> None:
+        """Ask the thread to flush what is queued and exit (retrying until ``deadline``)."""
+        self._deadline = deadline
+        self._closing = True
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        try:
+            self._wake.release()
+        except RuntimeError:  # released already: the thread is awake or will be
+            pass
+
+    def unwritten_ids(self) -> set[str]:
+        """Ids added and not yet acked in Redis (queued, or in a flush not yet done)."""
+        with self._lock:
+            return set(self._flushing).union(self._ids.copy())
+
+    def _take_ids(self) -> None:
+        """Move the queued ids to the flush list (under the lock: unwritten_ids sees all)."""
+        with self._lock:
+            self._flushing += self._take(self._ids)
+
+    def _written(self) -> None:
+        with self._lock:
+            self._flushing = []
+
+    def _take(self, queue: collections.deque[str]) -> list[str]:
+        out: list[str] = []
+        try:
+            while True:
+                out.append(queue.popleft())
+        except IndexError:
+            return out
+
+    def _run(self) -> None:
+        backoff = Backoff(f"acker for {self.stream}/{self.group}")
+        retried: list[str] = []
+        try:
+            while True:
+                if not self._ids and not self._closing:
+                    self._sleeping = True
+                    # Re-check: an add() or close() may have come before the flag. A
+                    # wake-up left from earlier only makes one extra round.
+                    if not self._ids and not self._closing:
+                        self._wake.acquire()
+                    self._sleeping = False
+                self._take_ids()
+                retried += self._take(self._retried)
+                while self._flushing or retried:
+                    try:
+                        self._flush(self._flushing, retried)
+                    except Exception as exc:
+                        if self._past_deadline():
+                            break
+                        delay = backoff.failed(exc)
+                        time.sleep(min(delay, self._remaining()))
+                        continue
+                    backoff.succeeded()
+                    self._written()
+                    retried.clear()
+                    self._take_ids()
+                    retried += self._take(self._retried)
+                if self._closing and (not self._ids or self._past_deadline()):
+                    break
+        finally:
+            self._take_ids()
+            ids = self._flushing
+            self.unwritten = len(ids)
+            if ids:
+                logger.warning(
+                    "%d acks for %s/%s could not be written; those messages stay "
+                    "pending and will be delivered again",
+                    len(ids),
+                    self.stream,
+                    self.group,
+                )
+            self._session.close()
+
+    def _remaining(self) -> float:
+        if self._deadline is None:
+            return float("inf")
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _past_deadline(self) -> bool:
+        return self._closing and self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _flush(self, ids: list[str], retried: list[str]) -> None:
+        commands: list[tuple[Any, ...]] = [
+            ("XACK", self.stream, self.group, *ids[i : i + ACK_CHUNK])
+            for i in range(0, len(ids), ACK_CHUNK)
+        ]
+        if retried:
+            commands.append(("HDEL", self.errors_key, *retried))
+            commands.append(("HDEL", self.tracebacks_key, *retried))
+        # The dashboard's per-minute history rides on the same round trip, and the
+        # minute is Redis's: the first flush of a process asks its clock first.
+        if not _throughput.CLOCK.known:
+            _throughput.CLOCK.learn(self._session.call("TIME"))
+        stats = _throughput.processed_commands(self.stream, len(ids))
+        replies = self._session.call_many([*commands, *stats])
+        _throughput.check_replies(replies[len(commands) :], self.stream)
+        for reply in replies[: len(commands)]:
+            if isinstance(reply, Exception):
+                if is_nogroup(reply):
+                    # The group is gone with its pending entries: nothing is left to ack.
+                    logger.warning(
+                        "acker: group %s on %s is gone; dropping %d acks",
+                        self.group,
+                        self.stream,
+                        len(ids),
+                    )
+                    continue
+                raise reply
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("acked %d messages on %s/%s", len(ids), self.stream, self.group)

@@ -1,0 +1,176 @@
+"""The dispatcher of one stream: from a stream entry to a task for the worker pool.
+
+The reader and the claimer call it (as their context's ``dispatch``) with
+each entry they read, holding one permit for it. It decodes the entry into
+the queue's Job and submits the task to the pool, or routes the entry:
+deleted from the stream -> acked and counted; undecodable, or claimed past
+``max_retries`` -> the dead-letter path (on a worker thread). It is also the
+pool's route back for this stream: acks go to its acker, failures and dead
+letters to its dead-letter mover, retry decisions to its
+:class:`~flowd._consumer.retry.RetryControl`.
+
+An entry a retry re-added to the stream carries ``flowd:runs`` (the runs done
+before): its deliveries count them too, so ``max_retries`` keeps its meaning.
+One re-added by another group's retry (``flowd:group`` beside ``flowd:retry-of``)
+is acked unrun: this group has run that job already.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .._codec.plan import decode_job
+from .._redis.fields import other_group, prior_runs
+from .._redis.replies import Fields
+from ..errors import DecodeError
+from ..hooks import call_hooks
+from ..task import Task
+from .acker import Acker
+from .dead_letter_move import DeadLetterMover
+from .pool import DeadLetterWork, WorkerPool
+from .readahead import ids_of
+from .retry import RetryControl
+from .scheduler import UniqueRelease
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Dispatch for one stream of a run, and that stream's route for outcomes."""
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        stream: str,
+        group: str,
+        job: type[Any],
+        acker: Acker,
+        mover: DeadLetterMover | None,
+        max_retries: int | None,
+        retry: RetryControl,
+        unique: UniqueRelease,
+    ) -> None:
+        self.pool = pool
+        self.stream = stream
+        self.group = group
+        self.job = job
+        self.acker = acker
+        self.mover = mover
+        self._retry = retry
+        self._unique = unique
+        self._group_bytes = group.encode("utf-8")
+        #: Most deliveries a claimed entry may have and still run (None: no limit).
+        self.limit = None if max_retries is None else max_retries + 1
+
+    def __call__(
+        self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
+    ) -> None:
+        """Queue one entry to run, or route it (the caller holds its permit; a deleted
+        entry, ``fields`` None, needs none: it is only acked)."""
+        item = self.prepare(msg_id, fields, deliveries, claimed=claimed)
+        if item is not None:
+            self.pool.submit(item)
+        elif fields is not None:
+            self.pool.permits.release()
+
+    def prepare(
+        self, msg_id: str, fields: Fields | None, deliveries: int, *, claimed: bool = False
+    ) -> Task[Any] | DeadLetterWork | None:
+        """The work item for one entry (a Task to run, or dead-letter work), or None when
+        nothing is to run (deleted, or undecodable without a claimer); no permit moves."""
+        if fields is None:
+            self._ack_deleted(msg_id)
+            return None
+        if other_group(fields, self._group_bytes):
+            # Re-added by another group's retry: this group has run that job already.
+            self.acker.add(msg_id)
+            return None
+        deliveries += prior_runs(fields)
+        try:
+            job = decode_job(self.job, fields, msg_id)
+        except DecodeError as exc:
+            return self._dead_letter(
+                Task(msg_id, None, deliveries, self.stream, fields, exc.reason_text())
+            )
+        task = Task(msg_id, job, deliveries, self.stream, fields)
+        if claimed:
+            if self.limit is not None and deliveries > self.limit:
+                # Exhausted: the mover reads its last failure as the reason.
+                return self._dead_letter(task)
+            on_claim = self.pool.hooks.on_claim
+            if on_claim:
+                call_hooks(on_claim, task)
+        return task
+
+    def _dead_letter(self, task: Task[Any]) -> DeadLetterWork | None:
+        if self.mover is None:
+            logger.error(
+                "message %s on %s/%s cannot be processed (%s); no claimer is "
+                "configured, so it stays pending",
+                task.id,
+                self.stream,
+                self.group,
+                task.error,
+            )
+            return None
+        return DeadLetterWork(task)
+
+    def _ack_deleted(self, msg_id: str) -> None:
+        """A pending entry deleted from the stream: ack it so it leaves the PEL, count it."""
+        logger.info(
+            "message %s on %s/%s was deleted from the stream while pending; acking it",
+            msg_id,
+            self.stream,
+            self.group,
+        )
+        self.acker.add(msg_id, True)
+        self.pool.count_deleted()
+
+    def group_lost(self) -> None:
+        """The group vanished while running and was just recreated: say that data was lost."""
+        logger.error(
+            "consumer group %s of stream %s vanished while the queue was running: the stream "
+            "was evicted (maxmemory-policy), flushed or deleted, or the group destroyed; the "
+            "jobs and pending entries it held are lost. The group was recreated",
+            self.group,
+            self.stream,
+        )
+        self.pool.count_group_lost()
+
+    def held(self) -> set[str]:
+        """Ids this process holds: running now, or finished with the XACK not yet written."""
+        # Running first: a job that finishes is added to the acker before it leaves running.
+        return (
+            self.pool.running_ids(self.stream)
+            | self.acker.unwritten_ids()
+            | set(ids_of(self.pool.permits.buffered_items(), self.stream))
+        )
+
+    def running_since(self, cutoff: float) -> list[str]:
+        return self.pool.running_since(self.stream, cutoff)
+
+    def close(self) -> None:
+        """Close what the worker threads opened for this stream (the mover's sessions)."""
+        if self.mover is not None:
+            self.mover.close()
+        self._retry.close()
+
+    # -- the pool's route back for this stream
+
+    def ack(self, task: Task[Any], retried: bool) -> None:
+        self.acker.add(task.id, retried)
+        if UniqueRelease.holds_key(task.fields):
+            self._unique.release(task)
+
+    def record_failure(self, msg_id: str, exc: BaseException, traceback: str) -> None:
+        if self.mover is not None:
+            self.mover.record_failure(msg_id, exc, traceback)
+
+    @property
+    def retry(self) -> RetryControl:
+        return self._retry
+
+    def move_dead(self, task: Task[Any]) -> Task[Any] | None:
+        assert self.mover is not None  # only queued for the mover when there is one
+        return self.mover.handle(task)

@@ -1,0 +1,225 @@
+"""The reader: XREADGROUP for new messages, as many as there are free permits plus
+the read-ahead that recent job durations allow (see flowd._consumer.readahead).
+
+:func:`xreadgroup` is the one place that builds an XREADGROUP: the reader
+thread, and a drain reading the backlog, both go through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .._redis.replies import Entry, parse_xpending_range, parse_xreadgroup
+from .._redis.session import READ_MARGIN
+from .._redis.timeutil import to_ms
+from .context import StreamContext
+from .group_loss import LossWatch
+from .readahead import NUDGE, STALE, Link, hand_back, item_id
+
+logger = logging.getLogger(__name__)
+
+#: How long one permit wait lasts before the reader looks at the stop signal again.
+_PERMIT_POLL = 0.25
+
+
+def block_seconds(requested: float, socket_timeout: float) -> float:
+    """The BLOCK time to use: a read must return before its socket times out.
+
+    The reader's session waits ``READ_MARGIN`` past the block; a shorter socket
+    timeout of the client's own halves the block instead.
+    """
+    if requested + READ_MARGIN <= socket_timeout:
+        return requested
+    return max(0.001, min(requested, socket_timeout / 2))
+
+
+def xreadgroup(
+    ctx: StreamContext, count: int, after: str = ">", block_ms: int | None = None
+) -> list[Entry]:
+    """Read up to ``count`` entries of ``ctx``'s stream as its consumer.
+
+    ``after`` is ``">"`` for new messages, or an id to re-read this consumer's
+    own pending entries after it; ``block_ms`` waits that long for new ones.
+    """
+    args: list[object] = ["XREADGROUP", "GROUP", ctx.group, ctx.consumer, "COUNT", count]
+    if block_ms is not None:
+        args += ["BLOCK", block_ms]
+    return parse_xreadgroup(ctx.redis.call(*args, "STREAMS", ctx.stream, after))
+
+
+def start_entries(
+    ctx: StreamContext, entries: list[Entry], deliveries: dict[str, int] | None
+) -> int:
+    """Dispatch entries that were read, taking one permit each; returns how many started.
+
+    Entries read are already delivered to this consumer, so they start even
+    while stopping, as long as a permit frees up before the stop deadline;
+    any left over stay pending, for the claimer or a later drain.
+    """
+    held = ctx.permits.try_acquire(len(entries))  # usually all of them, in one step
+    dispatch = ctx.dispatch
+    for index, (msg_id, fields) in enumerate(entries):
+        if fields is None:  # deleted while pending (re-read history): acked, needs no permit
+            dispatch(msg_id, None, 0)
+            continue
+        if held:
+            held -= 1
+        elif not _take_permit(ctx):
+            logger.warning(
+                "stopping: %d read messages on %s/%s were not started and stay pending",
+                len(entries) - index,
+                ctx.stream,
+                ctx.group,
+            )
+            return index
+        dispatch(msg_id, fields, 1 if deliveries is None else deliveries.get(msg_id, 1))
+    if held:  # taken for deleted entries
+        ctx.permits.release(held)
+    return len(entries)
+
+
+def _take_permit(ctx: StreamContext) -> bool:
+    """Wait for one permit, until the stop deadline if there is one."""
+    permits = ctx.permits
+    while True:
+        deadline = ctx.deadline
+        if deadline is not None:
+            return permits.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        if permits.acquire(timeout=_PERMIT_POLL):
+            return True
+
+
+class Reader:
+    """The reader loop of one stream; the LoopThread calls ``step`` until stopped.
+
+    A drain calls :meth:`read_backlog` instead, in its own thread, until it
+    returns 0: first this consumer's own pending entries, then new ones.
+    """
+
+    def __init__(
+        self,
+        ctx: StreamContext,
+        block: float,
+        ahead: Link | None = None,
+        loss: LossWatch | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.loss = loss
+        self.block_ms = to_ms(block_seconds(block, ctx.redis.socket_timeout))
+        self._poll = block
+        self._own_after: str | None = "0"  # where re-reading own pending entries goes on
+        self.ahead = ahead
+        # Where the buffer stood (messages started from it), and since when.
+        self._started = 0
+        self._since = time.monotonic()
+
+    def step(self) -> bool:
+        ctx = self.ctx
+        ahead = self.ahead
+        if ahead is None:  # no read-ahead: never more than the free permits
+            free = ctx.permits.wait_free(self._poll)
+            if free <= 0 or ctx.stop.is_set():
+                return False
+            entries = xreadgroup(ctx, free, block_ms=self.block_ms)
+            self._watch(entries)
+            start_entries(ctx, entries, None)
+            return True
+        permits = ctx.permits
+        target = ahead.policy.target()
+        # Read when a permit is spare, or (reading ahead) once half the buffer is gone.
+        poll = min(self._poll, NUDGE) if permits.buffered else self._poll
+        spare, buffered = permits.wait_room(poll, target // 2 if target else -1)
+        if buffered and self._stalled(ahead):
+            return True
+        count = spare + max(0, target - buffered)
+        if count <= 0 or (spare <= 0 and buffered > target // 2) or ctx.stop.is_set():
+            return False
+        entries = xreadgroup(ctx, count, block_ms=self.block_ms)
+        self._watch(entries)
+        if entries:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("read %d messages from %s/%s", len(entries), ctx.stream, ctx.group)
+            prepare = ahead.prepare
+            items = [
+                item
+                for msg_id, fields in entries
+                if (item := prepare(msg_id, fields, 1)) is not None
+            ]
+            submit = ahead.submit
+            for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
+                submit(item)
+        return True
+
+    def _watch(self, entries: list[Entry]) -> None:
+        """Note how far this run has read; when idle, look for a group made anew."""
+        loss = self.loss
+        if loss is None:
+            return
+        if entries:
+            loss.read(entries[-1][0])
+        else:
+            loss.check_idle(self.ctx.redis, self.ctx.stream, self.ctx.group)
+
+    def _stalled(self, ahead: Link) -> bool:
+        """If nothing started from the buffer for NUDGE seconds, start it on the free
+        permits too; if for STALE seconds with none free, hand it back. True if it
+        talked to Redis."""
+        ctx, permits = self.ctx, self.ctx.permits
+        now = time.monotonic()
+        if permits.started != self._started:
+            self._started, self._since = permits.started, now
+            return False
+        if now - self._since >= NUDGE and permits.start_spare():
+            return False
+        if now - self._since < STALE or not ahead.hand_back_stalled:
+            return False
+        self._since = now
+        stream = ctx.stream
+        items = permits.take_buffer(lambda item: item_id(item)[0] == stream)
+        handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
+        logger.info(
+            "handed back %d messages read ahead on %s/%s: the jobs ahead of them are slow",
+            handed,
+            stream,
+            ctx.group,
+        )
+        return True
+
+    def read_backlog(self, count: int) -> int:
+        """Start up to ``count`` entries of the backlog without blocking; 0 once it is empty."""
+        if self._own_after is not None:
+            entries, deliveries = read_own_pending(self.ctx, count, self._own_after)
+            if entries:
+                self._own_after = entries[-1][0]
+                start_entries(self.ctx, entries, deliveries)
+                return len(entries)
+            self._own_after = None
+        entries = xreadgroup(self.ctx, count)
+        start_entries(self.ctx, entries, None)
+        return len(entries)
+
+
+def read_own_pending(
+    ctx: StreamContext, count: int, after: str
+) -> tuple[list[Entry], dict[str, int]]:
+    """This consumer's pending entries after ``after``, with their delivery counts.
+
+    Reading history (XREADGROUP with an id) counts as a delivery, so the
+    counts are read from XPENDING after the read and include this one.
+    """
+    entries = xreadgroup(ctx, count, after)
+    if not entries:
+        return [], {}
+    pending = parse_xpending_range(
+        ctx.redis.call(
+            "XPENDING",
+            ctx.stream,
+            ctx.group,
+            entries[0][0],
+            entries[-1][0],
+            len(entries),
+            ctx.consumer,
+        )
+    )
+    return entries, {msg_id: info[2] for msg_id, info in pending.items()}

@@ -1,0 +1,232 @@
+"""The parts of one stream of a run: acker, dispatcher, context, and its loop threads.
+
+:func:`add_loops` is the one place that lists a stream's loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions
+
+from .._redis.keys import derived_key
+from .._redis.session import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
+from ..claimer import Claimer
+from ..hooks import Hooks
+from ..housekeeping import Housekeeping
+from ..schedule import Schedule
+from ..task import Task
+from .acker import Acker
+from .claim import ClaimLoop, LeaseLoop
+from .context import StopSignal, StreamContext
+from .dead_letter_move import DeadLetterMover
+from .dispatch import Dispatcher
+from .group_loss import LossWatch
+from .housekeeper import HousekeepingLoop
+from .pool import WorkerPool
+from .readahead import Link
+from .reader import Reader
+from .retry import RetryControl
+from .scheduler import SchedulerLoop, UniqueRelease, schedules_of
+from .threads import LoopThread
+
+logger = logging.getLogger(__name__)
+
+#: Loops that end with the run's stop signal, after the reader (the lease ends after the jobs).
+BACKGROUND = ("claimer", "housekeeping", "scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """What a run needs from its Queue (checked by the Queue already)."""
+
+    name: str  # the queue's stream: names the run in logs and thread names
+    client: Any
+    read_client: Any
+    streams: Sequence[str]
+    group: str
+    consumer: str
+    job: type[Any]
+    worker: Callable[[Task[Any]], None]
+    concurrency: int
+    claimer: Claimer | None
+    housekeeping: Housekeeping | None
+    hooks: Sequence[Hooks]
+    block: float
+    #: Seconds the run is given to stop at interpreter exit (flowd._lifecycle).
+    stop_timeout: float
+    #: Seconds a job may run (None: no limit).
+    time_limit: float | None
+    #: Streams whose group the queue has seen exist (shared with the Queue, across its
+    #: runs): a group missing later means data was lost.
+    groups_seen: set[str]
+    #: Called in a forked child that inherited the run (the Queue resets its lock).
+    after_fork: Callable[[], None]
+    #: Periodic schedules; each stream's scheduler loop fires those of its partition.
+    schedules: Sequence[Schedule] = ()
+
+
+@dataclass(slots=True)
+class StreamParts:
+    """One stream of a run: its acker, dispatcher, base context and loop threads."""
+
+    ctx: StreamContext
+    acker: Acker
+    dispatcher: Dispatcher
+    #: role ("reader", "claimer", "lease", "housekeeping") -> its thread, in start order.
+    loops: dict[str, LoopThread] = field(default_factory=dict)
+    #: The reader's session: stop() interrupts its blocked read with CLIENT UNBLOCK.
+    reader_session: Session | None = None
+    #: Reports the group's loss once, whichever loop notices it.
+    loss: LossWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loss = LossWatch(self.dispatcher.group_lost)
+
+    def threads(self) -> list[threading.Thread]:
+        return [self.acker.thread, *self.loops.values()]
+
+
+def stream_parts(
+    settings: RunSettings, pool: WorkerPool, stop: StopSignal, stream: str
+) -> StreamParts:
+    """Build one stream's acker, dead-letter mover, dispatcher and base context."""
+    s = settings
+    errors_key = derived_key(stream, f"errors:{s.group}")
+    acker = Acker(s.client, stream, s.group, errors_key)
+    mover = (
+        None
+        if s.claimer is None
+        else DeadLetterMover(s.client, stream, s.group, s.consumer, errors_key, s.claimer)
+    )
+    max_retries = None if s.claimer is None else s.claimer.max_retries
+    retry = RetryControl(
+        s.client, stream, s.group, s.consumer, s.claimer, mover, pool.release_lease
+    )
+    unique = UniqueRelease(s.client)
+    dispatcher = Dispatcher(pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique)
+    pool.routes[stream] = dispatcher
+    ctx = StreamContext(
+        stream=stream,
+        group=s.group,
+        consumer=s.consumer,
+        session=None,
+        permits=pool.permits,
+        stop=stop,
+        dispatch=dispatcher,
+        held=dispatcher.held,
+        running_since=dispatcher.running_since,
+    )
+    return StreamParts(ctx, acker, dispatcher)
+
+
+#: A group that cannot be created is said at ERROR at most this often (seconds).
+GROUP_REPORT_EVERY = 60.0
+_group_reports: dict[tuple[str, str], float] = {}
+_group_reports_lock = threading.Lock()
+
+
+def report_group_not_created(stream: str, group: str, exc: BaseException) -> None:
+    """Say at ERROR, once a minute per stream and group, that Redis out of memory keeps
+    the group from being created: nothing is consumed until someone frees memory."""
+    now = time.monotonic()
+    with _group_reports_lock:
+        last = _group_reports.get((stream, group))
+        if last is not None and now - last < GROUP_REPORT_EVERY:
+            return
+        _group_reports[(stream, group)] = now
+    logger.error(
+        "consumer group %s of %s cannot be created: Redis is out of memory (OOM: used "
+        "memory is over maxmemory and the policy evicts nothing); no job of %s runs until "
+        "memory is freed or maxmemory raised (%s)",
+        group,
+        stream,
+        stream,
+        exc,
+    )
+
+
+def add_loops(
+    part: StreamParts,
+    settings: RunSettings,
+    lease_stop: threading.Event,
+    on_fatal: Callable[[BaseException], None],
+    *,
+    lease_only: bool = False,
+) -> None:
+    """Add the loops of one stream (not started); a drain runs only the lease as a thread.
+
+    Each loop gets the stream's context with a session of its own. A new loop
+    is one ``loop(role, make_step)`` line below; if it ends with the stop
+    signal (not after the jobs, as the lease does), its role goes in
+    :data:`BACKGROUND` too, so that stop() joins it.
+    """
+    s = settings
+
+    def loop(
+        role: str,
+        make_step: Callable[[StreamContext], Callable[[], bool | None]],
+        client: Any = None,
+        stop: threading.Event | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
+        stream = part.ctx.stream
+        session = Session(client or s.client, stream, timeout=timeout)
+        ctx = part.ctx.for_loop(session, stop)
+        if role == "reader":
+            part.reader_session = session
+
+        def recreate_group() -> None:
+            try:
+                created = ensure_group(session, stream, s.group)
+            except redis.exceptions.ResponseError as exc:
+                if is_oom(exc):
+                    report_group_not_created(stream, s.group, exc)
+                raise
+            # Called after this loop's own NOGROUP: the group was lost, also when another
+            # process recreated it first (BUSYGROUP), so each process that saw it says so.
+            if stream in s.groups_seen:
+                part.loss.lost(created=created)
+            s.groups_seen.add(stream)
+
+        part.loops[role] = LoopThread(
+            f"flowd-{role}-{stream}",
+            f"{role} of {stream}/{s.group}",
+            make_step(ctx),
+            ctx.stop,
+            on_nogroup=recreate_group,
+            on_fatal=on_fatal,
+            on_exit=session.close,
+        )
+
+    claimer, housekeeping = s.claimer, s.housekeeping
+    timer = part.dispatcher.retry.timer
+    if not lease_only:
+        pool = part.dispatcher.pool
+        ahead = Link(pool.readahead, part.dispatcher.prepare, pool.submit, claimer is not None)
+        loop(
+            "reader",
+            lambda ctx: Reader(ctx, s.block, ahead, part.loss).step,
+            s.read_client,
+            timeout=s.block + READ_MARGIN,
+        )
+    if claimer is not None and not lease_only:
+        loop(
+            "claimer",
+            lambda ctx: (
+                ClaimLoop(ctx, claimer.min_idle_time, claimer.interval, claimer.batch, timer).step
+            ),
+        )
+    if claimer is not None:
+        interval, lock = claimer.lease_interval, part.dispatcher.pool.lease_lock
+        loop("lease", lambda ctx: LeaseLoop(ctx, interval, lock).step, stop=lease_stop)
+    if housekeeping is not None and not lease_only:
+        loop("housekeeping", lambda ctx: HousekeepingLoop(ctx, housekeeping).step)
+    if not lease_only:
+        mine = schedules_of(part.ctx.stream, s.schedules, s.streams)
+        loop("scheduler", lambda ctx: SchedulerLoop(ctx, mine).step)
