@@ -866,8 +866,8 @@ def test_cli_bad_dlq_arguments_are_one_line_usage_errors(
     ("args", "text"),
     [
         (["worker", "no-colon"], "MODULE:ATTR"),
-        (["worker", "tests.cli_app:not_a_queue"], "not a flowd.Queue"),
-        (["worker", "tests.cli_app:queue", "--processes", "0"], "--processes"),
+        (["worker", "tests.cli.cli_app:not_a_queue"], "not a flowd.Queue"),
+        (["worker", "tests.cli.cli_app:queue", "--processes", "0"], "--processes"),
     ],
 )
 def test_cli_bad_worker_arguments_are_one_line_usage_errors(

@@ -60,3 +60,12 @@ def test_readme_names_the_commands_ci_runs() -> None:
     ci = (README.parent / ".ci" / "run").read_text()
     assert "pip install -e '.[test]'" in text and "pip install -e '.[test]'" in ci
     assert "python -m pytest" in text and "python -m pytest" in ci
+
+
+def test_every_test_file_the_readme_names_exists() -> None:
+    # The Reliability section names the test of each fault; a moved or renamed test
+    # must not leave it pointing nowhere.
+    named = re.findall(r"``(tests/[\w/]+\.py)``", README.read_text())
+    assert len(named) >= 11, named
+    missing = [path for path in named if not (README.parent / path).is_file()]
+    assert not missing, missing
