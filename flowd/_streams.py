@@ -26,6 +26,7 @@ from ._readahead import Link
 from ._reader import Reader
 from ._redis import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
 from ._retry import RetryControl
+from ._runs import RunRecords
 from ._scheduler import SchedulerLoop, UniqueRelease, schedules_of
 from ._threads import LoopThread
 from .claimer import Claimer
@@ -103,7 +104,10 @@ def stream_parts(
         s.client, stream, s.group, s.consumer, s.claimer, mover, pool.release_lease
     )
     unique = UniqueRelease(s.client)
-    dispatcher = Dispatcher(pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique)
+    runs = RunRecords(s.client, stream, s.group)
+    dispatcher = Dispatcher(
+        pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique, runs
+    )
     pool.routes[stream] = dispatcher
     ctx = StreamContext(
         stream=stream,
