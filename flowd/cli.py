@@ -21,7 +21,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import __version__ as _source_version
 from . import _cli_scheduled, _commands, _runner
-from ._connect import resolve_url
+from ._connect import EXIT_USAGE, resolve_url
+from ._supervisor import report_usage, take_usage_file
 from ._urls import DEFAULT_URL, redact_url
 from .dashboard.cli import add_dashboard_parser
 
@@ -237,7 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flowd`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    # Taken first: the app's own processes must not report to this one's supervisor.
+    usage_file = take_usage_file()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if usage_file is not None and exc.code == EXIT_USAGE:
+            report_usage(usage_file, "bad command-line arguments (see the error above)")
+        raise
     args.log_level_given = any(a.startswith("--log-level") for a in (argv or sys.argv[1:]))
     _runner.configure_logging(args.log_level)
     try:
@@ -250,5 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure.detail:
             print(failure.detail, file=sys.stderr)
         status = failure.status
+        if usage_file is not None and status == EXIT_USAGE:
+            report_usage(usage_file, str(failure))
     _runner.exit_now_if_stuck(status)
     return status
