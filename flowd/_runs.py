@@ -71,12 +71,16 @@ class RunRecords:
             return True  # a first delivery: counted as one run without a record
         try:
             self._sessions.get().call("HINCRBY", self.key, task.id, 1)
-        except Exception:
-            logger.warning(
-                "could not record the start of claimed job %s on %s; it is not run now and "
+        except Exception as exc:
+            # An ACL user made for an older flowd lacks HINCRBY: say what to grant.
+            denied = "NOPERM" in str(exc)
+            logger.log(
+                logging.ERROR if denied else logging.WARNING,
+                "could not record the start of claimed job %s on %s%s; it is not run now and "
                 "stays pending for the claimer",
                 task.id,
                 self.stream,
+                " (the Redis user needs +hincrby)" if denied else "",
                 exc_info=True,
             )
             return False
