@@ -26,7 +26,7 @@ import psutil
 import redis
 
 from flowd.dashboard import Dashboard
-from tests.dashboard_server import fill_big_queue, http, serving
+from tests.dashboard.dashboard_server import fill_big_queue, http, serving
 from tests.redis_server import RedisServer
 
 

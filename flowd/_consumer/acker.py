@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .._redis import throughput as _throughput
-from .._redis.keys import derived_key
+from .._redis.keys import derived_key, runs_key
 from .._redis.session import Session, is_nogroup
 from .threads import Backoff
 
@@ -35,6 +35,7 @@ class Acker:
         self.group = group
         self.errors_key = errors_key
         self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
+        self.runs_key = runs_key(stream, group)
         self._ids: collections.deque[str] = collections.deque()
         #: ids taken from _ids and not written yet; changed and read under _lock.
         self._flushing: list[str] = []
@@ -57,7 +58,7 @@ class Acker:
 
     def add(self, msg_id: str, retried: bool = False) -> None:
         """Queue one id for XACK; ``retried`` also clears its recorded failure (reason and
-        traceback)."""
+        traceback) and its run record (flowd._runs)."""
         if retried:
             self._retried.append(msg_id)
         self._ids.append(msg_id)
@@ -160,6 +161,7 @@ class Acker:
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
             commands.append(("HDEL", self.tracebacks_key, *retried))
+            commands.append(("HDEL", self.runs_key, *retried))
         # The dashboard's per-minute history rides on the same round trip, and the
         # minute is Redis's: the first flush of a process asks its clock first.
         if not _throughput.CLOCK.known:

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 
+from .._redis.keys import runs_key
 from .._redis.replies import (
     Entry,
     parse_entries,
@@ -18,6 +19,7 @@ from .._redis.timeutil import to_ms
 from .context import StreamContext
 from .readahead import ids_of
 from .retry import RetryTimer
+from .runs import claimed_deliveries, parse_starts
 
 logger = logging.getLogger(__name__)
 
@@ -204,17 +206,24 @@ class ClaimLoop:
                 ctx.dispatch(msg_id, None, 0)
 
     def _deliveries(self, ids: list[str]) -> dict[str, int]:
-        """Delivery counts (XPENDING extended form), one pipelined round trip."""
+        """Delivery counts, one pipelined round trip: XPENDING's (extended form) for each
+        id, bounded by the runs that really started (flowd._runs), so entries claimed with
+        a job that killed its process, and never started, are not charged for it."""
         ctx = self.ctx
         replies = ctx.redis.call_many(
-            [("XPENDING", ctx.stream, ctx.group, msg_id, msg_id, 1) for msg_id in ids]
+            [
+                *(("XPENDING", ctx.stream, ctx.group, msg_id, msg_id, 1) for msg_id in ids),
+                ("HMGET", runs_key(ctx.stream, ctx.group), *ids),
+            ]
         )
-        counts: dict[str, int] = {}
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        starts = parse_starts(ids, replies[-1])
+        counts: dict[str, int] = {}
+        for reply in replies[:-1]:
             for msg_id, info in parse_xpending_range(reply).items():
-                counts[msg_id] = info[2]
+                counts[msg_id] = claimed_deliveries(info[2], starts.get(msg_id, 0))
         return counts
 
 

@@ -12,13 +12,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._codec.failure import safe_repr, safe_str, traceback_of
 from .._redis import throughput as _throughput
-from .._redis.keys import derived_key
+from .._redis.keys import derived_key, runs_key
 from .._redis.scripts import Script
 from .._redis.thread_sessions import ThreadSessions
 from ..claimer import Claimer
 from ..task import Task
-from .failure import safe_repr, safe_str, traceback_of
 from .threads import retry_transient
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ _REASON_LIMIT = 2000
 # Both scripts act at most once: a re-sent script finds the message already
 # acked and changes nothing. So that a re-sent call (its first reply lost) still
 # learns that it did the move, the move leaves its caller's token in a marker key.
-# KEYS: stream, errors hash, marker, tracebacks hash[, dlq]; ARGV: group, id, token[, fields...].
+# KEYS: stream, errors hash, marker, tracebacks hash, runs hash[, dlq];
+# ARGV: group, id, token[, fields...].
 # Nothing is written before the last step that can fail (the XADD), so a failing
 # script leaves the message pending, never acked and missing from the DLQ.
 _MOVE_LUA = """
@@ -36,19 +37,21 @@ local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #pending == 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[4], ARGV[2])
+  redis.call('HDEL', KEYS[5], ARGV[2])
   if redis.call('GET', KEYS[3]) == ARGV[3] then return 1 end
   return 0
 end
-if KEYS[5] then
+if KEYS[6] then
   -- flowd:time is Redis's clock, like the entry's id: a worker's clock may be off
   local now = redis.call('TIME')
   local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
-  redis.call('XADD', KEYS[5], '*', 'flowd:time', ms, unpack(ARGV, 4))
+  redis.call('XADD', KEYS[6], '*', 'flowd:time', ms, unpack(ARGV, 4))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('HDEL', KEYS[5], ARGV[2])
 return 1
 """
 _MOVE = Script(_MOVE_LUA)
@@ -91,6 +94,7 @@ class DeadLetterMover:
         self.consumer = consumer
         self.errors_key = errors_key
         self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
+        self.runs_key = runs_key(stream, group)
         self.claimer = claimer
         self.dlq_stream = claimer.dead_letter_stream(stream)
         self._sessions = ThreadSessions(client, stream)
@@ -161,24 +165,30 @@ class DeadLetterMover:
         another consumer acking in between could leave a second dead letter,
         never a lost one.
         """
-        stream, errors_key, marker, tracebacks_key = keys[:4]
+        stream, errors_key, marker, tracebacks_key, runs = keys[:5]
         group, msg_id, token = args[:3]
         session = self._session()
         if not session.call("XPENDING", stream, group, msg_id, msg_id, 1):
             found = session.call_many(
-                [("HDEL", errors_key, msg_id), ("HDEL", tracebacks_key, msg_id), ("GET", marker)]
-            )[2]
+                [
+                    ("HDEL", errors_key, msg_id),
+                    ("HDEL", tracebacks_key, msg_id),
+                    ("HDEL", runs, msg_id),
+                    ("GET", marker),
+                ]
+            )[3]
             return 1 if found == token.encode() else 0
         commands: list[tuple[Any, ...]] = [("MULTI",)]
-        if len(keys) > 4:
+        if len(keys) > 5:
             seconds, micros = session.call("TIME")
             ms = f"{int(seconds)}{int(micros) // 1000:03d}"
-            commands.append(("XADD", keys[4], "*", "flowd:time", ms, *args[3:]))
+            commands.append(("XADD", keys[5], "*", "flowd:time", ms, *args[3:]))
         commands += [
             ("XACK", stream, group, msg_id),
             ("SET", marker, token, "PX", 600_000),
             ("HDEL", errors_key, msg_id),
             ("HDEL", tracebacks_key, msg_id),
+            ("HDEL", runs, msg_id),
             ("EXEC",),
         ]
         replies = session.call_many(commands)
@@ -212,6 +222,7 @@ class DeadLetterMover:
             self.errors_key,
             derived_key(self.stream, f"moved:{task.id}"),
             self.tracebacks_key,
+            self.runs_key,
         ]
         args: list[Any] = [self.group, task.id, uuid.uuid4().hex]
         if self.dlq_stream is not None:

@@ -31,6 +31,7 @@ from .dead_letter_move import DeadLetterMover
 from .pool import DeadLetterWork, WorkerPool
 from .readahead import ids_of
 from .retry import RetryControl
+from .runs import RunRecords
 from .scheduler import UniqueRelease
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Dispatcher:
         max_retries: int | None,
         retry: RetryControl,
         unique: UniqueRelease,
+        runs: RunRecords,
     ) -> None:
         self.pool = pool
         self.stream = stream
@@ -59,6 +61,7 @@ class Dispatcher:
         self.mover = mover
         self._retry = retry
         self._unique = unique
+        self._runs = runs
         self._group_bytes = group.encode("utf-8")
         #: Most deliveries a claimed entry may have and still run (None: no limit).
         self.limit = None if max_retries is None else max_retries + 1
@@ -155,6 +158,7 @@ class Dispatcher:
         if self.mover is not None:
             self.mover.close()
         self._retry.close()
+        self._runs.close()
 
     # -- the pool's route back for this stream
 
@@ -162,6 +166,9 @@ class Dispatcher:
         self.acker.add(task.id, retried)
         if UniqueRelease.holds_key(task.fields):
             self._unique.release(task)
+
+    def record_start(self, task: Task[Any]) -> bool:
+        return self._runs.started(task)
 
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str) -> None:
         if self.mover is not None:

@@ -34,7 +34,7 @@ the code takes:
    pipelined XACK, with the per-minute counters of ``flowd._redis.throughput``.
 
 A failed job leaves its message pending, with its reason and traceback
-(``flowd._consumer.failure``): the claimer (``flowd._consumer.claim``) XAUTOCLAIMs it after
+(``flowd._codec.failure``): the claimer (``flowd._consumer.claim``) XAUTOCLAIMs it after
 ``min_idle_time`` and dispatches it again; past ``max_retries`` the
 dispatcher queues it for the dead-letter path, which a worker runs with
 ``flowd._consumer.dead_letter_move``. ``Retry``, ``GiveUp`` and a claimer's backoff

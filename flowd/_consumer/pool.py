@@ -15,6 +15,7 @@ back when the job, or its dead-letter handling, is done.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue as queue_module
 import threading
@@ -23,11 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .._codec.failure import safe_str, traceback_of
 from ..errors import GiveUp, Retry, TimeLimitExceeded
 from ..hooks import Hooks, HookSet, LogHooks, call_hooks
 from ..task import Task
 from .dead_letter_move import reason_of
-from .failure import safe_str, traceback_of
 from .permits import Permits
 from .readahead import ALPHA, ReadAhead
 from .retry import RetryControl
@@ -97,12 +98,25 @@ class StreamRoute(Protocol):
 
     def ack(self, task: Task[Any], retried: bool) -> None: ...
 
+    def record_start(self, task: Task[Any]) -> bool: ...
+
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str) -> None: ...
 
     def move_dead(self, task: Task[Any]) -> Task[Any] | None: ...
 
     @property
     def retry(self) -> RetryControl: ...
+
+
+def _run_limited(
+    limiter: TimeLimiter, worker: Callable[[Task[Any]], None], task: Task[Any]
+) -> None:
+    """Call the worker under the time limit."""
+    token = limiter.enter(task)
+    try:
+        worker(task)
+    finally:
+        limiter.exit(token)
 
 
 class WorkerPool:
@@ -191,6 +205,7 @@ class WorkerPool:
         worker, routes, monotonic = self.worker, self.routes, time.monotonic
         before, success = self.hooks.before_job, self.hooks.after_success
         readahead, limiter = self.readahead, self.limiter
+        run = worker if limiter is None else functools.partial(_run_limited, limiter, worker)
         item: Task[Any] | DeadLetterWork | None
         while (item := get()) is not None:
             # With read-ahead, go on with buffered items under the same permit.
@@ -203,19 +218,16 @@ class WorkerPool:
                 msg_id = task.id
                 key = (task.stream, msg_id)
                 retried = task.deliveries > 1
+                # A claimed run counts once it starts (flowd._runs); unrecorded, it must not.
+                if retried and not routes[task.stream].record_start(task):
+                    item = next_or_release()
+                    continue
                 started = monotonic()
                 running[key] = (task, started)
                 try:
                     if before:
                         call_hooks(before, task)
-                    if limiter is None:
-                        worker(task)
-                    else:
-                        token = limiter.enter(task)
-                        try:
-                            worker(task)
-                        finally:
-                            limiter.exit(token)
+                    run(task)
                 except BaseException as exc:
                     if limiter is not None:
                         limiter.exit_current()  # if the exception cut exit() short

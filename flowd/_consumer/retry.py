@@ -28,18 +28,19 @@ from collections.abc import Callable
 from typing import Any
 
 from .._redis.fields import prior_runs
-from .._redis.keys import derived_key
+from .._redis.keys import derived_key, runs_key
 from .._redis.scripts import Script
 from .._redis.thread_sessions import ThreadSessions
 from .._redis.timeutil import to_ms
 from ..claimer import Claimer
 from ..task import Task
 from .dead_letter_move import DeadLetterMover
+from .runs import exhausted_starts
 
 logger = logging.getLogger(__name__)
 
 
-# KEYS: stream, scheduled set, scheduled job's hash, errors hash, tracebacks hash.
+# KEYS: stream, scheduled set, scheduled job's hash, errors hash, tracebacks hash, runs hash.
 # ARGV: group, id, scheduled id, delay ms, runs so far, consumer, unique key prefix.
 # A unique_key the message holds (flowd:unique) passes to the scheduled job, as
 # the scheduler's own enqueue would have it.
@@ -82,6 +83,7 @@ end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
+redis.call('HDEL', KEYS[6], ARGV[2])
 return result
 """
 )
@@ -175,6 +177,7 @@ class RetryControl:
         self._scheduled_key = derived_key(stream, "scheduled")
         self._errors_key = derived_key(stream, f"errors:{group}")
         self._tracebacks_key = derived_key(stream, f"tracebacks:{group}")
+        self._runs_key = runs_key(stream, group)
         self._sessions = ThreadSessions(client, stream)
         self._session = self._sessions.get
 
@@ -265,6 +268,7 @@ class RetryControl:
             derived_key(self.stream, f"scheduled:{member}"),
             self._errors_key,
             self._tracebacks_key,
+            self._runs_key,
         ]
         args = [
             self.group,
@@ -327,23 +331,33 @@ class RetryControl:
 
     def _exhaust(self, task: Task[Any], reason: str, traceback: str | None) -> None:
         """Make the claimer's next claim of ``task`` its dead-letter claim, not one more run:
-        keep the reason, and set the delivery count to the limit (RETRYCOUNT)."""
+        keep the reason, and set both the delivery count (RETRYCOUNT) and the run record
+        (flowd._runs) to the limit, since the claimer counts the smaller of the two."""
         assert self.dead_letters is not None
         self.dead_letters.record_reason(task.id, reason, traceback)
         limit = self.dead_letters.claimer.max_retries + 1
-        count = max(limit - prior_runs(task.fields), 1)
+        prior = prior_runs(task.fields)
+        count = max(limit - prior, 1)
         try:
-            self._session().call(
-                "XCLAIM",
-                self.stream,
-                self.group,
-                self.consumer,
-                0,
-                task.id,
-                "RETRYCOUNT",
-                count,
-                "JUSTID",
+            replies = self._session().call_many(
+                [
+                    (
+                        "XCLAIM",
+                        self.stream,
+                        self.group,
+                        self.consumer,
+                        0,
+                        task.id,
+                        "RETRYCOUNT",
+                        count,
+                        "JUSTID",
+                    ),
+                    ("HSET", self._runs_key, task.id, exhausted_starts(limit, prior)),
+                ]
             )
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         except Exception:
             logger.warning(
                 "could not mark %s on %s as exhausted", task.id, self.stream, exc_info=True

@@ -32,6 +32,7 @@ from .pool import WorkerPool
 from .readahead import Link
 from .reader import Reader
 from .retry import RetryControl
+from .runs import RunRecords
 from .scheduler import SchedulerLoop, UniqueRelease, schedules_of
 from .threads import LoopThread
 
@@ -109,7 +110,10 @@ def stream_parts(
         s.client, stream, s.group, s.consumer, s.claimer, mover, pool.release_lease
     )
     unique = UniqueRelease(s.client)
-    dispatcher = Dispatcher(pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique)
+    runs = RunRecords(s.client, stream, s.group)
+    dispatcher = Dispatcher(
+        pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique, runs
+    )
     pool.routes[stream] = dispatcher
     ctx = StreamContext(
         stream=stream,

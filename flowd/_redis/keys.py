@@ -64,6 +64,11 @@ def derived_key(stream: str, suffix: str) -> str:
     return f"{key_prefix(stream)}:{suffix}"
 
 
+def runs_key(stream: str, group: str) -> str:
+    """The hash of ``group``'s claimed runs that started, by message id (see flowd._runs)."""
+    return derived_key(stream, f"runs:{group}")
+
+
 def dead_letter_stream(stream: str) -> str:
     """The default dead-letter stream: ``{emails}:dead`` for ``emails``."""
     return derived_key(stream, "dead")

@@ -19,13 +19,14 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from .._redis.connect import resolve_url
+from .._redis.connect import EXIT_USAGE, resolve_url
 from .._redis.urls import DEFAULT_URL, redact_url
 from .._version import __version__ as _source_version
 from ..dashboard.cli import add_dashboard_parser
 from . import commands as _commands
 from . import runner as _runner
 from . import scheduled as _cli_scheduled
+from .supervisor import report_usage, take_usage_file
 
 #: The distribution that installs the ``flowd`` package and command.
 DISTRIBUTION = "flowd-queue"
@@ -239,7 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flowd`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    # Taken first: the app's own processes must not report to this one's supervisor.
+    usage_file = take_usage_file()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if usage_file is not None and exc.code == EXIT_USAGE:
+            report_usage(usage_file, "bad command-line arguments (see the error above)")
+        raise
     args.log_level_given = any(a.startswith("--log-level") for a in (argv or sys.argv[1:]))
     _runner.configure_logging(args.log_level)
     try:
@@ -252,5 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure.detail:
             print(failure.detail, file=sys.stderr)
         status = failure.status
+        if usage_file is not None and status == EXIT_USAGE:
+            report_usage(usage_file, str(failure))
     _runner.exit_now_if_stuck(status)
     return status

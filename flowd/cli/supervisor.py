@@ -7,15 +7,23 @@ children still running ``shutdown_timeout`` (plus a margin) later are killed,
 and their unfinished messages stay pending for the claimer. A SIGINT after
 that kills them all at once. Signals and exit statuses are those of
 :mod:`flowd.cli.runner`, which calls :func:`supervise`.
+
+A child that exits is restarted, whatever its status, unless it reported bad
+usage (a bad target or option, which a restart cannot fix) on its own channel:
+a file the supervisor names in ``FLOWD_SUPERVISOR_USAGE_FILE``, which the
+``flowd`` command writes before it exits with status 2. The status alone says
+nothing: a job that calls ``os._exit(2)`` is a crash, not bad usage.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from types import FrameType
@@ -27,12 +35,31 @@ _EXIT_USAGE = 2
 _RESTART_BACKOFF_MAX = 30.0
 #: Extra seconds a child gets beyond its own shutdown timeout before it is killed.
 _KILL_MARGIN = 5.0
+#: Names the file where a child says it met bad usage (see the module's docstring).
+USAGE_FILE_ENV = "FLOWD_SUPERVISOR_USAGE_FILE"
+
+
+def take_usage_file() -> str | None:
+    """The file to report bad usage to, when a supervisor started this process; taken out
+    of the environment, so that processes the app starts do not report to it."""
+    return os.environ.pop(USAGE_FILE_ENV, None) or None
+
+
+def report_usage(path: str, message: str) -> None:
+    """Tell the supervisor that this process exits for bad usage (best effort: unreported,
+    it is restarted like a crashed one)."""
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(message or "bad usage")
+    except OSError:
+        pass
 
 
 class _Child:
-    def __init__(self, index: int, argv: list[str]) -> None:
+    def __init__(self, index: int, argv: list[str], usage_file: str) -> None:
         self.index = index
         self.argv = argv
+        self.usage_file = usage_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.backoff = 1.0
@@ -40,14 +67,53 @@ class _Child:
         self.done = False  # burst: exited 0 after its backlog
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv)
+        self._clear_usage()
+        env = {**os.environ, USAGE_FILE_ENV: self.usage_file}
+        self.proc = subprocess.Popen(self.argv, env=env)
         logger.info("started worker process %d (pid %d)", self.index, self.proc.pid)
+
+    def usage(self) -> str | None:
+        """What the child reported as bad usage before it exited; None if nothing."""
+        try:
+            with open(self.usage_file, encoding="utf-8", errors="replace") as file:
+                return file.read() or "bad usage"
+        except OSError:
+            return None
+
+    def _clear_usage(self) -> None:
+        try:
+            os.remove(self.usage_file)
+        except FileNotFoundError:
+            pass
 
 
 def supervise(
     target: str, processes: int, *, child_args: list[str], shutdown_timeout: float, burst: bool
 ) -> int:
     """Run ``processes`` children until a signal (or, with ``burst``, until all are done)."""
+    reports = tempfile.mkdtemp(prefix="flowd-supervisor-")
+    try:
+        return _supervise(
+            target,
+            processes,
+            child_args=child_args,
+            shutdown_timeout=shutdown_timeout,
+            burst=burst,
+            reports=reports,
+        )
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
+
+
+def _supervise(
+    target: str,
+    processes: int,
+    *,
+    child_args: list[str],
+    shutdown_timeout: float,
+    burst: bool,
+    reports: str,
+) -> int:
     children = [
         _Child(
             i,
@@ -63,6 +129,7 @@ def supervise(
                 str(i),
                 *child_args,
             ],
+            os.path.join(reports, f"usage-{i}"),
         )
         for i in range(processes)
     ]
@@ -98,10 +165,9 @@ def supervise(
         for child in children:
             child.start()
         while not stop.wait(_POLL):
-            if _tend(children, burst) == _EXIT_USAGE:
-                logger.error(
-                    "a worker process exited with status 2 (bad usage or target); stopping all"
-                )
+            usage = _tend(children, burst)
+            if usage is not None:
+                logger.error("a worker process could not start (%s); stopping all", usage.strip())
                 _stop_all(children, shutdown_timeout)
                 return _EXIT_USAGE
             if burst and all(child.done for child in children):
@@ -112,11 +178,12 @@ def supervise(
             signal.signal(signum, handler)
 
 
-def _tend(children: list[_Child], burst: bool) -> int | None:
+def _tend(children: list[_Child], burst: bool) -> str | None:
     """Restart children that died (with backoff); mark finished burst children.
 
-    Returns 2 when a child exited with status 2: a bad target or usage, which
-    a restart cannot fix.
+    Returns the report of a child that exited for bad usage (it said so itself):
+    a bad target or option, which a restart cannot fix. Any other exit, status
+    2 included, is a crash: the child is restarted.
     """
     now = time.monotonic()
     for child in children:
@@ -132,8 +199,9 @@ def _tend(children: list[_Child], burst: bool) -> int | None:
         if burst and code == 0:
             child.done = True
             continue
-        if code == _EXIT_USAGE:
-            return _EXIT_USAGE
+        usage = child.usage() if code != 0 else None
+        if usage is not None:
+            return usage
         child.proc = None
         child.restarts += 1
         child.next_start = now + child.backoff

@@ -110,6 +110,8 @@ FLOWD_COMMANDS = (
     "+zrangebyscore",
     "+hgetall",
     "+hmget",
+    # run records of claimed jobs ({stream}:runs:<group>)
+    "+hincrby",
 )
 
 
