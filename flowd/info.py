@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._redis.keys import dead_letter_stream
-from ._redis.replies import parse_entries
+from ._redis.replies import _text, as_map, id_key, parse_entries
 from ._redis.scheduling import scheduled_key, schedules_key
 from ._redis.session import (
     SAFE_EVICTION_POLICIES,
@@ -177,23 +177,6 @@ class StreamInfo:
         return "\n".join(lines)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _as_map(reply: Any) -> dict[str, Any]:
-    """A RESP3 map or a RESP2 flat list of pairs, with text keys."""
-    if isinstance(reply, dict):
-        return {_text(k): v for k, v in reply.items()}
-    it = iter(reply)
-    return {_text(k): v for k, v in zip(it, it, strict=True)}
-
-
-def _id_key(msg_id: str) -> tuple[int, int]:
-    ms, _, seq = msg_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def _raise_errors(replies: Sequence[Any]) -> None:
     for reply in replies:
         if isinstance(reply, Exception):
@@ -295,7 +278,7 @@ def _read(
         if "no such key" in str(groups_reply):  # deleted a moment ago
             return info
         raise groups_reply
-    raw_groups = [_as_map(raw) for raw in groups_reply]
+    raw_groups = [as_map(raw) for raw in groups_reply]
     if only is not None:
         raw_groups = [raw for raw in raw_groups if _text(raw["name"]) == only]
     if not raw_groups:
@@ -329,7 +312,7 @@ def _read(
 
 
 def _schedules(reply: Any) -> tuple[ScheduleState, ...]:
-    states = (schedule_state(_text(name), raw) for name, raw in _as_map(reply).items())
+    states = (schedule_state(_text(name), raw) for name, raw in as_map(reply).items())
     return tuple(sorted((s for s in states if s is not None), key=lambda s: s.name))
 
 
@@ -344,7 +327,7 @@ def _group(
 ) -> GroupInfo:
     consumers = []
     for item in consumers_reply:
-        consumer = _as_map(item)
+        consumer = as_map(item)
         consumers.append(
             ConsumerInfo(
                 name=_text(consumer["name"]),
@@ -362,7 +345,7 @@ def _group(
     if oldest_reply:
         entry = oldest_reply[0]
         oldest_id = _text(entry[0])
-        oldest_age = max(0, now_ms - _id_key(oldest_id)[0])
+        oldest_age = max(0, now_ms - id_key(oldest_id)[0])
         oldest_idle = int(entry[2])
         oldest_deliveries = int(entry[3])
     return GroupInfo(
@@ -385,10 +368,10 @@ def _count_lag(
     """Entries after ``last_delivered``: (count, exact), reading at most ``limit`` entries."""
     if info.first_id is None or info.last_id is None:
         return 0, True
-    after = _id_key(last_delivered)
-    if after >= _id_key(info.last_id):
+    after = id_key(last_delivered)
+    if after >= id_key(info.last_id):
         return 0, True
-    if after < _id_key(info.first_id):
+    if after < id_key(info.first_id):
         return info.length, True
     count, start = 0, "(" + last_delivered
     while count < limit:

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.exceptions
 
-from .._redis.replies import _text
+from .._redis.replies import _text, as_map, id_key
 
 #: Loops of one run that meet the same lost group within this many seconds report it once.
 REPORT_WINDOW = 10.0
@@ -28,22 +28,12 @@ REPORT_WINDOW = 10.0
 CHECK_EVERY = 2.0
 
 
-def parse_id(text: str) -> tuple[int, int]:
-    """A stream id as (milliseconds, sequence), for comparing."""
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def last_delivered(reply: Any, group: str) -> tuple[int, int] | None:
     """The last-delivered id of ``group`` in an XINFO GROUPS reply (RESP2 or RESP3)."""
     for raw in reply or ():
-        info = (
-            {_text(k): v for k, v in raw.items()}
-            if isinstance(raw, dict)
-            else {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
-        )
+        info = as_map(raw)
         if _text(info.get("name", b"")) == group:
-            return parse_id(_text(info["last-delivered-id"]))
+            return id_key(_text(info["last-delivered-id"]))
     return None
 
 
@@ -59,7 +49,7 @@ class LossWatch:
 
     def read(self, last_id: str) -> None:
         """The reader read entries up to ``last_id``."""
-        seen = parse_id(last_id)
+        seen = id_key(last_id)
         with self._lock:
             if self._high_water is None or seen > self._high_water:
                 self._high_water = seen
@@ -70,14 +60,20 @@ class LossWatch:
         The creator always reports; a loop that found the group made by another
         process (BUSYGROUP) reports unless this run already did just now.
         """
-        now = time.monotonic()
         with self._lock:
-            recent = self._reported_at is not None and now - self._reported_at < REPORT_WINDOW
-            if recent and not created:
-                return
-            self._reported_at = now
-            self._high_water = None  # the ids read before the loss mean nothing now
-        self._report()
+            first = self._take_report(time.monotonic(), always=created)
+        if first:
+            self._report()
+
+    def _take_report(self, now: float, *, always: bool = False) -> bool:
+        """Under the lock: True if this loss is to be reported (this run has not said so
+        within REPORT_WINDOW, or ``always``); then the ids read before it are forgotten."""
+        recent = self._reported_at is not None and now - self._reported_at < REPORT_WINDOW
+        if recent and not always:
+            return False
+        self._reported_at = now
+        self._high_water = None  # the ids read before the loss mean nothing now
+        return True
 
     def check_idle(self, session: Any, stream: str, group: str) -> None:
         """On an idle read, at most every CHECK_EVERY seconds: report a group made anew."""
@@ -93,9 +89,7 @@ class LossWatch:
             high = self._high_water
             if delivered is None or high is None or delivered >= high:
                 return
-            if self._reported_at is not None and now - self._reported_at < REPORT_WINDOW:
-                self._high_water = None
-                return
-            self._reported_at = now
-            self._high_water = None
-        self._report()
+            self._high_water = None  # said already or not, this loss is noted
+            first = self._take_report(now)
+        if first:
+            self._report()

@@ -18,6 +18,20 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def as_map(reply: Any) -> dict[str, Any]:
+    """A RESP3 map or a RESP2 flat list of pairs (XINFO's replies), with text keys."""
+    if isinstance(reply, dict):
+        return {_text(k): v for k, v in reply.items()}
+    it = iter(reply)
+    return {_text(k): v for k, v in zip(it, it, strict=True)}
+
+
+def id_key(msg_id: str) -> tuple[int, int]:
+    """A stream id as (milliseconds, sequence), for comparing ids."""
+    ms, _, seq = msg_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 

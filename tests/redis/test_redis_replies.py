@@ -10,8 +10,8 @@ import pytest
 import redis
 
 import flowd
-from flowd._consumer.group_loss import last_delivered, parse_id
-from flowd._redis.replies import parse_xautoclaim, parse_xpending_range, parse_xreadgroup
+from flowd._consumer.group_loss import last_delivered
+from flowd._redis.replies import id_key, parse_xautoclaim, parse_xpending_range, parse_xreadgroup
 from flowd._redis.session import Session
 from tests.helpers import Numbered, as_str, wait_until
 
@@ -224,7 +224,7 @@ def test_real_xinfo_groups_reply_gives_last_delivered_id(
         # When XINFO GROUPS's raw reply is parsed
         reply = session.call("XINFO", "GROUPS", stream)
         # Then the group's last-delivered id is the entry it read, the other's 0-0
-        assert last_delivered(reply, GROUP) == parse_id(first)
+        assert last_delivered(reply, GROUP) == id_key(first)
         assert last_delivered(reply, "other") == (0, 0)
         assert last_delivered(reply, "missing") is None
     finally:
