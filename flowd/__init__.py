@@ -5,7 +5,8 @@ package is laid out as its architecture:
 
 - the public vocabulary at the top: ``job``, ``task``, ``producer``, ``queue``,
   ``handle``, ``claimer``, ``backoff``, ``schedule``, ``scheduled``,
-  ``deadletters``, ``info``, ``housekeeping``, ``migrate``, ``hooks``, ``errors``;
+  ``deadletters``, ``results``, ``info``, ``housekeeping``, ``migrate``, ``hooks``,
+  ``errors``;
 - ``_redis/``: the Redis boundary (sessions, reply parsing, key and field
   names, the one Lua script runner and the scheduling scripts, connecting,
   URLs, throughput counters, time units);
@@ -40,6 +41,7 @@ from .errors import (
     HandleStateError,
     RedisVersionError,
     ReplicationError,
+    ResultTimeout,
     Retry,
     TimeLimitExceeded,
 )
@@ -51,6 +53,7 @@ from .job import Job, Mapper, field
 from .migrate import KeyMigration, migrate_keys
 from .producer import Producer
 from .queue import Queue, WorkerFn
+from .results import JobResult, JobStatus, Results
 from .schedule import Schedule
 from .scheduled import ScheduledJob, ScheduledJobs, ScheduleState
 from .task import Task
@@ -73,6 +76,8 @@ __all__ = [
     "Hooks",
     "Housekeeping",
     "Job",
+    "JobResult",
+    "JobStatus",
     "KeyMigration",
     "LogHooks",
     "Mapper",
@@ -82,6 +87,8 @@ __all__ = [
     "QueueStats",
     "RedisVersionError",
     "ReplicationError",
+    "ResultTimeout",
+    "Results",
     "Retry",
     "Schedule",
     "ScheduleState",

@@ -10,6 +10,7 @@
     ├── ReplicationError                  durable enqueue: too few replicas confirmed in time
     ├── EnqueueError                      enqueue_bulk: not every job was written; says which were
     ├── HandleStateError (RuntimeError)   a queue or handle used in the wrong state
+    ├── ResultTimeout (TimeoutError)      Results.wait: the job did not finish in time
     ├── CommandError                      a worker command must exit: message and exit status
     ├── Retry                             raised by a job: run it again (after a delay)
     └── GiveUp                            raised by a job: dead-letter it now, no more runs
@@ -140,6 +141,18 @@ class EnqueueError(FlowdError):
 
 class HandleStateError(FlowdError, RuntimeError):
     """A Queue or QueueHandle was used in a state that does not allow it."""
+
+
+class ResultTimeout(FlowdError, TimeoutError):
+    """``Results.wait`` gave up: the job had not finished when its timeout passed."""
+
+    def __init__(self, job_id: str, timeout: float, status: object = None) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        #: The job's status when the wait gave up (a JobStatus), None if unknown.
+        self.status = status
+        where = "unknown to Redis" if status is None else f"{getattr(status, 'name', status)}"
+        super().__init__(f"job {job_id} did not finish within {timeout:g}s (it is {where})")
 
 
 class CommandError(FlowdError):

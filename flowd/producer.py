@@ -216,11 +216,7 @@ class Producer:
         """
         if not isinstance(job_id, str) or not job_id:
             raise ConfigurationError(f"job_id must be a non-empty str, not {job_id!r}")
-        for stream in self.streams:
-            keys = [sched.scheduled_key(stream), sched.job_key(stream, job_id)]
-            if int(sched.CANCEL(self.client, keys, [job_id, sched.unique_key(stream, "")])):
-                return True
-        return False
+        return any(sched.cancel(self.client, stream, job_id) for stream in self.streams)
 
     def enqueue_bulk(
         self, jobs: Iterable[Job], *, delay: Seconds | None = None, at: datetime | None = None

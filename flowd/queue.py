@@ -31,7 +31,7 @@ from ._redis.session import (
     is_oom,
     is_transient,
 )
-from ._redis.timeutil import Seconds, to_seconds
+from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
 from .handle import QueueHandle
@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 
 J = TypeVar("J", bound=Job)
 
-#: A worker: returning means success (the message is acked); raising means failure.
-WorkerFn = Callable[[Task[J]], None]
+#: A worker: returning means success (the message is acked; with ``result_ttl`` what it
+#: returns is kept as the job's result); raising means failure.
+WorkerFn = Callable[[Task[J]], object]
 
 #: Stands for "a Claimer() of the queue's own" in Queue's signature.
 _DEFAULT_CLAIMER = Claimer()
@@ -144,6 +145,12 @@ class Queue(Generic[J]):
         the run counts as failed. A job blocked in C code is interrupted only
         when it returns to Python (a WARNING names it meanwhile). None (the
         default): no limit. CPython only.
+    :param result_ttl: seconds (or a timedelta) each job's result is kept:
+        what the worker returned (as JSON, with the job codecs' rules), or how
+        it failed once it is dead-lettered, readable with :class:`flowd.Results`.
+        A success's result is written in the same atomic step as its XACK; a
+        returned value with no JSON form fails the run (``EncodeError``). None
+        (the default) keeps no results; ``Results.get`` still says where a job is.
     """
 
     def __init__(
@@ -165,6 +172,7 @@ class Queue(Generic[J]):
         schedules: Sequence[Schedule] = (),
         stop_timeout: Seconds = 30.0,
         time_limit: Seconds | None = None,
+        result_ttl: Seconds | None = None,
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -212,6 +220,8 @@ class Queue(Generic[J]):
         self.block = to_seconds(block, "block")
         self.schedules = check_schedules(schedules)
         self.stop_timeout = to_seconds(stop_timeout, "stop_timeout")
+        #: Seconds a job's result is kept (None: not kept).
+        self.result_ttl = None if result_ttl is None else to_seconds(result_ttl, "result_ttl")
         self.time_limit = None if time_limit is None else to_seconds(time_limit, "time_limit")
         if self.time_limit is not None:
             check_supported()
@@ -319,6 +329,7 @@ class Queue(Generic[J]):
             groups_seen=self._groups_seen,
             after_fork=self.forget_after_fork,
             schedules=self.schedules,
+            result_ttl_ms=None if self.result_ttl is None else to_ms(self.result_ttl),
         )
 
     def run(self) -> QueueHandle:

@@ -158,10 +158,7 @@ class ScheduledJobs:
         """
         if not isinstance(job_id, str) or not job_id:
             raise ConfigurationError(f"job_id must be a non-empty str, not {job_id!r}")
-        keys = [self._zset, sched.job_key(self.stream, job_id)]
-        return bool(
-            int(sched.CANCEL(self.client, keys, [job_id, sched.unique_key(self.stream, "")]))
-        )
+        return sched.cancel(self.client, self.stream, job_id)
 
     def schedule_states(self) -> builtins.list[ScheduleState]:
         """The periodic schedules that ran on this stream, by name (their last and next run).

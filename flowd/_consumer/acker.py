@@ -10,6 +10,7 @@ from typing import Any
 
 from .._redis import throughput as _throughput
 from .._redis.keys import derived_key, runs_key
+from .._redis.records import write_commands
 from .._redis.session import Session, is_nogroup
 from .threads import Backoff
 
@@ -30,13 +31,24 @@ class Acker:
     delivered again.
     """
 
-    def __init__(self, client: Any, stream: str, group: str, errors_key: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        stream: str,
+        group: str,
+        errors_key: str,
+        result_ttl_ms: int | None = None,
+    ) -> None:
         self.stream = stream
         self.group = group
         self.errors_key = errors_key
         self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
         self.runs_key = runs_key(stream, group)
         self._ids: collections.deque[str] = collections.deque()
+        #: With results kept: each queued id's record, set before its id is queued, so
+        #: a flush that takes an id has its record too and writes both in one MULTI.
+        self.result_ttl_ms = result_ttl_ms
+        self._records: dict[str, str] = {}
         #: ids taken from _ids and not written yet; changed and read under _lock.
         self._flushing: list[str] = []
         self._lock = threading.Lock()
@@ -56,9 +68,12 @@ class Acker:
     def start(self) -> None:
         self.thread.start()
 
-    def add(self, msg_id: str, retried: bool = False) -> None:
+    def add(self, msg_id: str, retried: bool = False, record: str | None = None) -> None:
         """Queue one id for XACK; ``retried`` also clears its recorded failure (reason and
-        traceback) and its run record (flowd._runs)."""
+        traceback) and its run record (flowd._runs); ``record`` is the job's result
+        record (flowd._redis.records), written atomically with the XACK."""
+        if record is not None:
+            self._records[msg_id] = record
         if retried:
             self._retried.append(msg_id)
         self._ids.append(msg_id)
@@ -91,6 +106,9 @@ class Acker:
 
     def _written(self) -> None:
         with self._lock:
+            if self._records:
+                for msg_id in self._flushing:
+                    self._records.pop(msg_id, None)
             self._flushing = []
 
     def _take(self, queue: collections.deque[str]) -> list[str]:
@@ -153,11 +171,26 @@ class Acker:
     def _past_deadline(self) -> bool:
         return self._closing and self._deadline is not None and time.monotonic() >= self._deadline
 
+    def _with_records(self, acks: list[tuple[Any, ...]], ids: list[str]) -> list[tuple[Any, ...]]:
+        """The XACKs and the records of their jobs in one MULTI: a job is never acked
+        without its result, nor stored as succeeded without its ack."""
+        assert self.result_ttl_ms is not None
+        writes: list[tuple[Any, ...]] = []
+        for msg_id in ids:
+            record = self._records.get(msg_id)
+            if record is not None:
+                writes += write_commands(self.stream, msg_id, record, self.result_ttl_ms)
+        if not writes:
+            return acks
+        return [("MULTI",), *acks, *writes, ("EXEC",)]
+
     def _flush(self, ids: list[str], retried: list[str]) -> None:
         commands: list[tuple[Any, ...]] = [
             ("XACK", self.stream, self.group, *ids[i : i + ACK_CHUNK])
             for i in range(0, len(ids), ACK_CHUNK)
         ]
+        if self._records:
+            commands = self._with_records(commands, ids)
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
             commands.append(("HDEL", self.tracebacks_key, *retried))
@@ -169,7 +202,10 @@ class Acker:
         stats = _throughput.processed_commands(self.stream, len(ids))
         replies = self._session.call_many([*commands, *stats])
         _throughput.check_replies(replies[len(commands) :], self.stream)
-        for reply in replies[: len(commands)]:
+        own = replies[: len(commands)]
+        if commands[0][0] == "MULTI" and isinstance(own[-1], list):
+            own = [*own, *own[-1]]  # EXEC's reply lists each step's
+        for reply in own:
             if isinstance(reply, Exception):
                 if is_nogroup(reply):
                     # The group is gone with its pending entries: nothing is left to ack.

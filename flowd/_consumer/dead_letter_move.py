@@ -7,6 +7,7 @@ own (made on first use), like every other talk of flowd's threads to Redis.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from typing import Any
 
 from .._codec.failure import safe_repr, safe_str, traceback_of
 from .._redis import throughput as _throughput
-from .._redis.keys import derived_key, runs_key
+from .._redis.keys import derived_key, result_key, runs_key
+from .._redis.records import STATE_TTL_MS, write_commands
 from .._redis.scripts import Script
 from .._redis.thread_sessions import ThreadSessions
 from ..claimer import Claimer
@@ -28,10 +30,11 @@ _REASON_LIMIT = 2000
 # Both scripts act at most once: a re-sent script finds the message already
 # acked and changes nothing. So that a re-sent call (its first reply lost) still
 # learns that it did the move, the move leaves its caller's token in a marker key.
-# KEYS: stream, errors hash, marker, tracebacks hash, runs hash[, dlq];
-# ARGV: group, id, token[, fields...].
+# KEYS: stream, errors hash, marker, tracebacks hash, runs hash, result list[, dlq];
+# ARGV: group, id, token, record ttl ms, record (JSON, without its time)[, fields...].
 # Nothing is written before the last step that can fail (the XADD), so a failing
-# script leaves the message pending, never acked and missing from the DLQ.
+# script leaves the message pending, never acked and missing from the DLQ. The job's
+# record (flowd._redis.records: dead, or failed without a DLQ) is written with the ack.
 _MOVE_LUA = """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #pending == 0 then
@@ -41,17 +44,22 @@ if #pending == 0 then
   if redis.call('GET', KEYS[3]) == ARGV[3] then return 1 end
   return 0
 end
-if KEYS[6] then
-  -- flowd:time is Redis's clock, like the entry's id: a worker's clock may be off
-  local now = redis.call('TIME')
-  local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
-  redis.call('XADD', KEYS[6], '*', 'flowd:time', ms, unpack(ARGV, 4))
+-- the record's time is Redis's clock, like the entry's id: a worker's clock may be off
+local now = redis.call('TIME')
+local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+local record = cjson.decode(ARGV[5])
+record['finished'] = tonumber(ms)
+if KEYS[7] then
+  record['dead_letter'] = redis.call('XADD', KEYS[7], '*', 'flowd:time', ms, unpack(ARGV, 6))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
+redis.call('DEL', KEYS[6])
+redis.call('RPUSH', KEYS[6], cjson.encode(record))
+redis.call('PEXPIRE', KEYS[6], ARGV[4])
 return 1
 """
 _MOVE = Script(_MOVE_LUA)
@@ -86,7 +94,14 @@ class DeadLetterMover:
     """
 
     def __init__(
-        self, client: Any, stream: str, group: str, consumer: str, errors_key: str, claimer: Claimer
+        self,
+        client: Any,
+        stream: str,
+        group: str,
+        consumer: str,
+        errors_key: str,
+        claimer: Claimer,
+        result_ttl_ms: int | None = None,
     ) -> None:
         self.client = client
         self.stream = stream
@@ -96,6 +111,8 @@ class DeadLetterMover:
         self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
         self.runs_key = runs_key(stream, group)
         self.claimer = claimer
+        #: A dead job's record is kept as long as results, or a day on a queue without.
+        self.record_ttl_ms = result_ttl_ms or STATE_TTL_MS
         self.dlq_stream = claimer.dead_letter_stream(stream)
         self._sessions = ThreadSessions(client, stream)
         self._session = self._sessions.get
@@ -166,7 +183,7 @@ class DeadLetterMover:
         never a lost one.
         """
         stream, errors_key, marker, tracebacks_key, runs = keys[:5]
-        group, msg_id, token = args[:3]
+        group, msg_id, token, ttl_ms, record_base = args[:5]
         session = self._session()
         if not session.call("XPENDING", stream, group, msg_id, msg_id, 1):
             found = session.call_many(
@@ -179,16 +196,20 @@ class DeadLetterMover:
             )[3]
             return 1 if found == token.encode() else 0
         commands: list[tuple[Any, ...]] = [("MULTI",)]
-        if len(keys) > 5:
-            seconds, micros = session.call("TIME")
-            ms = f"{int(seconds)}{int(micros) // 1000:03d}"
-            commands.append(("XADD", keys[5], "*", "flowd:time", ms, *args[3:]))
+        seconds, micros = session.call("TIME")
+        ms = f"{int(seconds)}{int(micros) // 1000:03d}"
+        record = json.loads(record_base)
+        record["finished"] = int(ms)
+        if len(keys) > 6:
+            # The record cannot name the dead letter's id here (it is made inside EXEC).
+            commands.append(("XADD", keys[6], "*", "flowd:time", ms, *args[5:]))
         commands += [
             ("XACK", stream, group, msg_id),
             ("SET", marker, token, "PX", 600_000),
             ("HDEL", errors_key, msg_id),
             ("HDEL", tracebacks_key, msg_id),
             ("HDEL", runs, msg_id),
+            *write_commands(stream, msg_id, json.dumps(record), int(ttl_ms)),
             ("EXEC",),
         ]
         replies = session.call_many(commands)
@@ -223,11 +244,26 @@ class DeadLetterMover:
             derived_key(self.stream, f"moved:{task.id}"),
             self.tracebacks_key,
             self.runs_key,
+            result_key(self.stream, task.id),
         ]
-        args: list[Any] = [self.group, task.id, uuid.uuid4().hex]
+        if traceback is None and task.job is not None:
+            traceback = self.last_traceback(task.id)
+        record = {
+            "status": "failed" if self.dlq_stream is None else "dead",
+            "error": reason,
+            "traceback": traceback,
+            "deliveries": task.deliveries,
+            "consumer": self.consumer,
+            "group": self.group,
+        }
+        args: list[Any] = [
+            self.group,
+            task.id,
+            uuid.uuid4().hex,
+            self.record_ttl_ms,
+            json.dumps(record, ensure_ascii=False),
+        ]
         if self.dlq_stream is not None:
-            if traceback is None and task.job is not None:
-                traceback = self.last_traceback(task.id)
             keys.append(self.dlq_stream)
             meta = {
                 "flowd:id": task.id,

@@ -18,10 +18,14 @@ is acked unrun: this group has run that job already.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from .._codec.plan import decode_job
+from .._codec.values import encode_value
 from .._redis.fields import other_group, prior_runs
+from .._redis.records import success_record
 from .._redis.replies import Fields
 from ..errors import DecodeError
 from ..hooks import call_hooks
@@ -52,6 +56,7 @@ class Dispatcher:
         retry: RetryControl,
         unique: UniqueRelease,
         runs: RunRecords,
+        consumer: str = "",
     ) -> None:
         self.pool = pool
         self.stream = stream
@@ -63,6 +68,11 @@ class Dispatcher:
         self._unique = unique
         self._runs = runs
         self._group_bytes = group.encode("utf-8")
+        self.consumer = consumer
+        #: The pool calls it for each success when the queue keeps results.
+        self.keep: Callable[[Task[Any], object, float], str] | None = (
+            None if acker.result_ttl_ms is None else self._result_record
+        )
         #: Most deliveries a claimed entry may have and still run (None: no limit).
         self.limit = None if max_retries is None else max_retries + 1
 
@@ -162,8 +172,20 @@ class Dispatcher:
 
     # -- the pool's route back for this stream
 
-    def ack(self, task: Task[Any], retried: bool) -> None:
-        self.acker.add(task.id, retried)
+    def _result_record(self, task: Task[Any], value: object, started_at: float) -> str:
+        """A success's record (flowd._redis.records); raises EncodeError for a value that
+        has no JSON form, which fails the run."""
+        return success_record(
+            encode_value(value),
+            task.deliveries,
+            int(started_at * 1000),
+            int(time.time() * 1000),
+            self.consumer,
+            self.group,
+        )
+
+    def ack(self, task: Task[Any], retried: bool, record: str | None = None) -> None:
+        self.acker.add(task.id, retried, record)
         if UniqueRelease.holds_key(task.fields):
             self._unique.release(task)
 

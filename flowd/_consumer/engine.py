@@ -59,6 +59,7 @@ import threading
 import time
 
 from .. import _lifecycle
+from .._redis.records import alias_ttl_ms
 from .._redis.session import COMMAND_TIMEOUT, Session
 from .._redis.timeutil import remaining
 from .claim import ClaimLoop, ClaimOutcome
@@ -355,7 +356,9 @@ class Engine:
             for part, session in zip(self.streams, sessions, strict=True):
                 ctx = part.ctx.for_loop(session)
                 s = self.settings
-                move_due_before_drain(session, ctx.stream, s.schedules, s.streams)
+                move_due_before_drain(
+                    session, ctx.stream, s.schedules, s.streams, alias_ttl_ms(s.result_ttl_ms)
+                )
                 reader = Reader(ctx, self.settings.block)
                 while (free := self._drain_permits(deadline, stop)) and reader.read_backlog(free):
                     pass

@@ -96,7 +96,11 @@ class DeadLetterWork:
 class StreamRoute(Protocol):
     """Where one stream's outcomes go (see flowd._consumer.dispatch.Dispatcher)."""
 
-    def ack(self, task: Task[Any], retried: bool) -> None: ...
+    def ack(self, task: Task[Any], retried: bool, record: str | None = None) -> None: ...
+
+    #: Makes a success's result record (task, returned value, start in epoch seconds),
+    #: or None when the queue keeps no results. Raises for a value it cannot keep.
+    keep: Callable[[Task[Any], object, float], str] | None
 
     def record_start(self, task: Task[Any]) -> bool: ...
 
@@ -109,12 +113,12 @@ class StreamRoute(Protocol):
 
 
 def _run_limited(
-    limiter: TimeLimiter, worker: Callable[[Task[Any]], None], task: Task[Any]
-) -> None:
-    """Call the worker under the time limit."""
+    limiter: TimeLimiter, worker: Callable[[Task[Any]], object], task: Task[Any]
+) -> object:
+    """Call the worker under the time limit; its return value."""
     token = limiter.enter(task)
     try:
-        worker(task)
+        return worker(task)
     finally:
         limiter.exit(token)
 
@@ -130,7 +134,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        worker: Callable[[Task[Any]], None],
+        worker: Callable[[Task[Any]], object],
         hooks: Sequence[Hooks],
         concurrency: int,
         name: str,
@@ -202,7 +206,7 @@ class WorkerPool:
         self._worker_threads.add(threading.current_thread())
         counts = self._new_counts()
         get, running, next_or_release = self.tasks.get, self.running, self.permits.next_or_release
-        worker, routes, monotonic = self.worker, self.routes, time.monotonic
+        worker, routes, monotonic, wall = self.worker, self.routes, time.monotonic, time.time
         before, success = self.hooks.before_job, self.hooks.after_success
         readahead, limiter = self.readahead, self.limiter
         run = worker if limiter is None else functools.partial(_run_limited, limiter, worker)
@@ -223,11 +227,16 @@ class WorkerPool:
                     item = next_or_release()
                     continue
                 started = monotonic()
+                started_at = wall()
                 running[key] = (task, started)
+                route = routes[task.stream]
                 try:
                     if before:
                         call_hooks(before, task)
-                    run(task)
+                    value = run(task)
+                    # Encoded here: a value that cannot be kept fails the run, with why.
+                    keep = route.keep
+                    record = None if keep is None else keep(task, value, started_at)
                 except BaseException as exc:
                     if limiter is not None:
                         limiter.exit_current()  # if the exception cut exit() short
@@ -236,7 +245,7 @@ class WorkerPool:
                     except BaseException as inner:  # this thread and its permit must live on
                         self._failure_not_recorded(task, inner)
                 else:
-                    routes[task.stream].ack(task, retried)
+                    route.ack(task, retried, record)
                     counts.processed += 1
                     if success:
                         call_hooks(success, task, monotonic() - started)

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._redis.fields import prior_runs
-from .._redis.keys import derived_key, runs_key
+from .._redis.keys import alias_key, derived_key, runs_key
+from .._redis.records import alias_ttl_ms
 from .._redis.scripts import Script
 from .._redis.thread_sessions import ThreadSessions
 from .._redis.timeutil import to_ms
@@ -40,8 +41,9 @@ from .runs import exhausted_starts
 logger = logging.getLogger(__name__)
 
 
-# KEYS: stream, scheduled set, scheduled job's hash, errors hash, tracebacks hash, runs hash.
-# ARGV: group, id, scheduled id, delay ms, runs so far, consumer, unique key prefix.
+# KEYS: stream, scheduled set, scheduled job's hash, errors hash, tracebacks hash, runs hash,
+# the id's alias. ARGV: group, id, scheduled id, delay ms, runs so far, consumer, unique key
+# prefix, alias ttl ms. The alias names the scheduled id, so Results follows the job.
 # A unique_key the message holds (flowd:unique) passes to the scheduled job, as
 # the scheduler's own enqueue would have it.
 # Returns 0 if the message is not pending for this consumer (nothing changed),
@@ -78,6 +80,7 @@ if #found > 0 then
   local now = redis.call('TIME')
   local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[4])
   redis.call('ZADD', KEYS[2], string.format('%.0f', due), ARGV[3])
+  redis.call('SET', KEYS[7], ARGV[3], 'PX', tonumber(ARGV[8]) + tonumber(ARGV[4]))
   result = 2
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
@@ -164,8 +167,10 @@ class RetryControl:
         claimer: Claimer | None,
         dead_letters: DeadLetterMover | None,
         release_lease: Callable[[Task[Any]], None],
+        result_ttl_ms: int | None = None,
     ) -> None:
         self.client = client
+        self._alias_ttl_ms = alias_ttl_ms(result_ttl_ms)
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -269,6 +274,7 @@ class RetryControl:
             self._errors_key,
             self._tracebacks_key,
             self._runs_key,
+            alias_key(self.stream, task.id),
         ]
         args = [
             self.group,
@@ -278,6 +284,7 @@ class RetryControl:
             runs,
             self.consumer,
             derived_key(self.stream, "unique:"),
+            self._alias_ttl_ms,
         ]
         try:
             result = int(_SCHEDULE(self._session(), keys, args))

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from .._redis.records import STATE_TTL_MS
 from .._redis.scheduling import (
     MOVE_BATCH,
     RELEASE,
@@ -43,8 +44,10 @@ class SchedulerLoop:
         *,
         poll: float = POLL_INTERVAL,
         batch: int = MOVE_BATCH,
+        alias_ttl_ms: int = STATE_TTL_MS,
     ) -> None:
         self.stream = ctx.stream
+        self.alias_ttl_ms = alias_ttl_ms
         self.session = ctx.redis
         self.stop = ctx.stop
         self.schedules = tuple(schedules)
@@ -52,7 +55,9 @@ class SchedulerLoop:
         self.batch = batch
 
     def step(self) -> bool:
-        result = move_due(self.session, self.stream, batch=self.batch)
+        result = move_due(
+            self.session, self.stream, batch=self.batch, alias_ttl_ms=self.alias_ttl_ms
+        )
         if result.more:
             return True
         wait = self.poll
@@ -77,13 +82,17 @@ def schedules_of(
 
 
 def move_due_before_drain(
-    session: Session, stream: str, schedules: Sequence[Schedule], streams: Sequence[str]
+    session: Session,
+    stream: str,
+    schedules: Sequence[Schedule],
+    streams: Sequence[str],
+    alias_ttl_ms: int = STATE_TTL_MS,
 ) -> None:
     """drain(): enqueue due schedule ticks, then move every due scheduled job."""
     mine = schedules_of(stream, schedules, streams)
     if mine and fire_schedules(session, stream, mine) is None:
         fire_schedules(session, stream, mine)
-    move_all_due(session, stream)
+    move_all_due(session, stream, alias_ttl_ms=alias_ttl_ms)
 
 
 class UniqueRelease(Hooks):

@@ -15,6 +15,7 @@ from typing import Any
 import redis.exceptions
 
 from .._redis.keys import derived_key
+from .._redis.records import alias_ttl_ms
 from .._redis.session import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
 from ..claimer import Claimer
 from ..hooks import Hooks
@@ -53,7 +54,7 @@ class RunSettings:
     group: str
     consumer: str
     job: type[Any]
-    worker: Callable[[Task[Any]], None]
+    worker: Callable[[Task[Any]], object]
     concurrency: int
     claimer: Claimer | None
     housekeeping: Housekeeping | None
@@ -70,6 +71,8 @@ class RunSettings:
     after_fork: Callable[[], None]
     #: Periodic schedules; each stream's scheduler loop fires those of its partition.
     schedules: Sequence[Schedule] = ()
+    #: Milliseconds a job's result is kept (None: results are not kept).
+    result_ttl_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -99,20 +102,22 @@ def stream_parts(
     """Build one stream's acker, dead-letter mover, dispatcher and base context."""
     s = settings
     errors_key = derived_key(stream, f"errors:{s.group}")
-    acker = Acker(s.client, stream, s.group, errors_key)
+    acker = Acker(s.client, stream, s.group, errors_key, s.result_ttl_ms)
     mover = (
         None
         if s.claimer is None
-        else DeadLetterMover(s.client, stream, s.group, s.consumer, errors_key, s.claimer)
+        else DeadLetterMover(
+            s.client, stream, s.group, s.consumer, errors_key, s.claimer, s.result_ttl_ms
+        )
     )
     max_retries = None if s.claimer is None else s.claimer.max_retries
     retry = RetryControl(
-        s.client, stream, s.group, s.consumer, s.claimer, mover, pool.release_lease
+        s.client, stream, s.group, s.consumer, s.claimer, mover, pool.release_lease, s.result_ttl_ms
     )
     unique = UniqueRelease(s.client)
     runs = RunRecords(s.client, stream, s.group)
     dispatcher = Dispatcher(
-        pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique, runs
+        pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique, runs, s.consumer
     )
     pool.routes[stream] = dispatcher
     ctx = StreamContext(
@@ -233,4 +238,5 @@ def add_loops(
         loop("housekeeping", lambda ctx: HousekeepingLoop(ctx, housekeeping).step)
     if not lease_only:
         mine = schedules_of(part.ctx.stream, s.schedules, s.streams)
-        loop("scheduler", lambda ctx: SchedulerLoop(ctx, mine).step)
+        alias_ttl = alias_ttl_ms(s.result_ttl_ms)
+        loop("scheduler", lambda ctx: SchedulerLoop(ctx, mine, alias_ttl_ms=alias_ttl).step)

@@ -69,6 +69,17 @@ def runs_key(stream: str, group: str) -> str:
     return derived_key(stream, f"runs:{group}")
 
 
+def result_key(stream: str, job_id: str) -> str:
+    """The list holding one job's final record (a JSON text; see flowd.results)."""
+    return derived_key(stream, f"result:{job_id}")
+
+
+def alias_key(stream: str, job_id: str) -> str:
+    """The string naming the id a job has now, written when its id changes (a delayed job
+    moved into the stream, a retry scheduled for later)."""
+    return derived_key(stream, f"alias:{job_id}")
+
+
 def dead_letter_stream(stream: str) -> str:
     """The default dead-letter stream: ``{emails}:dead`` for ``emails``."""
     return derived_key(stream, "dead")

@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import derived_key
+from .keys import alias_key, derived_key, result_key
+from .records import STATE_TTL_MS
 from .scripts import Script
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,10 @@ return out
 """
 )
 
-# KEYS: zset, stream. ARGV: job hash prefix, unique key prefix, batch.
-# Returns {moved, missing hashes, now ms, next due ms or -1}.
+# KEYS: zset, stream. ARGV: job hash prefix, unique key prefix, batch, alias prefix,
+# alias ttl ms. Each moved job's scheduled id becomes an alias of its stream id, so
+# the id enqueue returned still finds it. Returns {moved, missing hashes, now ms,
+# next due ms or -1}.
 MOVE_LUA = (
     _LIB
     + """
@@ -151,6 +154,7 @@ for i, id in ipairs(ids) do
   local fields = redis.call('HGETALL', hkey)
   if #fields > 0 then
     local sid = redis.call('XADD', stream, '*', unpack(fields))
+    redis.call('SET', ARGV[4] .. id, sid, 'PX', ARGV[5])
     moved = moved + 1
     for j = 1, #fields, 2 do
       if fields[j] == 'flowd:unique' then
@@ -173,9 +177,15 @@ return {moved, missing, now, next_due}
 """
 )
 
-# KEYS: zset, job hash. ARGV: id, unique key prefix. Returns 1 if it was still scheduled.
+# KEYS: zset, job hash[, result list]. ARGV: id, unique key prefix[, record, ttl ms].
+# Returns 1 if it was still scheduled; then the job's record says it was cancelled.
 CANCEL_LUA = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if KEYS[3] then
+  redis.call('DEL', KEYS[3])
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
 local unique = redis.call('HGET', KEYS[2], 'flowd:unique')
 if unique then
   local ukey = ARGV[2] .. unique
@@ -275,7 +285,9 @@ class MoveResult:
         return self.next_due_ms is not None and self.next_due_ms <= self.now_ms
 
 
-def move_due(target: Any, stream: str, *, batch: int = MOVE_BATCH) -> MoveResult:
+def move_due(
+    target: Any, stream: str, *, batch: int = MOVE_BATCH, alias_ttl_ms: int = STATE_TTL_MS
+) -> MoveResult:
     """Move up to ``batch`` due scheduled jobs of ``stream`` into it, in due order.
 
     One atomic script: it reads Redis's clock, so however many processes call
@@ -286,7 +298,7 @@ def move_due(target: Any, stream: str, *, batch: int = MOVE_BATCH) -> MoveResult
     moved, missing, now_ms, next_due = MOVE(
         target,
         [scheduled_key(stream), stream],
-        [job_key(stream, ""), unique_key(stream, ""), batch],
+        [job_key(stream, ""), unique_key(stream, ""), batch, alias_key(stream, ""), alias_ttl_ms],
     )
     if int(missing):
         logger.warning(
@@ -300,11 +312,22 @@ def move_due(target: Any, stream: str, *, batch: int = MOVE_BATCH) -> MoveResult
     return MoveResult(int(moved), int(now_ms), None if nxt < 0 else nxt)
 
 
-def move_all_due(target: Any, stream: str, *, batch: int = MOVE_BATCH) -> int:
+def move_all_due(
+    target: Any, stream: str, *, batch: int = MOVE_BATCH, alias_ttl_ms: int = STATE_TTL_MS
+) -> int:
     """Call :func:`move_due` until no job is due; returns how many were moved."""
     total = 0
     while True:
-        result = move_due(target, stream, batch=batch)
+        result = move_due(target, stream, batch=batch, alias_ttl_ms=alias_ttl_ms)
         total += result.moved
         if not result.more:
             return total
+
+
+def cancel(client: Any, stream: str, job_id: str) -> bool:
+    """Remove a job that is still scheduled (its record then says cancelled); False when
+    it is not scheduled (moved into the stream already, or unknown)."""
+    keys = [scheduled_key(stream), job_key(stream, job_id), result_key(stream, job_id)]
+    record = '{"status":"cancelled"}'
+    args = [job_id, unique_key(stream, ""), record, STATE_TTL_MS]
+    return bool(int(CANCEL(client, keys, args)))

@@ -24,7 +24,7 @@ from ..task import Task
 __all__ = ["QueueRegistry", "QueueSpec", "WorkerWrapper", "import_object"]
 
 #: Wraps a worker function, e.g. to run it inside a Flask app context.
-WorkerWrapper = Callable[[Callable[[Task[Any]], None]], Callable[[Task[Any]], None]]
+WorkerWrapper = Callable[[Callable[[Task[Any]], object]], Callable[[Task[Any]], object]]
 
 _QUEUE_KEYS = frozenset(
     {

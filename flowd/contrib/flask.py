@@ -60,11 +60,13 @@ QUEUE_ENV = "FLOWD_FLASK_QUEUE"
 APP_ENV = "FLOWD_FLASK_APP"
 
 
-def _in_app_context(app: Flask, worker: Callable[[Task[Any]], None]) -> Callable[[Task[Any]], None]:
+def _in_app_context(
+    app: Flask, worker: Callable[[Task[Any]], object]
+) -> Callable[[Task[Any]], object]:
     @functools.wraps(worker)
-    def run(task: Task[Any]) -> None:
+    def run(task: Task[Any]) -> object:
         with app.app_context():
-            worker(task)
+            return worker(task)
 
     return run
 

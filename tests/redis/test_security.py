@@ -112,6 +112,13 @@ FLOWD_COMMANDS = (
     "+hmget",
     # run records of claimed jobs ({stream}:runs:<group>)
     "+hincrby",
+    # job records ({stream}:result:<id>), written with the ack, read and waited on by
+    # Results; aliases of moved jobs ({stream}:alias:<id>); the lookup script's TYPE
+    "+rpush",
+    "+pexpire",
+    "+lindex",
+    "+blmove",
+    "+type",
 )
 
 

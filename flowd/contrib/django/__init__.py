@@ -73,14 +73,14 @@ _lock = threading.Lock()
 _registry: QueueRegistry | None = None
 
 
-def _with_db_cleanup(worker: Callable[[Task[Any]], None]) -> Callable[[Task[Any]], None]:
+def _with_db_cleanup(worker: Callable[[Task[Any]], object]) -> Callable[[Task[Any]], object]:
     """Close unusable or expired database connections around each job, like a request."""
 
     @functools.wraps(worker)
-    def run(task: Task[Any]) -> None:
+    def run(task: Task[Any]) -> object:
         close_old_connections()
         try:
-            worker(task)
+            return worker(task)
         finally:
             close_old_connections()
 
