@@ -11,7 +11,9 @@ configured from the environment:
   first); elsewhere such a job runs like any other;
 - ``FAULTS_BACKOFF``: seconds of the claimer's ``Backoff(initial=...)`` (default: none);
 - ``FAULTS_FLAKY=1``: on its first delivery, every 50th job raises ``flowd.Retry()``
-  (the backoff's delay) and every 50th from 25 on ``flowd.Retry(delay=0.3)``.
+  (the backoff's delay) and every 50th from 25 on ``flowd.Retry(delay=0.3)``;
+- ``FAULTS_RESULT_TTL``: the queue's ``result_ttl`` (default: no results); a job
+  returns its ``n``.
 
 Jobs are :class:`tests.faults.accounting.Item` and record each success as
 described in :mod:`tests.faults.accounting`.
@@ -43,8 +45,9 @@ def make_queue() -> flowd.Queue[Item]:
     backoff_initial = float(os.environ.get("FAULTS_BACKOFF", "0"))
     backoff = flowd.Backoff(initial=backoff_initial, maximum=2.0) if backoff_initial else None
     records = records_client(url)
+    result_ttl = os.environ.get("FAULTS_RESULT_TTL")
 
-    def work(task: flowd.Task[Item]) -> None:
+    def work(task: flowd.Task[Item]) -> int:
         job = task.job
         if job.hang and hang_allowed:
             records.sadd(key(stream, "hung"), task.id)
@@ -59,6 +62,7 @@ def make_queue() -> flowd.Queue[Item]:
         if job.fail:
             raise JobFailed(f"job {job.n} always fails")
         record_success(records, stream, task, consumer)
+        return job.n
 
     return flowd.Queue(
         redis.Redis.from_url(url),
@@ -70,4 +74,5 @@ def make_queue() -> flowd.Queue[Item]:
         consumer=consumer,
         claimer=flowd.Claimer(min_idle_time=min_idle, max_retries=50, backoff=backoff),
         housekeeping=flowd.Housekeeping(interval=2.0),
+        result_ttl=None if result_ttl is None else float(result_ttl),
     )
