@@ -5,11 +5,12 @@ package is laid out as its architecture:
 
 - the public vocabulary at the top: ``job``, ``task``, ``producer``, ``queue``,
   ``handle``, ``claimer``, ``backoff``, ``schedule``, ``scheduled``,
-  ``deadletters``, ``results``, ``info``, ``housekeeping``, ``migrate``, ``hooks``,
+  ``deadletters``, ``results``, ``info``, ``housekeeping``, ``hooks``,
   ``errors``;
 - ``_redis/``: the Redis boundary (sessions, reply parsing, key and field
-  names, the one Lua script runner and the scheduling scripts, connecting,
-  URLs, throughput counters, time units);
+  names, the one Lua script runner and the scheduling scripts, job records and
+  the job lookup, connecting, URLs, throughput counters, time units, and the
+  key-layout migration);
 - ``_codec/``: how a Job class maps to stream fields (the plan and the codecs);
 - ``_consumer/``: the consumer runtime of a running Queue (its walk-through is
   at the top of ``_consumer/engine.py``);
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 
 from ._redis.keys import partition_streams
+from ._redis.migrate import KeyMigration, migrate_keys
 from ._version import __version__
 from .backoff import Backoff
 from .claimer import Claimer, DeadLetterWorker
@@ -50,7 +52,6 @@ from .hooks import Hooks, LogHooks
 from .housekeeping import Housekeeping, TrimResult, remove_idle_consumers, trim_stream
 from .info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
 from .job import Job, Mapper, field
-from .migrate import KeyMigration, migrate_keys
 from .producer import Producer
 from .queue import Queue, WorkerFn
 from .results import JobResult, JobStatus, Results

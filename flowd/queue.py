@@ -22,6 +22,7 @@ from ._redis.keys import (
     legacy_key_prefix,
     partition_streams,
 )
+from ._redis.migrate import legacy_keys_left
 from ._redis.session import (
     SAFE_EVICTION_POLICIES,
     Session,
@@ -38,7 +39,6 @@ from .handle import QueueHandle
 from .hooks import Hooks
 from .housekeeping import Housekeeping
 from .job import Job
-from .migrate import legacy_keys_left
 from .schedule import Schedule, check_schedules
 from .task import Task
 

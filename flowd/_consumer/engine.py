@@ -32,6 +32,10 @@ the code takes:
    dispatcher, which adds it to its acker, and gives the permit back.
 7. ``flowd._consumer.acker`` -- the acker thread writes the finished ids in one
    pipelined XACK, with the per-minute counters of ``flowd._redis.throughput``.
+   With ``result_ttl``, the worker encodes what the job returned
+   (``flowd._codec.values``) into its record (``flowd._redis.records``), and
+   the acker writes the records and their XACKs in one MULTI; ``flowd.results``
+   reads them back, and where a job is (``flowd._redis.lookup``).
 
 A failed job leaves its message pending, with its reason and traceback
 (``flowd._codec.failure``): the claimer (``flowd._consumer.claim``) XAUTOCLAIMs it after

@@ -220,7 +220,7 @@ def _unit(value: str | bytes) -> str:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """``flowd migrate STREAM...``: 0 when nothing is left in the old layout, else 1."""
-    from ..migrate import migrate_keys
+    from .._redis.migrate import migrate_keys
 
     client = _client(args)
     reports = migrate_keys(

@@ -14,9 +14,9 @@ import pytest
 import redis
 
 import flowd
-from flowd._redis.keys import alias_key, result_key
 from flowd._redis.records import STATE_TTL_MS
-from tests.helpers import GROUP, Numbered, QueueFactory, pending_count, wait_until
+from tests.helpers import GROUP, Numbered, QueueFactory, wait_until
+from tests.results.conftest import Records
 
 Status = flowd.JobStatus
 
@@ -35,16 +35,16 @@ def _receipt(task: flowd.Task[Numbered]) -> Receipt:
     )
 
 
-def _results(client: redis.Redis, stream: str) -> flowd.Results:
-    return flowd.Results(client, stream)
-
-
 def test_a_returned_dataclass_is_read_back_typed(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
+    records: Records,
 ) -> None:
     make_queue.run(make_queue(_receipt, result_ttl=60))
     job_id = producer.enqueue(Numbered(3))
-    result = _results(client, stream).wait(job_id, timeout=10, type=Receipt)
+    result = results.wait(job_id, timeout=10, type=Receipt)
     assert result.status is Status.SUCCEEDED
     assert result.value == Receipt(3, Decimal("3.30"), datetime(2026, 1, 2, tzinfo=UTC), ["a"])
     assert result.deliveries == 1
@@ -55,11 +55,11 @@ def test_a_returned_dataclass_is_read_back_typed(
     assert result.enqueued_at <= result.started_at + timedelta(seconds=1)
     assert result.started_at <= result.finished_at
     # Without type=, the plain JSON.
-    plain = _results(client, stream).get(job_id)
+    plain = results.get(job_id)
     assert plain is not None
     assert plain.value == {"n": 3, "total": "3.30", "at": 1767312000.0, "tags": ["a"]}
     # Acked in the same step.
-    assert pending_count(client, stream) == 0
+    assert records.pending() == 0
 
 
 @pytest.mark.parametrize(
@@ -67,38 +67,44 @@ def test_a_returned_dataclass_is_read_back_typed(
     [(None, None), (7, 7), ("text", "text"), ([1, 2], [1, 2]), ({"a": [1]}, {"a": [1]})],
 )
 def test_scalar_and_container_values(
-    client: redis.Redis,
     stream: str,
     producer: flowd.Producer,
     make_queue: QueueFactory,
     value: Any,
     expected: Any,
+    results: flowd.Results,
 ) -> None:
     make_queue.run(make_queue(lambda task: value, result_ttl=60))
     job_id = producer.enqueue(Numbered(1))
-    result = _results(client, stream).wait(job_id, timeout=10)
+    result = results.wait(job_id, timeout=10)
     assert result.status is Status.SUCCEEDED
     assert result.value == expected
 
 
 def test_a_value_without_json_form_fails_the_run_with_its_reason(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
+    records: Records,
 ) -> None:
     claimer = flowd.Claimer(min_idle_time=60)
     make_queue.run(make_queue(lambda task: object(), result_ttl=60, claimer=claimer))
     job_id = producer.enqueue(Numbered(1))
-    results = _results(client, stream)
     result = wait_until(
         lambda: (r := results.get(job_id)) is not None and r.status is Status.RETRYING and r
     )
     assert result.error.startswith("EncodeError: the job's return value (object)")
     assert "cannot be stored as JSON" in result.error
-    assert pending_count(client, stream) == 1  # not acked: nothing was dropped
-    assert not client.exists(result_key(stream, job_id))
+    assert records.pending() == 1  # not acked: nothing was dropped
+    assert not records.exists(job_id)
 
 
 def test_wait_wakes_soon_after_the_job_ends(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
 ) -> None:
     ended: dict[int, float] = {}
 
@@ -108,7 +114,6 @@ def test_wait_wakes_soon_after_the_job_ends(
         return task.job.n
 
     make_queue.run(make_queue(worker, result_ttl=60, concurrency=1))
-    results = _results(client, stream)
     lags = []
     for n in range(20):
         job_id = producer.enqueue(Numbered(n))
@@ -121,12 +126,14 @@ def test_wait_wakes_soon_after_the_job_ends(
 
 
 def test_wait_raises_result_timeout_on_time(
-    client: redis.Redis, stream: str, producer: flowd.Producer
+    stream: str,
+    producer: flowd.Producer,
+    results: flowd.Results,
 ) -> None:
     job_id = producer.enqueue(Numbered(1))  # no worker runs
     started = time.monotonic()
     with pytest.raises(flowd.ResultTimeout) as caught:
-        _results(client, stream).wait(job_id, timeout=0.3)
+        results.wait(job_id, timeout=0.3)
     elapsed = time.monotonic() - started
     assert 0.3 <= elapsed < 1.5
     assert caught.value.job_id == job_id
@@ -135,7 +142,10 @@ def test_wait_raises_result_timeout_on_time(
 
 
 def test_failed_then_succeeded_shows_retrying_then_succeeded(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
 ) -> None:
     runs: list[int] = []
 
@@ -147,7 +157,6 @@ def test_failed_then_succeeded_shows_retrying_then_succeeded(
 
     claimer = flowd.Claimer(min_idle_time=1, max_retries=3)
     job_id = producer.enqueue(Numbered(1))
-    results = _results(client, stream)
     handle = make_queue.run(make_queue(worker, result_ttl=60, claimer=claimer))
     retrying = wait_until(
         lambda: (r := results.get(job_id)) is not None and r.status is Status.RETRYING and r
@@ -164,7 +173,12 @@ def test_failed_then_succeeded_shows_retrying_then_succeeded(
 
 
 def test_a_dead_job_shows_dead_with_reason_and_traceback(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    client: redis.Redis,
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
+    records: Records,
 ) -> None:
     def worker(task: flowd.Task[Numbered]) -> None:
         raise RuntimeError(f"job {task.job.n} always fails")
@@ -172,18 +186,22 @@ def test_a_dead_job_shows_dead_with_reason_and_traceback(
     claimer = flowd.Claimer(min_idle_time=1, max_retries=1)
     make_queue.run(make_queue(worker, result_ttl=60, claimer=claimer))
     job_id = producer.enqueue(Numbered(4))
-    result = _results(client, stream).wait(job_id, timeout=20)
+    result = results.wait(job_id, timeout=20)
     assert result.status is Status.DEAD
     assert result.error == "RuntimeError: job 4 always fails"
     assert result.traceback is not None and "always fails" in result.traceback
     assert result.finished_at is not None
-    dead = flowd.DeadLetters(client, stream).list()
+    dead = [d for s in records.streams for d in flowd.DeadLetters(client, s).list()]
     assert [d.dlq_id for d in dead] == [result.dead_letter_id]
     assert dead[0].original_id == job_id
 
 
 def test_dead_and_failed_records_are_kept_without_result_ttl(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
+    records: Records,
 ) -> None:
     def worker(task: flowd.Task[Numbered]) -> None:
         raise RuntimeError("nope")
@@ -191,18 +209,21 @@ def test_dead_and_failed_records_are_kept_without_result_ttl(
     no_dlq = flowd.Claimer(min_idle_time=1, max_retries=0, dlq_stream=False)
     make_queue.run(make_queue(worker, claimer=no_dlq))
     job_id = producer.enqueue(Numbered(1))
-    result = _results(client, stream).wait(job_id, timeout=20)
+    result = results.wait(job_id, timeout=20)
     assert result.status is Status.FAILED
     assert result.error == "RuntimeError: nope"
     assert result.dead_letter_id is None
-    ttl = client.pttl(result_key(stream, job_id))
+    ttl = records.pttl(job_id)
     assert STATE_TTL_MS - 60_000 < ttl <= STATE_TTL_MS
 
 
 def test_where_is_a_job_without_result_ttl(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
+    records: Records,
 ) -> None:
-    results = _results(client, stream)
     assert results.get("1-0") is None  # never handed out
     assert results.get("s-unknown") is None
     gate = threading.Event()
@@ -235,40 +256,45 @@ def test_where_is_a_job_without_result_ttl(
         lambda: (r := results.get(waiting)) is not None and r.status is Status.SUCCEEDED and r
     )
     assert done.value is None  # nothing kept without result_ttl
-    assert not client.exists(result_key(stream, waiting))
+    assert not records.exists(waiting)
     # Once its entry is trimmed, nothing is left to say where it is.
-    client.xdel(stream, waiting)
+    records.delete_entry(waiting)
     assert results.get(waiting) is None
 
 
 def test_a_delayed_job_keeps_its_id(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    producer: flowd.Producer, make_queue: QueueFactory, results: flowd.Results, records: Records
 ) -> None:
     make_queue.run(make_queue(lambda task: task.job.n * 10, result_ttl=60))
     job_id = producer.enqueue(Numbered(5), delay=0.3)
     assert job_id.startswith("s-")
-    results = _results(client, stream)
     assert results.get(job_id).status is Status.SCHEDULED  # type: ignore[union-attr]
     result = results.wait(job_id, timeout=10)
     assert result.status is Status.SUCCEEDED and result.value == 50
     assert result.id == job_id
-    moved_to = client.get(alias_key(stream, job_id))
-    assert moved_to is not None and b"-" in moved_to
+    moved_to = records.alias(job_id)
+    assert moved_to is not None and "-" in moved_to
 
 
 def test_a_unique_job_returns_the_id_to_look_up(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
 ) -> None:
     first = producer.enqueue(Numbered(1), unique_key="only")
     again = producer.enqueue(Numbered(2), unique_key="only")
     assert again == first
     make_queue.run(make_queue(lambda task: task.job.n, result_ttl=60))
-    result = _results(client, stream).wait(again, timeout=10)
+    result = results.wait(again, timeout=10)
     assert result.status is Status.SUCCEEDED and result.value == 1
 
 
 def test_a_long_retry_is_followed_to_its_new_id(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
 ) -> None:
     def worker(task: flowd.Task[Numbered]) -> str:
         if task.deliveries == 1:
@@ -278,30 +304,35 @@ def test_a_long_retry_is_followed_to_its_new_id(
     claimer = flowd.Claimer(min_idle_time=1, max_retries=3)
     make_queue.run(make_queue(worker, result_ttl=60, claimer=claimer))
     job_id = producer.enqueue(Numbered(1))
-    result = _results(client, stream).wait(job_id, timeout=15)
+    result = results.wait(job_id, timeout=15)
     assert result.status is Status.SUCCEEDED
     assert result.value == "after the retry"
     assert result.deliveries == 2
 
 
 def test_results_expire(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
+    records: Records,
 ) -> None:
     make_queue.run(make_queue(lambda task: "kept briefly", result_ttl=timedelta(seconds=1)))
     job_id = producer.enqueue(Numbered(1))
-    results = _results(client, stream)
     assert results.wait(job_id, timeout=10).value == "kept briefly"
-    assert 0 < client.pttl(result_key(stream, job_id)) <= 1000
-    wait_until(lambda: not client.exists(result_key(stream, job_id)), timeout=5)
+    assert 0 < records.pttl(job_id) <= 1000
+    wait_until(lambda: not records.exists(job_id), timeout=5)
     after = results.get(job_id)
     assert after is not None and after.value is None  # the acked entry is still in the stream
 
 
 def test_many_waiters_on_one_job_all_wake(
-    client: redis.Redis, stream: str, producer: flowd.Producer, make_queue: QueueFactory
+    stream: str,
+    producer: flowd.Producer,
+    make_queue: QueueFactory,
+    results: flowd.Results,
 ) -> None:
     job_id = producer.enqueue(Numbered(9))
-    results = _results(client, stream)
     got: list[Any] = []
 
     def wait() -> None:

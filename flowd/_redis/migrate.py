@@ -29,9 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._redis.keys import derived_key, hash_tag, key_prefix, legacy_key_prefix
-from ._redis.scripts import Script
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from .keys import derived_key, hash_tag, key_prefix, legacy_key_prefix
+from .scripts import Script
 
 __all__ = ["KeyMigration", "legacy_keys_left", "migrate_keys"]
 

@@ -1,0 +1,122 @@
+"""The results tests run twice: on one Redis, and on a 3-master cluster with the queue
+in 3 partitions (one per master). These fixtures override the suite's ``client``,
+``producer`` and ``make_queue`` for that, and add ``results`` and ``records``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.cluster
+
+import flowd
+from flowd._redis.keys import alias_key, partition_streams, result_key
+from tests.helpers import GROUP, QueueFactory
+from tests.redis_cluster import RedisCluster
+
+#: Partitions of the queue on the cluster (one per master).
+CLUSTER_PARTITIONS = 3
+
+
+@pytest.fixture(scope="module")
+def results_cluster() -> Iterator[RedisCluster]:
+    built = RedisCluster(3)
+    try:
+        built.start()
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def partitions(request: pytest.FixtureRequest) -> int:
+    return 1 if request.param == "redis" else CLUSTER_PARTITIONS
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest, partitions: int, redis_url: str) -> Iterator[Any]:
+    if partitions == 1:
+        made: Any = redis.Redis.from_url(redis_url)
+    else:
+        made = request.getfixturevalue("results_cluster").client()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def producer(client: Any, stream: str, partitions: int) -> flowd.Producer:
+    return flowd.Producer(client, stream, partitions=partitions)
+
+
+@pytest.fixture
+def results(client: Any, stream: str, partitions: int) -> flowd.Results:
+    return flowd.Results(client, stream, partitions=partitions)
+
+
+class PartitionedQueues(QueueFactory):
+    """Queues of the test's stream in the test's partitions."""
+
+    def __init__(self, client: Any, stream: str, partitions: int) -> None:
+        super().__init__(client, stream)
+        self.partitions = partitions
+
+    def __call__(self, *args: Any, **kwargs: Any) -> flowd.Queue[Any]:
+        kwargs.setdefault("partitions", self.partitions)
+        return super().__call__(*args, **kwargs)
+
+
+@pytest.fixture
+def make_queue(client: Any, stream: str, partitions: int) -> Iterator[QueueFactory]:
+    factory = PartitionedQueues(client, stream, partitions)
+    yield factory
+    factory.stop_all()
+
+
+class Records:
+    """The record keys and pending counts of the test's queue, over its partitions."""
+
+    def __init__(self, client: Any, stream: str, partitions: int) -> None:
+        self.client = client
+        self.streams = partition_streams(stream, partitions)
+
+    def keys(self, job_id: str) -> list[str]:
+        """The record key of ``job_id`` that exists (or every candidate when none does)."""
+        keys = [result_key(s, job_id) for s in self.streams]
+        found = [k for k in keys if self.client.exists(k)]
+        return found or keys
+
+    def exists(self, job_id: str) -> bool:
+        return any(self.client.exists(k) for k in self.keys(job_id))
+
+    def pttl(self, job_id: str) -> int:
+        (key,) = [k for k in self.keys(job_id) if self.client.exists(k)]
+        return int(self.client.pttl(key))
+
+    def delete_entry(self, job_id: str) -> None:
+        """XDEL the job's entry, from whichever partition holds it."""
+        for s in self.streams:
+            self.client.xdel(s, job_id)
+
+    def alias(self, job_id: str) -> str | None:
+        """The id ``job_id`` names now (its alias), from whichever partition holds it."""
+        for s in self.streams:
+            value = self.client.get(alias_key(s, job_id))
+            if value is not None:
+                return str(value.decode() if isinstance(value, bytes) else value)
+        return None
+
+    def pending(self) -> int:
+        total = 0
+        for s in self.streams:
+            try:
+                total += int(self.client.xpending(s, GROUP)["pending"])
+            except redis.exceptions.ResponseError:  # no group yet
+                pass
+        return total
+
+
+@pytest.fixture
+def records(client: Any, stream: str, partitions: int) -> Records:
+    return Records(client, stream, partitions)
