@@ -39,6 +39,7 @@ _QUEUE_KEYS = frozenset(
         "MAXLEN",
         "BLOCK",
         "CONSUMER",
+        "RESULT_TTL",
     }
 )
 _CLAIMER_KEYS = {
@@ -108,6 +109,7 @@ class QueueSpec:
     maxlen: int | None
     block: float
     consumer: str | None
+    result_ttl: Any = None
 
     @classmethod
     def parse(cls, name: str, raw: Any, where: str) -> QueueSpec:
@@ -148,6 +150,7 @@ class QueueSpec:
             maxlen=raw.get("MAXLEN"),
             block=raw.get("BLOCK", 2.0),
             consumer=raw.get("CONSUMER"),
+            result_ttl=raw.get("RESULT_TTL"),
         )
 
     def job_class(self) -> type[Job]:
@@ -224,6 +227,7 @@ class QueueSpec:
                 hooks=self._hooks(),
                 consumer=self.consumer,
                 block=self.block,
+                result_ttl=self.result_ttl,
             )
         except ConfigurationError as exc:
             if str(exc).startswith(self.where):

@@ -37,13 +37,14 @@ class Greet(flowd.Job):
     sleep: float = 0.0
 
 
-def greet(task: flowd.Task[Greet]) -> None:
+def greet(task: flowd.Task[Greet]) -> str:
     # Jobs run in an app context: current_app and the extension work as in a view.
     app = current_app
     time.sleep(task.job.sleep)
     client = flowd_ext.client
     client.rpush(f"{app.config['PREFIX']}:greeted", f"{app.config['GREETING']} {task.job.name}")
     client.hincrby(f"{app.config['PREFIX']}:by_consumer", flowd_ext.queue("greetings").consumer)
+    return f"greeted {task.job.name}"
 
 
 def create_app(url: str | None = None, prefix: str | None = None, **config: Any) -> Flask:
@@ -62,6 +63,7 @@ def create_app(url: str | None = None, prefix: str | None = None, **config: Any)
                 "WORKER": "tests.contrib.test_flask.greet",
                 "CONCURRENCY": 4,
                 "CLAIMER": {"MIN_IDLE_TIME": 5, "MAX_RETRIES": 2},
+                "RESULT_TTL": 60,
             },
             "audit": {"STREAM": f"{prefix}-audit", "JOB": "tests.helpers.Numbered"},
         },
@@ -160,6 +162,9 @@ def test_views_enqueue_and_a_worker_runs_the_jobs_in_an_app_context(
     assert sorted(greeted(client, stream)) == ["hello ann", "hello bob"]
     assert handle.stats().processed == 2
     assert client.xpending(f"{stream}-greetings", "greeters")["pending"] == 0
+    # And RESULT_TTL kept what each returned (from inside the app context)
+    results = flowd.Results(client, f"{stream}-greetings")
+    assert [results.wait(i, timeout=5).value for i in ids] == ["greeted ann", "greeted bob"]
 
 
 def test_flask_flowd_worker_burst_drains_the_backlog(

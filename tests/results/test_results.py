@@ -357,3 +357,12 @@ def test_bad_arguments_are_refused_at_the_call(client: redis.Redis, stream: str)
         flowd.Results(client, stream).wait("1-0", timeout=-1)
     with pytest.raises(flowd.ConfigurationError, match="result_ttl"):
         flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=print, result_ttl=0)
+
+
+def test_a_drain_keeps_results_too(
+    producer: flowd.Producer, make_queue: QueueFactory, results: flowd.Results, records: Records
+) -> None:
+    ids = producer.enqueue_bulk(Numbered(n) for n in range(50))
+    assert make_queue(lambda task: task.job.n + 1, result_ttl=60).drain() == 50
+    assert [results.get(i).value for i in ids] == list(range(1, 51))  # type: ignore[union-attr]
+    assert records.pending() == 0
