@@ -190,7 +190,11 @@ class Results:
     :param client: a ``redis.Redis`` (or Sentinel-made, or ``RedisCluster``) client.
     :param stream: the queue's stream (its name, when partitioned).
     :param group: the consumer group whose view counts, or None for all.
-    :param partitions: the queue's partitions (see ``Queue(partitions=...)``).
+    :param partitions: the queue's partitions (see ``Queue(partitions=...)``). Each
+        partition makes its own stream ids, so two can hand out the same one (bulk
+        enqueues do, often): an id that several partitions know is refused with
+        ConfigurationError rather than guessed; ask ``Results(client, task.stream)``
+        of the partition itself. Delayed jobs' ``s-...`` ids are unique.
     """
 
     def __init__(

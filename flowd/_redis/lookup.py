@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigurationError
 from .keys import alias_key, derived_key, result_key
 from .scheduling import scheduled_key
 from .scripts import Script
@@ -167,20 +168,31 @@ def parse_lookup(reply: bytes | str, stream: str) -> Found:
 
 
 def lookup(client: Any, streams: list[str], job_id: str, group: str | None) -> Found | None:
-    """Look the id up on each of ``streams`` (one pipelined round trip); the first that
-    knows it, else None."""
+    """Look the id up on each of ``streams`` (one pipelined round trip); what the one
+    that knows it holds, else None.
+
+    :raises ConfigurationError: several partitions know the id: stream ids are unique
+        within one stream only, and each partition makes its own.
+    """
     calls = [lookup_call(stream, job_id, group) for stream in streams]
     if len(calls) == 1:
         replies = [_LOOKUP(client, *calls[0])]
     else:
         replies = _LOOKUP.pipelined(client, calls)
-    for stream, reply in zip(streams, replies, strict=True):
-        found = parse_lookup(reply, stream)
-        if (
-            found.record is not None
-            or found.scheduled_ms is not None
-            or found.entry
-            or any(g.pending for g in found.groups)
-        ):
-            return found
-    return None
+    known = [
+        found
+        for found in (
+            parse_lookup(reply, stream) for stream, reply in zip(streams, replies, strict=True)
+        )
+        if found.record is not None
+        or found.scheduled_ms is not None
+        or found.entry
+        or any(g.pending for g in found.groups)
+    ]
+    if len(known) > 1:
+        raise ConfigurationError(
+            f"job id {job_id!r} is known to {len(known)} partitions "
+            f"({', '.join(f.stream for f in known)}): each partition makes its own ids; "
+            "ask flowd.Results(client, <partition stream>) (a task's .stream names it)"
+        )
+    return known[0] if known else None

@@ -16,7 +16,8 @@ import redis
 import flowd
 from flowd._redis.records import STATE_TTL_MS
 from tests.helpers import GROUP, Numbered, QueueFactory, wait_until
-from tests.results.conftest import Records
+from tests.redis_cluster import RedisCluster
+from tests.results.conftest import CLUSTER_PARTITIONS, Records
 
 Status = flowd.JobStatus
 
@@ -364,5 +365,22 @@ def test_a_drain_keeps_results_too(
 ) -> None:
     ids = producer.enqueue_bulk(Numbered(n) for n in range(50))
     assert make_queue(lambda task: task.job.n + 1, result_ttl=60).drain() == 50
-    assert [results.get(i).value for i in ids] == list(range(1, 51))  # type: ignore[union-attr]
+    # Bulk jobs go round-robin over the partitions; ids are unique within one only.
+    exact = [flowd.Results(results.client, s) for s in records.streams]
+    values = [exact[n % len(exact)].get(i).value for n, i in enumerate(ids)]  # type: ignore[union-attr]
+    assert values == list(range(1, 51))
     assert records.pending() == 0
+
+
+def test_an_id_two_partitions_made_is_refused_not_guessed(
+    results_cluster: RedisCluster, stream: str
+) -> None:
+    client = results_cluster.client()
+    streams = flowd.partition_streams(stream, CLUSTER_PARTITIONS)
+    client.xadd(streams[0], {"n": "1"}, id="5-0")
+    client.xadd(streams[1], {"n": "2"}, id="5-0")
+    results = flowd.Results(client, stream, partitions=CLUSTER_PARTITIONS)
+    with pytest.raises(flowd.ConfigurationError, match="known to 2 partitions"):
+        results.get("5-0")
+    assert flowd.Results(client, streams[0]).get("5-0").status is Status.WAITING  # type: ignore[union-attr]
+    client.close()
