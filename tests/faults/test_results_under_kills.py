@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 import flowd
@@ -52,16 +50,6 @@ return bad
 """
 
 
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def broken(client: redis.Redis, stream: str, ids: list[str]) -> list[str]:
     """The ids whose record and ack disagree in one atomic snapshot."""
     prefix = flowd._redis.keys.result_key(stream, "")
@@ -69,11 +57,11 @@ def broken(client: redis.Redis, stream: str, ids: list[str]) -> list[str]:
 
 
 def test_sigkilled_workers_never_split_a_result_from_its_ack(
-    server: RedisServer, tmp_path: Path
+    private_redis: RedisServer, tmp_path: Path
 ) -> None:
     seed = int(os.environ.get("FAULTS_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
-    client = redis.Redis.from_url(server.url)
+    client = redis.Redis.from_url(private_redis.url)
     stream = "results-kills"
     # Given 6,000 jobs that keep results, and three worker processes
     ids = flowd.Producer(client, stream).enqueue_bulk(Item(n) for n in range(JOBS))
@@ -84,7 +72,7 @@ def test_sigkilled_workers_never_split_a_result_from_its_ack(
 
     def start(index: int, generation: int) -> WorkerProcess:
         return WorkerProcess(
-            server.url,
+            private_redis.url,
             stream,
             f"w{index}g{generation}",
             tmp_path,

@@ -13,7 +13,7 @@ import redis.cluster
 
 import flowd
 from flowd._redis.keys import alias_key, partition_streams, result_key
-from tests.helpers import GROUP, QueueFactory
+from tests.helpers import GROUP, Numbered, QueueFactory, wait_until
 from tests.redis_cluster import RedisCluster
 
 #: Partitions of the queue on the cluster (one per master).
@@ -120,3 +120,39 @@ class Records:
 @pytest.fixture
 def records(client: Any, stream: str, partitions: int) -> Records:
     return Records(client, stream, partitions)
+
+
+class JobRunner:
+    """Runs a queue on the test's stream and follows its jobs through ``Results``."""
+
+    def __init__(
+        self, make_queue: QueueFactory, producer: flowd.Producer, results: flowd.Results
+    ) -> None:
+        self.make_queue = make_queue
+        self.producer = producer
+        self.results = results
+
+    def start(self, worker: Any, **queue: Any) -> flowd.QueueHandle:
+        """Run a queue of ``worker`` (Queue keywords in ``queue``)."""
+        return self.make_queue.run(self.make_queue(worker, **queue))
+
+    def run(
+        self, worker: Any, n: int = 1, *, timeout: float = 20.0, type: Any = None, **queue: Any
+    ) -> tuple[str, flowd.JobResult]:
+        """Run a queue, enqueue ``Numbered(n)`` and wait for it: its id and result."""
+        self.start(worker, **queue)
+        job_id = self.producer.enqueue(Numbered(n))
+        return job_id, self.results.wait(job_id, timeout=timeout, type=type)
+
+    def reaches(self, job_id: str, status: flowd.JobStatus) -> flowd.JobResult:
+        """Wait until the job's status is ``status``; its result then."""
+        found: flowd.JobResult = wait_until(
+            lambda: (r := self.results.get(job_id)) is not None and r.status is status and r,
+            message=f"{job_id} reaches {status}",
+        )
+        return found
+
+
+@pytest.fixture
+def jobs(make_queue: QueueFactory, producer: flowd.Producer, results: flowd.Results) -> JobRunner:
+    return JobRunner(make_queue, producer, results)
