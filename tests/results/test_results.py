@@ -270,3 +270,17 @@ def test_an_id_two_partitions_made_is_refused_not_guessed(
         results.get("5-0")
     assert flowd.Results(client, streams[0]).get("5-0").status is Status.WAITING  # type: ignore[union-attr]
     client.close()
+
+
+def test_give_up_and_undecodable_entries_end_dead(jobs: JobRunner, records: Records) -> None:
+    def worker(task: flowd.Task[Numbered]) -> None:
+        raise flowd.GiveUp("no point")
+
+    _, result = jobs.run(worker, result_ttl=60, claimer=SOON)
+    assert (result.status, result.error) == (Status.DEAD, "GiveUp: no point")
+    assert result.deliveries == 1
+    # An entry that does not decode into the job never runs: dead, with the reason.
+    bad = records.client.xadd(records.streams[0], {"n": "not a number"}).decode()
+    dead = flowd.Results(records.client, records.streams[0]).wait(bad, timeout=20)
+    assert dead.status is Status.DEAD
+    assert dead.error is not None and "n" in dead.error
