@@ -185,7 +185,9 @@ def test_two_groups_one_caught_up_one_lagging(
     age = lagging.oldest_pending_age_ms
     assert idle is not None and age is not None
     assert 20 <= idle <= after_ms - started_ms
-    assert idle <= age  # delivered after it was added
+    # Delivered after it was added; idle and age come from two clock readings, a few ms
+    # apart on a loaded machine.
+    assert idle <= age + 5
     assert before_ms - id_ms(ids[1]) - 5 <= age <= after_ms - id_ms(ids[1]) + 5
 
     # And the output is plain JSON, group by group
