@@ -117,7 +117,9 @@ def test_read_only_shows_no_buttons_and_refuses_posts(
     server = served(stream, "--url", redis_url, "--port", "0", "--read-only")
     status, headers, body = http(f"{server.url}/stream?name={stream}")
     assert status == 200 and "ValueError: no" in body
-    assert "<button" not in body
+    # No action buttons: the one form left is the job search (a GET)
+    assert 'method="post"' not in body
+    assert body.count("<button") == 1 and '<button type="submit">Find job</button>' in body
     token = headers["Set-Cookie"].split(";")[0]
     refused = http(
         server.url + "/purge",
