@@ -71,6 +71,11 @@ def served(env: dict[str, str]) -> Iterator[Any]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+        # Closed here, so a test that failed before stop() leaves no open pipe behind for
+        # the garbage collector to warn about in some later test.
+        for pipe in (server.process.stdout, server.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def basic(user: str, password: str) -> dict[str, str]:
