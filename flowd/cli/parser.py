@@ -4,7 +4,8 @@ exit statuses are in :mod:`flowd.cli.runner`, shared with ``manage.py
 flowd_worker`` and ``flask flowd worker``.
 
 Exit status: 0 success; 1 an unclean stop or a failed command (e.g. ``dlq
-requeue`` of an id that is not a dead letter); 2 bad usage, a ``MODULE:ATTR``
+requeue`` of an id that is not a dead letter, ``job`` of an id Redis knows
+nothing of); 2 bad usage, a ``MODULE:ATTR``
 that cannot be loaded, or a stream or group that does not exist; 3 Redis
 unreachable or refusing the credentials.
 
@@ -24,6 +25,7 @@ from .._redis.urls import DEFAULT_URL, redact_url
 from .._version import __version__ as _source_version
 from ..dashboard.cli import add_dashboard_parser
 from . import commands as _commands
+from . import job as _cli_job
 from . import runner as _runner
 from . import scheduled as _cli_scheduled
 from .supervisor import report_usage, take_usage_file
@@ -140,6 +142,39 @@ def _dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser.set_defaults(func=_commands.cmd_dlq)
 
 
+def _job(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    job = sub.add_parser(
+        "job",
+        help="show where one job is and how it ended",
+        description="Show one job's state: its status (scheduled, waiting, running, retrying, "
+        "succeeded, failed, dead, cancelled), deliveries, consumer, enqueued, started and "
+        "finished times (UTC), last error and traceback, and the value it returned (kept "
+        "only when its queue has result_ttl). Exit status 0 when the job is found, 1 when "
+        "Redis knows no job with that id.",
+    )
+    job.add_argument("stream", help="the queue's stream")
+    job.add_argument("id", metavar="ID", help="the job id that enqueue returned")
+    job.add_argument(
+        "--group", help="the consumer group whose view counts (default: every group's)"
+    )
+    job.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (status in lower case, times ISO 8601 UTC, the value "
+        "as JSON, the traceback whole)",
+    )
+    job.add_argument(
+        "--full",
+        action="store_true",
+        help=f"print the whole traceback and value (by default the text shows the "
+        f"traceback's last {_cli_job.TRACEBACK_LINES} lines and the value's first "
+        f"{_cli_job.VALUE_CHARS:,} characters)",
+    )
+    _partitions_option(job)
+    _url_option(job)
+    job.set_defaults(func=_cli_job.cmd_job)
+
+
 def _scheduled(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scheduled = sub.add_parser(
         "scheduled", help="list or cancel delayed jobs; show periodic schedules"
@@ -207,6 +242,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _worker,
     _info,
     _dlq,
+    _job,
     _scheduled,
     _migrate,
     _demo,

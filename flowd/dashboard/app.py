@@ -17,7 +17,7 @@ from .._redis.session import check_client
 from ..deadletters import DeadLetters
 from ..errors import ConfigurationError
 from ..info import stream_info
-from . import chart, data, security
+from . import chart, data, jobs, security
 from .overview import LAG_SCAN_LIMIT, overview, unsafe_eviction_policy
 from .web import Request, Response, plain, redirect
 
@@ -184,6 +184,8 @@ class Dashboard:
                     404, "error.html", token, request=request, message=f"no stream {stream!r} here"
                 )
             return self._stream_page(request, token, stream)
+        if path == "/job":
+            return self._job_page(request, token)
         return self._page(404, "error.html", token, request=request, message="no such page")
 
     def _stream_page(self, request: Request, token: str, stream: str) -> Response:
@@ -215,6 +217,25 @@ class Dashboard:
             chart=chart.build(data.history(self.client, [stream])),
             max_consumers=data.MAX_CONSUMERS,
             done=done.format(n=q.get("n", "0")) if done and q.get("n", "").isdigit() else "",
+        )
+
+    def _job_page(self, request: Request, token: str) -> Response:
+        stream = request.query.get("stream", "")
+        if stream not in self.known_streams():
+            return self._page(
+                404, "error.html", token, request=request, message=f"no stream {stream!r} here"
+            )
+        # Pasted ids often carry spaces around them.
+        job_id = request.query.get("id", "").strip()
+        view = jobs.find_job(self.client, stream, job_id) if job_id else None
+        return self._page(
+            200 if view is not None else 404,
+            "job.html",
+            token,
+            request=request,
+            stream=stream,
+            job_id=job_id,
+            job=view,
         )
 
     # -- actions

@@ -191,3 +191,51 @@ def test_markup_in_a_dead_letter_is_shown_as_text_and_runs_nothing(
         assert page.evaluate("window.__pwned") is None
         assert page.dialogs == []
         assert page.locator("script").count() == 0
+
+
+def test_search_a_job_id_and_see_its_status_and_value(
+    client: redis.Redis, stream: str, page: Any
+) -> None:
+    # Given a queue that keeps results, and a job it ran that returned markup
+    queue = flowd.Queue(
+        client,
+        stream=stream,
+        group="g",
+        job=Numbered,
+        worker=lambda task: {"total": task.job.n * 6, "note": XSS},
+        result_ttl=600,
+    )
+    job_id = flowd.Producer(client, stream).enqueue(Numbered(n=7))
+    handle = queue.run()
+    try:
+        results = flowd.Results(client, stream)
+        assert results.wait(job_id, timeout=10).status is flowd.JobStatus.SUCCEEDED
+    finally:
+        assert handle.stop(timeout=10)
+
+    with serving(Dashboard(client, [stream])) as base:
+        # When its id is typed into the stream page's search box and submitted
+        page.goto(f"{base}/stream?name={stream}")
+        page.locator("form.job-search input[name=id]").fill(f"  {job_id} ")
+        page.locator("form.job-search button:text-is('Find job')").click()
+        page.wait_for_load_state("load")
+
+        # Then the job's page shows its status and its value, as text
+        assert page.url.startswith(f"{base}/job?stream=")
+        assert page.locator("h1.job-id").inner_text() == f"Job {job_id}"
+        assert page.locator("dd.status").inner_text() == "succeeded"
+        value = page.locator("pre.value").inner_text()
+        assert '"total": 42' in value and XSS in value
+        assert page.locator("pre.value img").count() == 0
+        assert page.evaluate("window.__pwned") is None
+        shot(page, "job", height=420)
+
+        # And an id no job has gets the page that says so (HTTP 404)
+        page.locator("form.job-search input[name=id]").fill("1-1")
+        with page.expect_response(lambda r: "/job?" in r.url) as answer:
+            page.locator("form.job-search button").click()
+        assert answer.value.status == 404
+        assert page.locator("h1").inner_text() == "No job with this id"
+
+    assert all(url.startswith(base) for url in page.requests), page.requests
+    assert page.dialogs == []

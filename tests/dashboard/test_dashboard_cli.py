@@ -71,6 +71,11 @@ def served(env: dict[str, str]) -> Iterator[Any]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+        # Closed here, so a test that failed before stop() leaves no open pipe behind for
+        # the garbage collector to warn about in some later test.
+        for pipe in (server.process.stdout, server.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -117,7 +122,9 @@ def test_read_only_shows_no_buttons_and_refuses_posts(
     server = served(stream, "--url", redis_url, "--port", "0", "--read-only")
     status, headers, body = http(f"{server.url}/stream?name={stream}")
     assert status == 200 and "ValueError: no" in body
-    assert "<button" not in body
+    # No action buttons: the one form left is the job search (a GET)
+    assert 'method="post"' not in body
+    assert body.count("<button") == 1 and '<button type="submit">Find job</button>' in body
     token = headers["Set-Cookie"].split(";")[0]
     refused = http(
         server.url + "/purge",
