@@ -2,8 +2,9 @@
 
 ``python -m flowd worker bench_app:make_queue --url URL`` (with ``benchmarks/`` on
 PYTHONPATH) builds its queue from the environment: $BENCH_STREAM, $BENCH_GROUP (default
-``g``), $BENCH_BODY (noop, incr or sleep) and $BENCH_CONCURRENCY (default 8). The queue is
-configured like the README's quick start: a Claimer, and the default housekeeping.
+``g``), $BENCH_BODY (noop, incr or sleep), $BENCH_CONCURRENCY (default 8) and
+$BENCH_RESULT_TTL (seconds; unset: no results kept). The queue is configured like the
+README's quick start: a Claimer, and the default housekeeping.
 """
 
 from __future__ import annotations
@@ -36,9 +37,15 @@ class LatencyJob(flowd.Job):
 
 
 def flowd_queue(
-    client: Any, stream: str, body: Body, concurrency: int, group: str = "g"
+    client: Any,
+    stream: str,
+    body: Body,
+    concurrency: int,
+    group: str = "g",
+    result_ttl: float | None = None,
 ) -> flowd.Queue[BenchJob]:
-    """The queue every flowd variant runs, in this process or under ``flowd worker``."""
+    """The queue every flowd variant runs, in this process or under ``flowd worker``
+    (``result_ttl``: keep each job's result, as bench_results.py measures)."""
 
     def worker(task: flowd.Task[BenchJob]) -> None:
         job = task.job
@@ -52,6 +59,7 @@ def flowd_queue(
         worker=worker,
         concurrency=concurrency,
         claimer=flowd.Claimer(min_idle_time=30.0, max_retries=3),
+        result_ttl=result_ttl,
     )
 
 
@@ -59,10 +67,12 @@ def make_queue() -> flowd.Queue[BenchJob]:
     """The ``MODULE:ATTR`` target of ``flowd worker`` (its --url is in $FLOWD_REDIS_URL)."""
     client = redis.Redis.from_url(os.environ["FLOWD_REDIS_URL"])
     body = make_body(os.environ.get("BENCH_BODY", "noop"), client)
+    ttl = os.environ.get("BENCH_RESULT_TTL")
     return flowd_queue(
         client,
         os.environ["BENCH_STREAM"],
         body,
         int(os.environ.get("BENCH_CONCURRENCY", "8")),
         os.environ.get("BENCH_GROUP", "g"),
+        None if ttl is None else float(ttl),
     )

@@ -52,6 +52,23 @@ def test_cron_drain(redis_url: str, client: redis.Redis) -> None:
     assert client.xpending("invoices", "billing")["pending"] == 0
 
 
+def test_results(redis_url: str, client: redis.Redis) -> None:
+    # When the results example runs
+    result = run(["results.py"], EXAMPLES, example_env(redis_url))
+    lines = result.stdout.splitlines()
+    # Then it saw the jobs waiting and scheduled, and a wait that timed out
+    assert lines[0] == "before any worker runs: waiting, waiting, scheduled"
+    assert lines[1].startswith("not yet: job ") and "(it is WAITING)" in lines[1]
+    assert lines[2] == "an id Redis never handed out: None"
+    # And each wait returned the worker's value, decoded into its dataclass
+    for i, (image, size) in enumerate([(1, "640x480"), (2, "320x240"), (3, "160x120")]):
+        assert lines[3 + i].startswith(f"succeeded: image https://cdn.example.com/{image}-")
+        assert f"({size}), run 1 by " in lines[3 + i]
+    # And the job that gave up is dead, with its reason and its dead letter
+    assert lines[6].startswith("dead: GiveUp: width must be positive, not 0 (dead letter ")
+    assert client.xpending("thumbnails", "thumbnailers")["pending"] == 0
+
+
 def test_flask_app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given the example app, imported as `flask --app app` would
     monkeypatch.setenv("FLOWD_REDIS_URL", redis_url)
