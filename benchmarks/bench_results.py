@@ -66,8 +66,7 @@ from benchmarks.compare.process import bench_env, stop_process  # noqa: E402
 from benchmarks.compare.server import Context, private_server, unique  # noqa: E402
 from benchmarks.compare.streams import fill_stream, flowd_finished  # noqa: E402
 from flowd._codec.values import encode_value  # noqa: E402
-from flowd._redis.keys import result_key  # noqa: E402
-from flowd._redis.records import success_record, write_commands  # noqa: E402
+from flowd._redis.records import ACK_WITH_RECORDS, SuccessRecords, ack_call  # noqa: E402
 
 #: The result_ttl of every run that keeps results (long enough to outlive the run).
 RESULT_TTL = 3600.0
@@ -313,18 +312,6 @@ def waiting(ctx: Context, waiters: int, idle: float) -> None:
 
 # -- part 3: where the time goes
 
-_RECORDS_LUA = """
-local n = tonumber(ARGV[2])
-redis.call('XACK', KEYS[1], KEYS[2], unpack(ARGV, 3, 2 + n))
-for i = 3, 2 + n do
-  local key = KEYS[3] .. ARGV[i]
-  redis.call('DEL', key)
-  redis.call('RPUSH', key, ARGV[i + n])
-  redis.call('PEXPIRE', key, ARGV[1])
-end
-return n
-"""
-
 
 def pending_stream(client: redis.Redis, jobs: int) -> tuple[str, list[str]]:
     """A fresh stream of ``jobs`` entries, all read (pending) by consumer c of group g."""
@@ -338,31 +325,26 @@ def breakdown(ctx: Context, jobs: int, batch: int = 256) -> None:
     client = ctx.client(0)
     client.flushdb()
     ttl_ms = int(RESULT_TTL * 1000)
+    records = SuccessRecords("host-1-abcdef", "g")
     start = time.perf_counter()
     for _ in range(jobs):
-        success_record(encode_value(None), 1, 1, 2, "host-1-abcdef", "g")
+        records.record(encode_value(None), 1, 1, 2)
     build = (time.perf_counter() - start) / jobs
-    record = success_record(encode_value(None), 1, 1, 2, "host-1-abcdef", "g")
-    sha = client.script_load(_RECORDS_LUA)
+    record = records.record(encode_value(None), 1, 1, 2)
+    client.script_load(ACK_WITH_RECORDS.source)
 
     def xack(stream: str, ids: list[str]) -> list[tuple[object, ...]]:
         return [("XACK", stream, "g", *ids)]
 
-    def multi(stream: str, ids: list[str]) -> list[tuple[object, ...]]:
-        writes = [c for i in ids for c in write_commands(stream, i, record, ttl_ms)]
-        return [("MULTI",), ("XACK", stream, "g", *ids), *writes, ("EXEC",)]
-
     def script(stream: str, ids: list[str]) -> list[tuple[object, ...]]:
-        n, prefix = len(ids), result_key(stream, "")
-        return [("EVALSHA", sha, 3, stream, "g", prefix, ttl_ms, n, *ids, *[record] * n)]
+        return [ack_call(stream, "g", ttl_ms, [(i, record) for i in ids])]
 
     conn = client.connection_pool.get_connection()
     try:
         rows = []
         for name, make in (
             ("XACK only", xack),
-            ("MULTI: XACK + DEL/RPUSH/PEXPIRE each", multi),
-            ("one script per batch", script),
+            ("XACK with records (the ack script)", script),
         ):
             stream, ids = pending_stream(client, jobs)
             packing = 0.0

@@ -22,7 +22,7 @@ from typing import Any
 
 from ._codec.values import from_plain
 from ._consumer.runs import claimed_deliveries
-from ._redis.keys import partition_streams, result_key
+from ._redis.keys import done_key, partition_streams, result_key, waiting_key
 from ._redis.lookup import Found, GroupView, lookup
 from ._redis.session import check_client
 from ._redis.timeutil import Seconds, to_seconds
@@ -232,8 +232,9 @@ class Results:
     def wait(self, job_id: str, timeout: Seconds, type: Any = None) -> JobResult:
         """Block until the job finished (SUCCEEDED, FAILED, DEAD or CANCELLED); its result.
 
-        It blocks in Redis (BLMOVE on the job's record, one connection per waiting
-        thread), so it wakes as soon as the record is written, without polling;
+        It blocks in Redis (BLMOVE on a list the record's writer pushes to, one
+        connection per waiting thread), so it wakes as soon as the record is
+        written, without polling;
         it looks the job up again at least every second, to follow an id that
         changed. A queue without ``result_ttl`` writes no record for a success:
         such a wait ends only with the once-a-second look.
@@ -258,13 +259,22 @@ class Results:
 
     def _block(self, stream: str, job_id: str, seconds: float) -> None:
         """Wait up to ``seconds`` for the job's record to be written, in Redis."""
-        key = result_key(stream, job_id)
         # Within the client's own socket timeout, if it has one.
         cap = _socket_timeout(self.client)
         if cap is not None:
             seconds = min(seconds, cap / 2)
-        # BLMOVE from the list to itself hands the one element back: every waiter wakes.
-        self.client.execute_command("BLMOVE", key, key, "RIGHT", "LEFT", max(seconds, 0.01))
+        seconds = max(seconds, 0.01)
+        done = done_key(stream, job_id)
+        # Say that someone waits, then look once more: a writer (one atomic script) either
+        # wrote the record before the mark, and this sees it, or sees the mark and pushes.
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(waiting_key(stream, job_id), "1", px=int((seconds + 5) * 1000))
+            pipe.exists(result_key(stream, job_id))
+            _, written = pipe.execute()
+        if written:
+            return
+        # BLMOVE from the list to itself hands the element back: every waiter wakes.
+        self.client.execute_command("BLMOVE", done, done, "RIGHT", "LEFT", seconds)
 
 
 def _socket_timeout(client: Any) -> float | None:

@@ -29,8 +29,12 @@ def encode_value(value: object) -> str:
 
     :raises EncodeError: the value (or something inside it) has no JSON form.
     """
+    if value is None:  # the common case, a worker that returns nothing: no work
+        return "null"
+    if type(value) is int:
+        return str(value)
     try:
-        if value is None or isinstance(value, (str, int, float, bool)):
+        if isinstance(value, (str, int, float, bool)):
             return json.dumps(value, allow_nan=False)
         plain = _holder(Any)(value).to_dict(encode_json=True)["v"]
         return json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

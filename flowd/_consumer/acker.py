@@ -10,8 +10,8 @@ from typing import Any
 
 from .._redis import throughput as _throughput
 from .._redis.keys import derived_key, runs_key
-from .._redis.records import write_commands
-from .._redis.session import Session, is_nogroup
+from .._redis.records import ACK_WITH_RECORDS, RECORDS_PER_CALL, ack_call
+from .._redis.session import Session, is_noscript
 from .threads import Backoff
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Acker:
         self.runs_key = runs_key(stream, group)
         self._ids: collections.deque[str] = collections.deque()
         #: With results kept: each queued id's record, set before its id is queued, so
-        #: a flush that takes an id has its record too and writes both in one MULTI.
+        #: a flush that takes an id has its record too and writes both in one script.
         self.result_ttl_ms = result_ttl_ms
         self._records: dict[str, str] = {}
         #: ids taken from _ids and not written yet; changed and read under _lock.
@@ -171,26 +171,36 @@ class Acker:
     def _past_deadline(self) -> bool:
         return self._closing and self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _with_records(self, acks: list[tuple[Any, ...]], ids: list[str]) -> list[tuple[Any, ...]]:
-        """The XACKs and the records of their jobs in one MULTI: a job is never acked
-        without its result, nor stored as succeeded without its ack."""
+    def _split(self, ids: list[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """The ids to ack plainly, and the script calls that ack the others with their
+        records in one atomic step: never acked without its result, nor stored as
+        succeeded without its ack (so a recorded id is in no plain XACK)."""
+        if not self._records:
+            return ids, []
         assert self.result_ttl_ms is not None
-        writes: list[tuple[Any, ...]] = []
+        plain: list[str] = []
+        recorded: list[tuple[str, str]] = []
         for msg_id in ids:
             record = self._records.get(msg_id)
-            if record is not None:
-                writes += write_commands(self.stream, msg_id, record, self.result_ttl_ms)
-        if not writes:
-            return acks
-        return [("MULTI",), *acks, *writes, ("EXEC",)]
+            if record is None:
+                plain.append(msg_id)
+            else:
+                recorded.append((msg_id, record))
+        calls = [
+            ack_call(
+                self.stream, self.group, self.result_ttl_ms, recorded[i : i + RECORDS_PER_CALL]
+            )
+            for i in range(0, len(recorded), RECORDS_PER_CALL)
+        ]
+        return plain, calls
 
     def _flush(self, ids: list[str], retried: list[str]) -> None:
+        plain, scripts = self._split(ids)
         commands: list[tuple[Any, ...]] = [
-            ("XACK", self.stream, self.group, *ids[i : i + ACK_CHUNK])
-            for i in range(0, len(ids), ACK_CHUNK)
+            ("XACK", self.stream, self.group, *plain[i : i + ACK_CHUNK])
+            for i in range(0, len(plain), ACK_CHUNK)
         ]
-        if self._records:
-            commands = self._with_records(commands, ids)
+        commands += scripts
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
             commands.append(("HDEL", self.tracebacks_key, *retried))
@@ -203,11 +213,14 @@ class Acker:
         replies = self._session.call_many([*commands, *stats])
         _throughput.check_replies(replies[len(commands) :], self.stream)
         own = replies[: len(commands)]
-        if commands[0][0] == "MULTI" and isinstance(own[-1], list):
-            own = [*own, *own[-1]]  # EXEC's reply lists each step's
+        unknown = [i for i, reply in enumerate(own) if is_noscript(reply)]
+        if unknown:  # a restarted server, a failover: send those calls again as EVAL
+            again = self._session.call_many([as_eval(commands[i]) for i in unknown])
+            for index, reply in zip(unknown, again, strict=True):
+                own[index] = reply
         for reply in own:
             if isinstance(reply, Exception):
-                if is_nogroup(reply):
+                if "NOGROUP" in str(reply):
                     # The group is gone with its pending entries: nothing is left to ack.
                     logger.warning(
                         "acker: group %s on %s is gone; dropping %d acks",
@@ -219,3 +232,8 @@ class Acker:
                 raise reply
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("acked %d messages on %s/%s", len(ids), self.stream, self.group)
+
+
+def as_eval(command: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An ACK_WITH_RECORDS EVALSHA as EVAL (which also caches the script)."""
+    return ("EVAL", ACK_WITH_RECORDS.source, *command[2:])

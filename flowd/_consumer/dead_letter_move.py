@@ -15,8 +15,8 @@ from typing import Any
 
 from .._codec.failure import safe_repr, safe_str, traceback_of
 from .._redis import throughput as _throughput
-from .._redis.keys import derived_key, result_key, runs_key
-from .._redis.records import STATE_TTL_MS, write_commands
+from .._redis.keys import derived_key, done_key, result_key, runs_key, waiting_key
+from .._redis.records import DONE_TTL_MS, NOTIFY_LUA, STATE_TTL_MS
 from .._redis.scripts import Script
 from .._redis.thread_sessions import ThreadSessions
 from ..claimer import Claimer
@@ -30,12 +30,15 @@ _REASON_LIMIT = 2000
 # Both scripts act at most once: a re-sent script finds the message already
 # acked and changes nothing. So that a re-sent call (its first reply lost) still
 # learns that it did the move, the move leaves its caller's token in a marker key.
-# KEYS: stream, errors hash, marker, tracebacks hash, runs hash, result list[, dlq];
-# ARGV: group, id, token, record ttl ms, record (JSON, without its time)[, fields...].
+# KEYS: stream, errors hash, marker, tracebacks hash, runs hash, result[, dlq];
+# ARGV: group, id, token, record ttl ms, record (JSON, without its time), waiting prefix,
+# done prefix[, fields...].
 # Nothing is written before the last step that can fail (the XADD), so a failing
 # script leaves the message pending, never acked and missing from the DLQ. The job's
 # record (flowd._redis.records: dead, or failed without a DLQ) is written with the ack.
-_MOVE_LUA = """
+_MOVE_LUA = (
+    NOTIFY_LUA
+    + """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #pending == 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
@@ -50,18 +53,18 @@ local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
 local record = cjson.decode(ARGV[5])
 record['finished'] = tonumber(ms)
 if KEYS[7] then
-  record['dead_letter'] = redis.call('XADD', KEYS[7], '*', 'flowd:time', ms, unpack(ARGV, 6))
+  record['dead_letter'] = redis.call('XADD', KEYS[7], '*', 'flowd:time', ms, unpack(ARGV, 8))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3], 'PX', 600000)
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
-redis.call('DEL', KEYS[6])
-redis.call('RPUSH', KEYS[6], cjson.encode(record))
-redis.call('PEXPIRE', KEYS[6], ARGV[4])
+redis.call('SET', KEYS[6], cjson.encode(record), 'PX', ARGV[4])
+notify(ARGV[6], ARGV[7], ARGV[2])
 return 1
 """
+)
 _MOVE = Script(_MOVE_LUA)
 
 #: Lua's unpack() stops at about 8,000 values: wider messages move in a transaction.
@@ -202,14 +205,17 @@ class DeadLetterMover:
         record["finished"] = int(ms)
         if len(keys) > 6:
             # The record cannot name the dead letter's id here (it is made inside EXEC).
-            commands.append(("XADD", keys[6], "*", "flowd:time", ms, *args[5:]))
+            commands.append(("XADD", keys[6], "*", "flowd:time", ms, *args[7:]))
         commands += [
             ("XACK", stream, group, msg_id),
             ("SET", marker, token, "PX", 600_000),
             ("HDEL", errors_key, msg_id),
             ("HDEL", tracebacks_key, msg_id),
             ("HDEL", runs, msg_id),
-            *write_commands(stream, msg_id, json.dumps(record), int(ttl_ms)),
+            ("SET", keys[5], json.dumps(record), "PX", int(ttl_ms)),
+            # No EXISTS check in a MULTI: wake any waiter (an unneeded push costs little).
+            ("RPUSH", done_key(stream, msg_id), "1"),
+            ("PEXPIRE", done_key(stream, msg_id), DONE_TTL_MS),
             ("EXEC",),
         ]
         replies = session.call_many(commands)
@@ -262,6 +268,8 @@ class DeadLetterMover:
             uuid.uuid4().hex,
             self.record_ttl_ms,
             json.dumps(record, ensure_ascii=False),
+            waiting_key(self.stream, ""),
+            done_key(self.stream, ""),
         ]
         if self.dlq_stream is not None:
             keys.append(self.dlq_stream)

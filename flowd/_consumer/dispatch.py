@@ -25,7 +25,7 @@ from typing import Any
 from .._codec.plan import decode_job
 from .._codec.values import encode_value
 from .._redis.fields import other_group, prior_runs
-from .._redis.records import success_record
+from .._redis.records import SuccessRecords
 from .._redis.replies import Fields
 from ..errors import DecodeError
 from ..hooks import call_hooks
@@ -69,6 +69,7 @@ class Dispatcher:
         self._runs = runs
         self._group_bytes = group.encode("utf-8")
         self.consumer = consumer
+        self._records = SuccessRecords(consumer, group)
         #: The pool calls it for each success when the queue keeps results.
         self.keep: Callable[[Task[Any], object, float], str] | None = (
             None if acker.result_ttl_ms is None else self._result_record
@@ -175,13 +176,8 @@ class Dispatcher:
     def _result_record(self, task: Task[Any], value: object, started_at: float) -> str:
         """A success's record (flowd._redis.records); raises EncodeError for a value that
         has no JSON form, which fails the run."""
-        return success_record(
-            encode_value(value),
-            task.deliveries,
-            int(started_at * 1000),
-            int(time.time() * 1000),
-            self.consumer,
-            self.group,
+        return self._records.record(
+            encode_value(value), task.deliveries, int(started_at * 1000), int(time.time() * 1000)
         )
 
     def ack(self, task: Task[Any], retried: bool, record: str | None = None) -> None:

@@ -70,8 +70,18 @@ def runs_key(stream: str, group: str) -> str:
 
 
 def result_key(stream: str, job_id: str) -> str:
-    """The list holding one job's final record (a JSON text; see flowd.results)."""
+    """The string holding one job's final record (a JSON text; see flowd._redis.records)."""
     return derived_key(stream, f"result:{job_id}")
+
+
+def waiting_key(stream: str, job_id: str) -> str:
+    """The string that says someone waits for the job (Results.wait sets it)."""
+    return derived_key(stream, f"waiting:{job_id}")
+
+
+def done_key(stream: str, job_id: str) -> str:
+    """The list a waiter blocks on; pushed to when the job's record is written."""
+    return derived_key(stream, f"done:{job_id}")
 
 
 def alias_key(stream: str, job_id: str) -> str:

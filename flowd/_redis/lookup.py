@@ -6,7 +6,7 @@ scheduled for later), then looks at the job's record, the scheduled set, the
 stream entry and, per consumer group, the last-delivered id and the pending
 entry (with its consumer, idle time, delivery count, recorded failure and
 claimed-run starts). Each step is O(log N) or O(1) in the stream's length:
-XRANGE and XPENDING of one id, ZSCORE, GET, LINDEX, XINFO GROUPS (O(groups)).
+XRANGE and XPENDING of one id, ZSCORE, GET, XINFO GROUPS (O(groups)).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ for _ = 1, tonumber(ARGV[8]) do
   id = nxt
 end
 local out = {id = id}
-local record = redis.call('LINDEX', ARGV[3] .. id, -1)
+local record = redis.call('GET', ARGV[3] .. id)
 if record then
   out['record'] = record
   return cjson.encode(out)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .keys import alias_key, derived_key, result_key
-from .records import STATE_TTL_MS
+from .records import NOTIFY_LUA, STATE_TTL_MS, prefixes
 from .scripts import Script
 
 logger = logging.getLogger(__name__)
@@ -177,14 +177,16 @@ return {moved, missing, now, next_due}
 """
 )
 
-# KEYS: zset, job hash[, result list]. ARGV: id, unique key prefix[, record, ttl ms].
-# Returns 1 if it was still scheduled; then the job's record says it was cancelled.
-CANCEL_LUA = """
+# KEYS: zset, job hash[, result]. ARGV: id, unique key prefix[, record, ttl ms, waiting
+# prefix, done prefix]. Returns 1 if it was still scheduled; then the job's record says
+# it was cancelled.
+CANCEL_LUA = (
+    NOTIFY_LUA
+    + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if KEYS[3] then
-  redis.call('DEL', KEYS[3])
-  redis.call('RPUSH', KEYS[3], ARGV[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+  notify(ARGV[5], ARGV[6], ARGV[1])
 end
 local unique = redis.call('HGET', KEYS[2], 'flowd:unique')
 if unique then
@@ -194,6 +196,7 @@ end
 redis.call('DEL', KEYS[2])
 return 1
 """
+)
 
 # KEYS: unique key. ARGV: id. Frees the key if that job still holds it.
 RELEASE_LUA = """
@@ -329,5 +332,5 @@ def cancel(client: Any, stream: str, job_id: str) -> bool:
     it is not scheduled (moved into the stream already, or unknown)."""
     keys = [scheduled_key(stream), job_key(stream, job_id), result_key(stream, job_id)]
     record = '{"status":"cancelled"}'
-    args = [job_id, unique_key(stream, ""), record, STATE_TTL_MS]
+    args = [job_id, unique_key(stream, ""), record, STATE_TTL_MS, *prefixes(stream)[1:]]
     return bool(int(CANCEL(client, keys, args)))

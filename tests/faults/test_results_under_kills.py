@@ -42,7 +42,7 @@ for i = 2, #ARGV do
   ms, seq = tonumber(ms), tonumber(seq)
   local delivered = ms < lms or (ms == lms and seq <= lseq)
   local pending = #redis.call('XPENDING', stream, group, id, id, 1) > 0
-  local record = redis.call('LINDEX', ARGV[1] .. id, -1)
+  local record = redis.call('GET', ARGV[1] .. id)
   if record and pending then bad[#bad + 1] = id .. ':record while pending' end
   if delivered and not pending and not record then bad[#bad + 1] = id .. ':acked, no record' end
 end

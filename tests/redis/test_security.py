@@ -112,11 +112,11 @@ FLOWD_COMMANDS = (
     "+hmget",
     # run records of claimed jobs ({stream}:runs:<group>)
     "+hincrby",
-    # job records ({stream}:result:<id>), written with the ack, read and waited on by
-    # Results; aliases of moved jobs ({stream}:alias:<id>); the lookup script's TYPE
+    # job records ({stream}:result:<id>, SET with the ack), the waiters' wake-up list
+    # ({stream}:done:<id>) that Results.wait blocks on, aliases of moved jobs
+    # ({stream}:alias:<id>), the lookup script's TYPE
     "+rpush",
     "+pexpire",
-    "+lindex",
     "+blmove",
     "+type",
 )
