@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowd
-from tests.helpers import Recorder, as_str, flowd_threads, wait_until
+from tests.helpers import Recorder, as_str, clean_env, flowd_threads, run_flowd, wait_until
 from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -806,17 +806,9 @@ def test_dead_letters_reject_bad_arguments(client: redis.Redis, stream: str) -> 
 # The flowd command: a bad command line is one line on stderr and exit 2
 
 
-def run_flowd(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_cli(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python -m flowd ARGS`` without this process's FLOWD_ settings."""
+    return run_flowd(args, clean_env(), timeout=timeout)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], status: int, text: str) -> None:
@@ -838,12 +830,12 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], status: int, t
     ],
 )
 def test_cli_bad_url_is_a_one_line_usage_error(url: str, text: str) -> None:
-    assert_one_line_error(run_flowd(["info", "emails", "--url", url]), 2, text)
+    assert_one_line_error(run_cli(["info", "emails", "--url", url]), 2, text)
 
 
 def test_cli_unreachable_redis_is_a_one_line_error_with_status_3() -> None:
     port = free_port()
-    proc = run_flowd(["info", "emails", "--url", f"redis://127.0.0.1:{port}/0"])
+    proc = run_cli(["info", "emails", "--url", f"redis://127.0.0.1:{port}/0"])
     assert_one_line_error(proc, 3, "cannot reach Redis")
 
 
@@ -859,7 +851,7 @@ def test_cli_unreachable_redis_is_a_one_line_error_with_status_3() -> None:
 def test_cli_bad_dlq_arguments_are_one_line_usage_errors(
     redis_url: str, args: list[str], text: str
 ) -> None:
-    assert_one_line_error(run_flowd([*args, "--url", redis_url]), 2, text)
+    assert_one_line_error(run_cli([*args, "--url", redis_url]), 2, text)
 
 
 @pytest.mark.parametrize(
@@ -873,4 +865,4 @@ def test_cli_bad_dlq_arguments_are_one_line_usage_errors(
 def test_cli_bad_worker_arguments_are_one_line_usage_errors(
     redis_url: str, args: list[str], text: str
 ) -> None:
-    assert_one_line_error(run_flowd([*args, "--url", redis_url]), 2, text)
+    assert_one_line_error(run_cli([*args, "--url", redis_url]), 2, text)

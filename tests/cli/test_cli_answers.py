@@ -10,7 +10,6 @@ import argparse
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from tests.cli.test_cli import (
     pending_ids,
     stderr_reasons,
 )
-from tests.helpers import wait_until
+from tests.helpers import run_flowd, wait_until
 from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,15 +40,7 @@ def run_in(
     cwd: Path, args: list[str], env: dict[str, str], timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
     """``python -m flowd ARGS`` run from ``cwd`` (where the app's module is)."""
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_flowd(args, env, cwd=cwd, timeout=timeout)
 
 
 def write_app(directory: Path, name: str, body: str) -> None:

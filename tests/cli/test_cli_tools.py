@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import redis
 
 import flowd
 from flowd._redis.urls import redact_url
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, run_flowd, wait_until
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,14 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def flowd_cmd(*args: str, url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLOWD_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_flowd(args, env, cwd=None, timeout=timeout)
 
 
 def fail_into_dlq(client: redis.Redis, stream: str, jobs: int) -> None:

@@ -19,6 +19,7 @@ import redis
 from flowd import partition_streams
 from flowd._redis.keys import dead_letter_stream
 from tests.dashboard.dashboard_server import add_dead_letter, http
+from tests.helpers import run_flowd, run_python
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-Pa55"
@@ -284,14 +285,9 @@ def test_a_wildcard_bind_says_which_hosts_it_answers(
 
 
 def test_a_bad_allowed_host_is_refused_at_start(redis_url: str, env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "flowd", "dashboard", "--url", redis_url],
-        cwd=REPO,
-        env={**env, "FLOWD_DASHBOARD_ALLOWED_HOSTS": "https://ops.example"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_flowd(
+        ["dashboard", "--url", redis_url],
+        {**env, "FLOWD_DASHBOARD_ALLOWED_HOSTS": "https://ops.example"},
     )
     assert result.returncode == 2
     assert "'https://ops.example' is not a host" in result.stderr
@@ -303,15 +299,7 @@ def test_a_public_address_without_auth_is_refused(
     redis_url: str, env: dict[str, str], bind: str
 ) -> None:
     # When the dashboard is asked to listen beyond loopback without a password
-    result = subprocess.run(
-        [sys.executable, "-m", "flowd", "dashboard", "--url", redis_url, "--bind", bind],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_flowd(["dashboard", "--url", redis_url, "--bind", bind], env)
     # Then it refuses at once, saying why and what to do
     assert result.returncode == 2
     assert f"refusing to serve the dashboard on {bind} without a password" in result.stderr
@@ -320,15 +308,8 @@ def test_a_public_address_without_auth_is_refused(
 
 
 def test_the_options_are_documented_in_help(env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "flowd", "dashboard", "--help"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_flowd(["dashboard", "--help"], env)
+    assert result.returncode == 0, result.stderr
     for option in (
         "--url",
         "--bind",
@@ -348,13 +329,5 @@ def test_the_flowd_command_does_not_need_the_dashboard_extra(env: dict[str, str]
         "import sys, flowd.cli.parser; flowd.cli.parser.build_parser(); "
         "assert not {'jinja2', 'waitress'} & set(sys.modules), sorted(sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(["-c", code], env=env)
     assert result.returncode == 0, result.stderr

@@ -22,7 +22,6 @@ import logging
 import os
 import pickle
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -40,7 +39,7 @@ import redis
 
 import flowd
 from flowd._redis.urls import redact_url
-from tests.helpers import Numbered, as_str, wait_until
+from tests.helpers import Numbered, as_str, clean_env, run_flowd, wait_until
 from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -315,33 +314,21 @@ def cli_queue() -> flowd.Queue[Numbered]:
     )
 
 
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return env
-
-
-def run_flowd(
+def flowd_cli(
     args: list[str], *, stream: str = "", timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
-    env = base_env()
+    """``python -m flowd ARGS`` without FLOWD_ settings but the test's stream, if given."""
+    env = clean_env()
     if stream:
         env["FLOWD_TEST_STREAM"] = stream
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_flowd(args, env, timeout=timeout)
 
 
 def run_cli(url: str, admin: redis.Redis, stream: str) -> list[subprocess.CompletedProcess[str]]:
     """``flowd worker --burst``, ``flowd info`` and ``flowd dlq list`` against ``url``."""
     flowd.Producer(admin, stream).enqueue_bulk([Numbered(n) for n in range(3)])
     admin.xadd(stream, {"n": "unreadable"})
-    worker = run_flowd(
+    worker = flowd_cli(
         [
             *("--log-level", "DEBUG", "worker", "tests.redis.test_security:cli_queue", "--burst"),
             *("--url", url, "--connect-timeout", "5"),
@@ -350,12 +337,12 @@ def run_cli(url: str, admin: redis.Redis, stream: str) -> list[subprocess.Comple
     )
     assert worker.returncode == 0, worker.stderr[-3000:]
     assert "burst done: 3 jobs processed" in worker.stderr
-    info = run_flowd(["info", stream, "--group", GROUP, "--json", "--url", url])
+    info = flowd_cli(["info", stream, "--group", GROUP, "--json", "--url", url])
     assert info.returncode == 0, info.stderr[-3000:]
     data = json.loads(info.stdout)
     assert data["dlq_length"] == 1
     assert [(g["name"], g["pending"], g["lag"]) for g in data["groups"]] == [(GROUP, 0, 0)]
-    dlq = run_flowd(["dlq", "list", stream, "--url", url])
+    dlq = flowd_cli(["dlq", "list", stream, "--url", url])
     assert dlq.returncode == 0, dlq.stderr[-3000:]
     assert "field 'n'" in dlq.stdout
     return [worker, info, dlq]
@@ -457,13 +444,13 @@ def test_cli_with_a_wrong_password_fails_at_once_without_showing_it(
     url = f"redis://:{wrong}@127.0.0.1:{password_server.port}/0"
     stream = stream_name("badauth")
     # flowd info: one line on stderr, exit 3, the password masked
-    info = run_flowd(["info", stream, "--url", url])
+    info = flowd_cli(["info", stream, "--url", url])
     assert info.returncode == 3, info.stderr
     assert info.stderr.startswith("flowd: ") and info.stderr.count("\n") == 1, info.stderr
     assert f"redis://:***@127.0.0.1:{password_server.port}/0" in info.stderr
     # flowd worker: refused credentials are not an outage to wait out for --connect-timeout
     started = time.monotonic()
-    worker = run_flowd(
+    worker = flowd_cli(
         [
             *("worker", "tests.redis.test_security:cli_queue", "--burst"),
             *("--url", url, "--connect-timeout", "8"),
@@ -554,7 +541,7 @@ def test_redact_url_masks_passwords_in_tricky_urls(url: str, secret_part: str) -
 
 def test_cli_bad_url_with_a_password_does_not_show_it() -> None:
     # A password with an unencoded '#': redis-py cannot parse the URL, and flowd reports it
-    proc = run_flowd(["info", "s", "--url", "redis://:s3cr#t-XYZ@127.0.0.1:1/0"])
+    proc = flowd_cli(["info", "s", "--url", "redis://:s3cr#t-XYZ@127.0.0.1:1/0"])
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("flowd: bad Redis URL")
     assert "t-XYZ" not in proc.stderr, proc.stderr
@@ -835,7 +822,7 @@ def test_tls_without_the_ca_is_a_clear_connection_error(
             queue.drain(timeout=5)
     finally:
         client.close()
-    proc = run_flowd(["info", "s", "--url", url])
+    proc = flowd_cli(["info", "s", "--url", url])
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.startswith("flowd: cannot reach Redis") and proc.stderr.count("\n") == 1
 
