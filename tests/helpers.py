@@ -208,8 +208,9 @@ def running_server(**options: Any) -> Iterator[RedisServer]:
 
 
 def client_of(server: RedisServer, **options: Any) -> redis.Redis:
-    """A client of a private server (a context manager that closes it)."""
-    return redis.Redis(host="127.0.0.1", port=server.port, **options)
+    """A client of a private server, with its password if it has one (as a context manager,
+    it closes itself)."""
+    return redis.Redis.from_url(server.url, **options)
 
 
 def run_command(

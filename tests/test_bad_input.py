@@ -31,7 +31,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowd
-from tests.helpers import Recorder, as_str, clean_env, flowd_threads, run_flowd, wait_until
+from tests.helpers import (
+    Recorder,
+    as_str,
+    clean_env,
+    flowd_threads,
+    numbered_queue,
+    run_flowd,
+    wait_until,
+)
 from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,12 +211,11 @@ def test_hostile_entries_are_processed_or_dead_lettered_and_the_queue_goes_on(
 ) -> None:
     queue_client = redis.Redis.from_url(redis_url, decode_responses=decode)
     recorder = Recorder()
-    queue = flowd.Queue(
+    queue = numbered_queue(
         queue_client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        recorder.work,
         job=Hostile,
-        worker=recorder.work,
         concurrency=4,
         claimer=flowd.Claimer(min_idle_time=2.0, max_retries=0, dlq_worker=recorder.dlq),
         housekeeping=False,
@@ -274,12 +281,11 @@ def test_a_bad_entry_with_thousands_of_fields_is_dead_lettered_not_lost(
     fields = {b"n": b"bad", **{f"extra{i}".encode(): b"v" for i in range(5_000)}}
     msg_id = as_str(client.xadd(stream, fields))  # type: ignore[arg-type]
     recorder = Recorder()
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        recorder.work,
         job=Hostile,
-        worker=recorder.work,
         claimer=flowd.Claimer(min_idle_time=0.5, interval=0.1, dlq_worker=recorder.dlq),
         housekeeping=False,
     )
@@ -303,12 +309,11 @@ def test_a_bad_entry_with_thousands_of_fields_is_dead_lettered_not_lost(
 
 def test_entries_for_a_job_whose_fields_all_have_defaults(client: redis.Redis, stream: str) -> None:
     recorder = Recorder()
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        recorder.work,
         job=Optionals,
-        worker=recorder.work,
         claimer=flowd.Claimer(min_idle_time=2.0, dlq_worker=recorder.dlq),
         housekeeping=False,
     )
@@ -503,9 +508,7 @@ def test_a_job_class_that_is_not_a_dataclass_is_refused_everywhere(
     client: redis.Redis, stream: str
 ) -> None:
     with pytest.raises(flowd.ConfigurationError, match="dataclass"):
-        flowd.Queue(
-            client, stream=stream, group=GROUP, job=NotADataclass, worker=noop, claimer=None
-        )
+        numbered_queue(client, stream, noop, job=NotADataclass, claimer=None)
     with pytest.raises(flowd.FlowdError, match="dataclass"):
         flowd.Producer(client, stream).enqueue(NotADataclass())
     with pytest.raises(flowd.FlowdError, match="dataclass"):

@@ -27,6 +27,7 @@ from tests.helpers import (
     last_delivered_id,
     messages,
     no_flowd_threads,
+    numbered_queue,
     pending_count,
     pending_ids,
     stream_ids,
@@ -604,16 +605,7 @@ def test_a_stop_that_times_out_leaves_no_reader_waiting_for_permits(
         release.wait(30)
 
     enqueue_numbers(client, stream, 1)
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=hang,
-        concurrency=1,
-        block=30,
-        claimer=None,
-    )
+    queue = numbered_queue(client, stream, hang, concurrency=1, block=30, claimer=None)
     handle = queue.run()
     try:
         assert started.wait(10)

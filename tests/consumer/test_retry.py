@@ -19,7 +19,7 @@ import redis
 
 import flowd
 from flowd._redis.keys import derived_key
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, numbered_queue, wait_until
 
 GROUP = "g"
 WAIT = 25.0
@@ -360,14 +360,7 @@ def test_drain_gives_up_and_retries(client: redis.Redis, stream: str) -> None:
             raise flowd.Retry(delay=0.3)
 
     flowd.Producer(client, stream).enqueue_bulk([Numbered(1), Numbered(2)])
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=work,
-        claimer=flowd.Claimer(min_idle_time=30),
-    )
+    queue = numbered_queue(client, stream, work, claimer=flowd.Claimer(min_idle_time=30))
     # When drain() runs: the first is dead-lettered, the second waits for its delay
     assert queue.drain(timeout=20) == 0
     assert [e.reason for e in flowd.DeadLetters(client, stream).list()] == ["GiveUp: never"]

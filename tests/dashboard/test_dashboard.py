@@ -18,6 +18,7 @@ from flowd._redis.keys import dead_letter_stream, derived_key
 from flowd.dashboard import Dashboard
 from flowd.dashboard.security import CONTENT_SECURITY_POLICY
 from tests.dashboard.dashboard_server import add_dead_letter, call, http, serving
+from tests.helpers import numbered_queue
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -133,7 +134,7 @@ def test_a_real_queue_writes_the_history_the_chart_shows(
     from tests.helpers import Numbered
 
     producer.enqueue_bulk([Numbered(n=n) for n in range(7)])
-    queue = flowd.Queue(client, stream=stream, group="g", job=Numbered, worker=worker)
+    queue = numbered_queue(client, stream, worker)
     assert queue.drain(timeout=30) == 4
 
     # Then this minute's counters are in Redis, expiring within two hours
@@ -465,7 +466,7 @@ def test_a_user_without_counter_rights_still_acks_and_is_told_once(
     flowd.Producer(user, stream).enqueue_bulk([Numbered(n=n) for n in range(5)])
 
     # When a queue runs its jobs as that user
-    queue = flowd.Queue(user, stream=stream, group="g", job=Numbered, worker=lambda task: None)
+    queue = numbered_queue(user, stream, lambda task: None)
     _throughput._warned.clear()  # said once per process: make this test's process fresh
     with caplog.at_level("WARNING", logger="flowd"):
         assert queue.drain(timeout=30) == 5

@@ -27,6 +27,7 @@ import redis
 
 import flowd
 from tests.faults.accounting import GROUP, Item, JobFailed, key, record_success, records_client
+from tests.helpers import numbered_queue
 
 __all__ = ["make_queue"]
 
@@ -60,12 +61,12 @@ def make_queue() -> flowd.Queue[Item]:
             raise JobFailed(f"job {job.n} always fails")
         record_success(records, stream, task, consumer)
 
-    return flowd.Queue(
+    return numbered_queue(
         redis.Redis.from_url(url),
-        stream=stream,
+        stream,
+        work,
         group=GROUP,
         job=Item,
-        worker=work,
         concurrency=concurrency,
         consumer=consumer,
         claimer=flowd.Claimer(min_idle_time=min_idle, max_retries=50, backoff=backoff),

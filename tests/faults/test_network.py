@@ -35,7 +35,7 @@ import redis
 import flowd
 from flowd._redis.keys import dead_letter_stream, derived_key
 from tests.faults.proxy import CutMode, Proxy
-from tests.helpers import Numbered, as_str, pending_count, wait_until
+from tests.helpers import Numbered, as_str, client_of, pending_count, running_server, wait_until
 from tests.redis_server import RedisServer
 
 GROUP = "g"
@@ -53,20 +53,15 @@ EVALSHA = b"$7\r\nEVALSHA\r\n"
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     """One private redis-server for the file (FLOWD_REDIS_SERVER picks the binary)."""
-    server = RedisServer()
-    server.start()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def direct(server: RedisServer) -> Iterator[redis.Redis]:
     """The checking client: straight to the server, never through the proxy."""
-    client = redis.Redis(host="127.0.0.1", port=server.port)
-    yield client
-    client.close()
+    with client_of(server) as client:
+        yield client
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import flowd
 from flowd._consumer.group_loss import last_delivered
 from flowd._redis.replies import id_key, parse_xautoclaim, parse_xpending_range, parse_xreadgroup
 from flowd._redis.session import Session
-from tests.helpers import Numbered, as_str, wait_until
+from tests.helpers import Numbered, as_str, numbered_queue, wait_until
 
 GROUP = "g"
 WAIT = 25.0
@@ -255,12 +255,10 @@ def test_queue_runs_end_to_end_on_a_resp3_client(resp3_client: redis.Redis, stre
         if task.job.n == 0 and task.deliveries == 1:
             raise RuntimeError("first try fails")
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         resp3_client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=work,
+        stream,
+        work,
         block=0.5,
         claimer=flowd.Claimer(min_idle_time=0.3, interval=0.05, dlq_worker=dead.append),
     )

@@ -39,7 +39,15 @@ import redis
 
 import flowd
 from flowd._redis.urls import redact_url
-from tests.helpers import Numbered, as_str, clean_env, run_flowd, wait_until
+from tests.helpers import (
+    Numbered,
+    as_str,
+    clean_env,
+    numbered_queue,
+    run_flowd,
+    running_server,
+    wait_until,
+)
 from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -304,12 +312,10 @@ def run_flow(
 def cli_queue() -> flowd.Queue[Numbered]:
     """``flowd worker tests.redis.test_security:cli_queue``: a queue built from the environment."""
     client = redis.Redis.from_url(os.environ["FLOWD_REDIS_URL"])
-    return flowd.Queue(
+    return numbered_queue(
         client,
-        stream=os.environ["FLOWD_TEST_STREAM"],
-        group=GROUP,
-        job=Numbered,
-        worker=lambda task: None,
+        os.environ["FLOWD_TEST_STREAM"],
+        lambda task: None,
         claimer=flowd.Claimer(min_idle_time=30.0),
     )
 
@@ -364,12 +370,8 @@ def secret() -> str:
 
 @pytest.fixture
 def password_server(secret: str) -> Iterator[RedisServer]:
-    server = RedisServer(password=secret)
-    server.start()
-    try:
+    with running_server(password=secret) as server:
         yield server
-    finally:
-        server.close()
 
 
 def test_everything_works_with_a_password_and_never_shows_it(
@@ -415,9 +417,7 @@ def test_bad_credentials_give_errors_without_any_password(
     }[auth]
     client = redis.Redis.from_url(url)
     stream = stream_name("badauth")
-    queue = flowd.Queue(
-        client, stream=stream, group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
-    )
+    queue = numbered_queue(client, stream, lambda t: None, claimer=None)
     try:
         # enqueue and drain raise redis-py's AuthenticationError, with no password in it
         with pytest.raises(redis.exceptions.AuthenticationError) as enqueue_error:
@@ -553,12 +553,8 @@ def test_cli_bad_url_with_a_password_does_not_show_it() -> None:
 
 @pytest.fixture
 def acl_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 def acl_user(admin: redis.Redis, stream: str) -> str:
@@ -636,9 +632,7 @@ def test_a_queue_on_a_stream_outside_the_acl_keys_fails_at_once(acl_server: Redi
     admin = redis.Redis(port=acl_server.port)
     password = acl_user(admin, stream)
     client = redis.Redis(port=acl_server.port, username="flowd", password=password)
-    queue = flowd.Queue(
-        client, stream="other", group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
-    )
+    queue = numbered_queue(client, "other", lambda t: None, claimer=None)
     try:
         with pytest.raises(redis.exceptions.NoPermissionError):
             queue.drain(timeout=5)
@@ -789,12 +783,10 @@ def test_tls_settings_given_as_keywords_carry_over(
         **extra,
     )
     done: list[int] = []
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=lambda task: done.append(task.job.n),
+        stream,
+        lambda task: done.append(task.job.n),
         claimer=flowd.Claimer(min_idle_time=1.0),
     )
     try:
@@ -814,9 +806,7 @@ def test_tls_without_the_ca_is_a_clear_connection_error(
 ) -> None:
     url = f"rediss://127.0.0.1:{tls_server.tls_port}/0"
     client = redis.Redis.from_url(url)
-    queue = flowd.Queue(
-        client, stream="s", group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
-    )
+    queue = numbered_queue(client, "s", lambda t: None, claimer=None)
     try:
         with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
             queue.drain(timeout=5)
@@ -939,12 +929,11 @@ def test_decoding_never_evaluates_code(client: redis.Redis, stream: str, tmp_pat
 
     # When a queue with a claimer (and its dead-letter stream) consumes them
     done: dict[str, Anything] = {}
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        lambda task: done.__setitem__(task.id, task.job),
         job=Anything,
-        worker=lambda task: done.__setitem__(task.id, task.job),
         claimer=flowd.Claimer(min_idle_time=5.0),
         housekeeping=False,
     )
