@@ -13,6 +13,7 @@ import redis
 
 import flowd
 from tests.helpers import QueueFactory, client_of, running_server
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer, find_redis_server, server_version
 
 # The machine runs a shared Redis on 6379 that the tests must never touch: a
@@ -107,6 +108,17 @@ def oom_admin(oom_server: RedisServer) -> Iterator[redis.Redis]:
     """A plain client of :func:`oom_server`."""
     with client_of(oom_server) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    """A three-master Redis Cluster of the test module's own (its tests share it)."""
+    built = RedisCluster(3)
+    try:
+        built.start()
+        yield built
+    finally:
+        built.close()
 
 
 @pytest.fixture

@@ -22,16 +22,6 @@ from tests.redis_server import RedisServer
 WAIT = 60.0
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    built = RedisCluster(3)
-    try:
-        built.start()
-        yield built
-    finally:
-        built.close()
-
-
 @pytest.fixture
 def cluster_client(cluster: RedisCluster) -> Iterator[redis.cluster.RedisCluster]:
     client = cluster.client()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import run_python, wait_until
+from tests.helpers import child_env, run_python, terminate, wait_until
 from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def django_env(redis_url: str, stream: str, tmp_path: Path) -> dict[str, str]:
     """The environment of the test project: its Redis, stream prefix and SQLite file."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWD_", "DJANGO_"))}
+    env = child_env(redis_url, stream, "DJANGO_")
     env.update(
         DJANGO_SETTINGS_MODULE="tests.contrib.django_project.settings",
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-        FLOWD_REDIS_URL=redis_url,
-        FLOWD_TEST_STREAM=stream,
         FLOWD_TEST_DB=str(tmp_path / "db.sqlite3"),
     )
     return env
@@ -91,12 +87,7 @@ def start_worker(django_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     for proc, _ in started:
         if proc.poll() is None:
             children = child_pids(proc.pid)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, 20)
             for pid in children:  # only the children of the process started here
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,7 @@ from flowd.dashboard import Dashboard
 from flowd.dashboard.security import CONTENT_SECURITY_POLICY
 from tests.dashboard.dashboard_server import add_dead_letter, call, http, serving
 from tests.helpers import numbered_queue
+from tests.redis_cluster import RedisCluster
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -493,12 +494,8 @@ def test_mount_helpers_name_bad_arguments(client: redis.Redis) -> None:
         mount_flask(app, object(), "/flowd")  # type: ignore[arg-type]
 
 
-def test_on_redis_cluster_a_partitioned_queue_is_shown_and_requeued() -> None:
-    from tests.redis_cluster import RedisCluster
-
+def test_on_redis_cluster_a_partitioned_queue_is_shown_and_requeued(cluster: RedisCluster) -> None:
     # Given a three-master cluster and a queue of three partitions, each on its own master
-    cluster = RedisCluster(3)
-    cluster.start()
     client = cluster.client()
     try:
         names = flowd.partition_streams("orders", 3)
@@ -523,4 +520,3 @@ def test_on_redis_cluster_a_partitioned_queue_is_shown_and_requeued() -> None:
         assert client.xlen(dead_letter_stream(names[2])) == 0 and client.xlen(names[2]) == 2
     finally:
         client.close()
-        cluster.close()
