@@ -74,6 +74,14 @@ def served(env: dict[str, str]) -> Iterator[Any]:
             server.process.wait()
 
 
+def one_job(client: redis.Redis, stream: str, *, dead_letter: bool = False) -> None:
+    """``stream`` with one job and group g (and one dead letter, if asked)."""
+    client.xadd(stream, {"n": "1"})
+    client.xgroup_create(stream, "g", "0")
+    if dead_letter:
+        add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+
+
 def basic(user: str, password: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
@@ -83,8 +91,7 @@ def test_auth_is_required_and_the_password_is_never_printed(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
     # Given `flowd dashboard STREAM --auth USER:PASSWORD` on a free port
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
+    one_job(client, stream)
     server = served(stream, "--url", redis_url, "--port", "0", "--auth", f"ops:{PASSWORD}")
 
     # Then it prints the loopback URL it serves
@@ -112,9 +119,7 @@ def test_auth_comes_from_the_environment_too(redis_url: str, stream: str, served
 def test_read_only_shows_no_buttons_and_refuses_posts(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
-    add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+    one_job(client, stream, dead_letter=True)
     server = served(stream, "--url", redis_url, "--port", "0", "--read-only")
     status, headers, body = http(f"{server.url}/stream?name={stream}")
     assert status == 200 and "ValueError: no" in body
@@ -163,9 +168,7 @@ def test_a_dns_rebinding_page_gets_neither_the_token_nor_the_purge(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
     # Given `flowd dashboard` in its default mode (loopback, no auth) and a dead letter
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
-    add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+    one_job(client, stream, dead_letter=True)
     server = served(stream, "--url", redis_url, "--port", "0")
     port = server.url.rsplit(":", 1)[1]
     evil = f"evil.example:{port}"
@@ -199,8 +202,7 @@ def test_loopback_names_are_allowed_by_default(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
     # Given the default dashboard on 127.0.0.1
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
+    one_job(client, stream)
     server = served(stream, "--url", redis_url, "--port", "0")
     port = server.url.rsplit(":", 1)[1]
     # Then every loopback name is served, on any port, in any case; other names are not
@@ -215,9 +217,7 @@ def test_allowed_hosts_come_from_the_option(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
     # Given a dashboard started with --allowed-hosts (given twice, comma separated)
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
-    add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+    one_job(client, stream, dead_letter=True)
     server = served(
         stream,
         "--url",
