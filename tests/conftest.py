@@ -12,7 +12,8 @@ import pytest
 import redis
 
 import flowd
-from tests.helpers import QueueFactory
+from tests.helpers import QueueFactory, client_of, running_server
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer, find_redis_server, server_version
 
 # The machine runs a shared Redis on 6379 that the tests must never touch: a
@@ -53,12 +54,8 @@ def redis_url() -> Iterator[str]:
     if external:
         yield external
         return
-    server = RedisServer()
-    server.start()
-    try:
+    with running_server() as server:
         yield server.url
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -94,32 +91,34 @@ def stream(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, with AOF on, that the test may kill and restart."""
-    server = RedisServer(appendonly=True)
-    server.start()
-    try:
+    with running_server(appendonly=True) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def oom_server() -> Iterator[RedisServer]:
     """A redis-server of this test's own with ``noeviction``, whose maxmemory a test lowers
     (CONFIG SET) to make Redis refuse writes, as a full server does."""
-    server = RedisServer(extra_args=("--maxmemory-policy", "noeviction"))
-    server.start()
-    try:
+    with running_server(extra_args=("--maxmemory-policy", "noeviction")) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def oom_admin(oom_server: RedisServer) -> Iterator[redis.Redis]:
     """A plain client of :func:`oom_server`."""
-    client = redis.Redis.from_url(oom_server.url)
-    yield client
-    client.close()
+    with client_of(oom_server) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    """A three-master Redis Cluster of the test module's own (its tests share it)."""
+    built = RedisCluster(3)
+    try:
+        built.start()
+        yield built
+    finally:
+        built.close()
 
 
 @pytest.fixture
@@ -137,9 +136,8 @@ def producer(client: redis.Redis, stream: str) -> flowd.Producer:
 
 @pytest.fixture
 def private_client(private_redis: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(private_redis.url)
-    yield client
-    client.close()
+    with client_of(private_redis) as client:
+        yield client
 
 
 @pytest.fixture(autouse=True)

@@ -3,25 +3,37 @@ a recording worker, and sample jobs."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 import flowd
+from tests.redis_server import RedisServer
 
 __all__ = [
     "GROUP",
+    "REPO",
     "Email",
+    "Hang",
     "Numbered",
     "QueueFactory",
     "Recorder",
     "as_str",
+    "child_env",
+    "clean_env",
+    "client_of",
     "enqueue_numbers",
     "flowd_threads",
     "group_info",
@@ -30,14 +42,23 @@ __all__ = [
     "messages",
     "no_flowd_threads",
     "noop",
+    "numbered_queue",
     "pending_count",
     "pending_ids",
+    "run_command",
+    "run_flowd",
+    "run_python",
+    "running_server",
     "stream_ids",
+    "terminate",
     "wait_until",
 ]
 
 #: The consumer group the tests use unless they say otherwise.
 GROUP = "g"
+
+#: The repository's root: the working directory of the child processes the tests start.
+REPO = Path(__file__).resolve().parent.parent
 
 
 def as_str(value: Any) -> str:
@@ -167,8 +188,125 @@ class Recorder:
         return [d for m, d, _ in self.runs if m == n]
 
 
+def noop(task: flowd.Task[Any]) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------
+# private servers and child processes
+
+
+@contextmanager
+def running_server(**options: Any) -> Iterator[RedisServer]:
+    """A started private redis-server (``options`` as RedisServer takes them), closed after."""
+    server = RedisServer(**options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def client_of(server: RedisServer, **options: Any) -> redis.Redis:
+    """A client of a private server, with its password if it has one (as a context manager,
+    it closes itself)."""
+    return redis.Redis.from_url(server.url, **options)
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = REPO,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion, capturing its output as text (its exit code is not checked)."""
+    return subprocess.run(
+        list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def run_python(
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = REPO,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` (this interpreter) to completion, as :func:`run_command` does."""
+    return run_command([sys.executable, *args], env=env, cwd=cwd, timeout=timeout)
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM ``proc`` and wait for it; SIGKILL it if it outlives ``timeout`` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def clean_env(*drop: str) -> dict[str, str]:
+    """This process's environment without FLOWD_ (and ``drop``) variables, with the
+    repository first on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWD_", *drop))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def run_flowd(
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    *,
+    cwd: Path | str | None = REPO,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m flowd ARGS`` to completion (its exit code is not checked)."""
+    return run_python(["-m", "flowd", *args], env=env, cwd=cwd, timeout=timeout)
+
+
+def child_env(redis_url: str, stream: str, *drop: str) -> dict[str, str]:
+    """The environment of a child process that runs a test app: this one without FLOWD_
+    (and ``drop``) variables, with the repository importable and the test's Redis and stream."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWD_", *drop))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+        FLOWD_REDIS_URL=redis_url,
+        FLOWD_TEST_STREAM=stream,
+    )
+    return env
+
+
 # ---------------------------------------------------------------------------
 # queues under test
+
+
+def numbered_queue(
+    client: Any,
+    stream: str,
+    worker: Callable[[flowd.Task[Any]], None] = noop,
+    **options: Any,
+) -> flowd.Queue[Any]:
+    """A queue of ``stream`` (group ``g`` and Numbered jobs unless ``options`` say otherwise)."""
+    options.setdefault("group", GROUP)
+    options.setdefault("job", Numbered)
+    return flowd.Queue(client, stream=stream, worker=worker, **options)
+
+
+class Hang:
+    """A worker that hangs until ``release`` is set (at most ``seconds``); ``started`` is set
+    when a job begins."""
+
+    def __init__(self, seconds: float = 20.0) -> None:
+        self.seconds = seconds
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, task: flowd.Task[Any]) -> None:
+        self.started.set()
+        self.release.wait(self.seconds)
 
 
 def stream_ids(client: redis.Redis, stream: str) -> list[str]:
@@ -207,10 +345,6 @@ def messages(caplog: pytest.LogCaptureFixture, level: int, text: str = "") -> li
     ]
 
 
-def noop(task: flowd.Task[Any]) -> None:
-    return None
-
-
 def retry_once_or_give_up(task: flowd.Task[Numbered]) -> None:
     """Job 1 asks for one retry (0.1 s), job 2 gives up ("card declined"), others succeed."""
     if task.job.n == 1 and task.deliveries == 1:
@@ -235,12 +369,9 @@ class QueueFactory:
         client: Any = None,
         **kwargs: Any,
     ) -> flowd.Queue[Any]:
-        kwargs.setdefault("stream", self.stream)
-        kwargs.setdefault("group", GROUP)
-        kwargs.setdefault("job", Numbered)
-        return flowd.Queue(
-            self.client if client is None else client, worker=worker, **{"claimer": None, **kwargs}
-        )
+        kwargs.setdefault("claimer", None)
+        stream = kwargs.pop("stream", self.stream)
+        return numbered_queue(self.client if client is None else client, stream, worker, **kwargs)
 
     def run(self, queue: flowd.Queue[Any]) -> flowd.QueueHandle:
         handle = queue.run()

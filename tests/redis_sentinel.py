@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import tempfile
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import redis
 import redis.sentinel
 
+from tests.helpers import terminate
 from tests.redis_server import RedisServer, find_redis_server, free_port
 
 SERVICE = "flowd-test"
@@ -43,12 +43,7 @@ class _SentinelProcess:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, 10)
 
 
 class SentinelSetup:

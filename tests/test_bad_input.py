@@ -31,7 +31,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowd
-from tests.helpers import Recorder, as_str, flowd_threads, wait_until
+from tests.helpers import (
+    Recorder,
+    as_str,
+    clean_env,
+    flowd_threads,
+    numbered_queue,
+    run_flowd,
+    wait_until,
+)
 from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,12 +211,11 @@ def test_hostile_entries_are_processed_or_dead_lettered_and_the_queue_goes_on(
 ) -> None:
     queue_client = redis.Redis.from_url(redis_url, decode_responses=decode)
     recorder = Recorder()
-    queue = flowd.Queue(
+    queue = numbered_queue(
         queue_client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        recorder.work,
         job=Hostile,
-        worker=recorder.work,
         concurrency=4,
         claimer=flowd.Claimer(min_idle_time=2.0, max_retries=0, dlq_worker=recorder.dlq),
         housekeeping=False,
@@ -274,12 +281,11 @@ def test_a_bad_entry_with_thousands_of_fields_is_dead_lettered_not_lost(
     fields = {b"n": b"bad", **{f"extra{i}".encode(): b"v" for i in range(5_000)}}
     msg_id = as_str(client.xadd(stream, fields))  # type: ignore[arg-type]
     recorder = Recorder()
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        recorder.work,
         job=Hostile,
-        worker=recorder.work,
         claimer=flowd.Claimer(min_idle_time=0.5, interval=0.1, dlq_worker=recorder.dlq),
         housekeeping=False,
     )
@@ -303,12 +309,11 @@ def test_a_bad_entry_with_thousands_of_fields_is_dead_lettered_not_lost(
 
 def test_entries_for_a_job_whose_fields_all_have_defaults(client: redis.Redis, stream: str) -> None:
     recorder = Recorder()
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        recorder.work,
         job=Optionals,
-        worker=recorder.work,
         claimer=flowd.Claimer(min_idle_time=2.0, dlq_worker=recorder.dlq),
         housekeeping=False,
     )
@@ -503,9 +508,7 @@ def test_a_job_class_that_is_not_a_dataclass_is_refused_everywhere(
     client: redis.Redis, stream: str
 ) -> None:
     with pytest.raises(flowd.ConfigurationError, match="dataclass"):
-        flowd.Queue(
-            client, stream=stream, group=GROUP, job=NotADataclass, worker=noop, claimer=None
-        )
+        numbered_queue(client, stream, noop, job=NotADataclass, claimer=None)
     with pytest.raises(flowd.FlowdError, match="dataclass"):
         flowd.Producer(client, stream).enqueue(NotADataclass())
     with pytest.raises(flowd.FlowdError, match="dataclass"):
@@ -806,17 +809,9 @@ def test_dead_letters_reject_bad_arguments(client: redis.Redis, stream: str) -> 
 # The flowd command: a bad command line is one line on stderr and exit 2
 
 
-def run_flowd(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_cli(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python -m flowd ARGS`` without this process's FLOWD_ settings."""
+    return run_flowd(args, clean_env(), timeout=timeout)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], status: int, text: str) -> None:
@@ -838,12 +833,12 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], status: int, t
     ],
 )
 def test_cli_bad_url_is_a_one_line_usage_error(url: str, text: str) -> None:
-    assert_one_line_error(run_flowd(["info", "emails", "--url", url]), 2, text)
+    assert_one_line_error(run_cli(["info", "emails", "--url", url]), 2, text)
 
 
 def test_cli_unreachable_redis_is_a_one_line_error_with_status_3() -> None:
     port = free_port()
-    proc = run_flowd(["info", "emails", "--url", f"redis://127.0.0.1:{port}/0"])
+    proc = run_cli(["info", "emails", "--url", f"redis://127.0.0.1:{port}/0"])
     assert_one_line_error(proc, 3, "cannot reach Redis")
 
 
@@ -859,7 +854,7 @@ def test_cli_unreachable_redis_is_a_one_line_error_with_status_3() -> None:
 def test_cli_bad_dlq_arguments_are_one_line_usage_errors(
     redis_url: str, args: list[str], text: str
 ) -> None:
-    assert_one_line_error(run_flowd([*args, "--url", redis_url]), 2, text)
+    assert_one_line_error(run_cli([*args, "--url", redis_url]), 2, text)
 
 
 @pytest.mark.parametrize(
@@ -873,4 +868,4 @@ def test_cli_bad_dlq_arguments_are_one_line_usage_errors(
 def test_cli_bad_worker_arguments_are_one_line_usage_errors(
     redis_url: str, args: list[str], text: str
 ) -> None:
-    assert_one_line_error(run_flowd([*args, "--url", redis_url]), 2, text)
+    assert_one_line_error(run_cli([*args, "--url", redis_url]), 2, text)

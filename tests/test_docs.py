@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import flowd
+from tests.helpers import run_python
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -16,25 +15,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def test_sphinx_build_passes_with_warnings_as_errors(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "FLASK_"))}
     out = tmp_path / "html"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sphinx",
-            "-W",
-            "--keep-going",
-            "-q",
-            "-b",
-            "html",
-            str(DOCS),
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    args = ["-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out)]
+    result = run_python(args, env=env, cwd=None, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
     assert (out / "index.html").exists()

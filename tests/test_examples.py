@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.helpers import run_python
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -28,15 +30,7 @@ def example_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(args, env=env, cwd=cwd)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
     return result
 

@@ -17,7 +17,7 @@ import redis
 
 import flowd
 from flowd.info import ConsumerInfo, GroupInfo, StreamInfo, stream_info
-from tests.helpers import Numbered, as_str, wait_until
+from tests.helpers import Numbered, as_str, numbered_queue, wait_until
 from tests.redis_server import RedisServer
 
 WAIT = 25.0
@@ -309,9 +309,7 @@ def test_dead_letters_of_a_real_queue_are_counted(client: redis.Redis, stream: s
     def fail(task: flowd.Task[Any]) -> None:
         raise RuntimeError("boom")
 
-    queue = flowd.Queue(
-        client, stream=stream, group="g", job=Numbered, worker=fail, claimer=claimer, block=0.2
-    )
+    queue = numbered_queue(client, stream, fail, claimer=claimer, block=0.2)
     handle = queue.run()
     try:
         wait_until(lambda: stream_info(client, stream).dlq_length == 3, timeout=WAIT)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import redis
 
+from tests.helpers import run_python
 from tests.redis_server import RedisServer
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
@@ -32,14 +31,7 @@ def test_quickstart_runs_and_processes_every_job(tmp_path: Path) -> None:
     try:
         # When it runs as a user would run it
         env = {**os.environ, "FLOWD_REDIS_URL": server.url}
-        result = subprocess.run(
-            [sys.executable, str(script)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_python([str(script)], env=env, cwd=None)
         # Then it exits cleanly, every job ran, and nothing is left pending
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("mail to") == 4, result.stdout

@@ -40,6 +40,7 @@ from typing import Any
 import redis
 
 import flowd
+from tests.helpers import numbered_queue
 
 __all__ = ["Numbered", "key", "make_not_a_queue", "make_queue", "not_a_queue"]
 
@@ -101,12 +102,12 @@ def make_queue() -> flowd.Queue[Numbered]:
         pipe.hincrby(key(stream, "by_pid"), str(pid), 1)
         pipe.execute()
 
-    queue: flowd.Queue[Numbered] = flowd.Queue(
+    queue: flowd.Queue[Numbered] = numbered_queue(
         client,
-        stream=stream,
+        stream,
+        work,
         group=group,
         job=Numbered,
-        worker=work,
         concurrency=concurrency,
         claimer=flowd.Claimer(min_idle_time=min_idle, max_retries=max_retries),
         hooks=[_ClaimPause(claim_pause, poison)] if claim_pause > 0 else [],

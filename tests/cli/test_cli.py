@@ -24,10 +24,9 @@ import redis
 
 import flowd
 from tests.cli.cli_app import Numbered, key
-from tests.helpers import wait_until
+from tests.helpers import REPO, clean_env, run_flowd, wait_until
 from tests.redis_server import find_redis_server, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 GROUP = "g"
 TARGET = "tests.cli.cli_app:make_queue"
 
@@ -47,8 +46,7 @@ def id_key(msg_id: str | bytes) -> tuple[int, int]:
 
 def base_env() -> dict[str, str]:
     """This process's environment without FLOWD_* settings, with the repo importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = clean_env()
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -59,20 +57,6 @@ def app_env(redis_url: str, stream: str, **settings: str) -> dict[str, str]:
     env.update(FLOWD_REDIS_URL=redis_url, FLOWD_TEST_STREAM=stream, FLOWD_TEST_GROUP=GROUP)
     env.update(settings)
     return env
-
-
-def run_flowd(
-    args: list[str], env: dict[str, str], timeout: float = 60.0
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m flowd ARGS`` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def proc_stat(pid: int) -> tuple[str, int] | None:

@@ -10,10 +10,10 @@ import argparse
 import re
 import signal
 import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 import redis
@@ -31,7 +31,7 @@ from tests.cli.test_cli import (
     pending_ids,
     stderr_reasons,
 )
-from tests.helpers import wait_until
+from tests.helpers import client_of, run_flowd, wait_until
 from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,15 +41,7 @@ def run_in(
     cwd: Path, args: list[str], env: dict[str, str], timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
     """``python -m flowd ARGS`` run from ``cwd`` (where the app's module is)."""
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_flowd(args, env, cwd=cwd, timeout=timeout)
 
 
 def write_app(directory: Path, name: str, body: str) -> None:
@@ -256,22 +248,24 @@ def test_a_server_that_requires_a_password_says_so(
 
 
 @pytest.fixture
-def images(password_server: RedisServer) -> Iterator[tuple[str, redis.Redis]]:
-    """A server of its own holding two streams, ``images`` (group ``thumbs``) and ``emails``."""
-    url = password_server.url
-    client = redis.Redis.from_url(url)
-    client.xadd("images", {"n": "1"})
-    client.xgroup_create("images", "thumbs", id="0")
-    client.xadd("emails", {"n": "1"})
-    yield url, client
-    client.close()
+def images(password_server: RedisServer) -> Callable[..., CompletedProcess[str]]:
+    """``flowd ARGS --url URL`` of a server of its own holding two streams, ``images``
+    (group ``thumbs``) and ``emails``."""
+    with client_of(password_server) as client:
+        client.xadd("images", {"n": "1"})
+        client.xgroup_create("images", "thumbs", id="0")
+        client.xadd("emails", {"n": "1"})
+
+    def flowd_there(*args: str) -> CompletedProcess[str]:
+        return run_in(REPO, [*args, "--url", password_server.url], base_env())
+
+    return flowd_there
 
 
 def test_info_on_a_missing_stream_names_the_streams_there(
-    images: tuple[str, redis.Redis],
+    images: Callable[..., CompletedProcess[str]],
 ) -> None:
-    url, _ = images
-    result = run_in(REPO, ["info", "imagse", "--url", url], base_env())
+    result = images("info", "imagse")
     assert result.returncode == 2, result.stderr
     assert stderr_reasons(result.stderr) == [
         "flowd: no stream 'imagse' at this Redis; streams here: emails, images"
@@ -280,41 +274,38 @@ def test_info_on_a_missing_stream_names_the_streams_there(
 
 
 def test_info_on_a_missing_group_names_the_groups_there(
-    images: tuple[str, redis.Redis],
+    images: Callable[..., CompletedProcess[str]],
 ) -> None:
-    url, _ = images
-    result = run_in(REPO, ["info", "images", "--group", "thumb", "--url", url], base_env())
+    result = images("info", "images", "--group", "thumb")
     assert result.returncode == 2, result.stderr
     assert stderr_reasons(result.stderr) == [
         "flowd: stream 'images' has no group 'thumb'; its groups: thumbs"
     ]
-    shown = run_in(REPO, ["info", "images", "--group", "thumbs", "--url", url], base_env())
+    shown = images("info", "images", "--group", "thumbs")
     assert shown.returncode == 0, shown.stderr
     assert "group thumbs:" in shown.stdout
 
 
 def test_dlq_requeue_of_an_id_not_in_the_dlq_reports_it(
-    images: tuple[str, redis.Redis],
+    images: Callable[..., CompletedProcess[str]],
 ) -> None:
-    url, _ = images
-    result = run_in(REPO, ["dlq", "requeue", "images", "1-0", "--url", url], base_env())
+    result = images("dlq", "requeue", "images", "1-0")
     assert result.returncode == 1, result.stderr
     assert stderr_reasons(result.stderr) == [
         f"flowd: not in {dead_letter_stream('images')}: 1-0 (see flowd dlq list)"
     ]
-    purge = run_in(REPO, ["dlq", "purge", "images", "1-0", "--url", url], base_env())
+    purge = images("dlq", "purge", "images", "1-0")
     assert purge.returncode == 1, purge.stderr
     assert "not in" in purge.stderr
 
 
 def test_dlq_list_of_an_empty_dlq_says_so_and_a_missing_stream_is_an_error(
-    images: tuple[str, redis.Redis],
+    images: Callable[..., CompletedProcess[str]],
 ) -> None:
-    url, _ = images
-    empty = run_in(REPO, ["dlq", "list", "images", "--url", url], base_env())
+    empty = images("dlq", "list", "images")
     assert empty.returncode == 0, empty.stderr
     assert empty.stdout == f"no dead letters in {dead_letter_stream('images')}\n"
-    missing = run_in(REPO, ["dlq", "list", "imagse", "--url", url], base_env())
+    missing = images("dlq", "list", "imagse")
     assert missing.returncode == 2, missing.stderr
     assert "no stream 'imagse'" in missing.stderr and "emails, images" in missing.stderr
 

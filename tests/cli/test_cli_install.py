@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import flowd
+from tests.helpers import run_command
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.rst").read_text()
@@ -25,9 +25,7 @@ DISTRIBUTION = "flowd-queue"
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:
-    result = subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    result = run_command(args, cwd=cwd, env=env, timeout=timeout)
     assert result.returncode == 0, (
         f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     )
@@ -79,14 +77,8 @@ def test_the_wheel_installs_with_embedded_in_a_fresh_venv_and_flowd_demo_runs(
     version = run([str(bin_dir / "flowd"), "--version"], tmp_path, env)
     assert version.strip() == f"flowd {flowd.__version__} ({DISTRIBUTION})"
     # And `flowd demo`, outside the checkout, runs on a private server and sums up
-    demo = subprocess.run(
-        [str(bin_dir / "flowd"), "demo", "--jobs", "2000"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    demo = run_command(
+        [str(bin_dir / "flowd"), "demo", "--jobs", "2000"], env=env, cwd=tmp_path, timeout=300
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert re.search(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import redis
 
 import flowd
 from flowd._redis.urls import redact_url
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, numbered_queue, run_flowd, wait_until
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,14 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def flowd_cmd(*args: str, url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLOWD_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_flowd(args, env, cwd=None, timeout=timeout)
 
 
 def fail_into_dlq(client: redis.Redis, stream: str, jobs: int) -> None:
@@ -37,13 +29,8 @@ def fail_into_dlq(client: redis.Redis, stream: str, jobs: int) -> None:
     def fail(task: flowd.Task[Numbered]) -> None:
         raise RuntimeError(f"boom {task.job.n}")
 
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=fail,
-        claimer=flowd.Claimer(min_idle_time=0.1, max_retries=0, interval=0.02),
+    queue = numbered_queue(
+        client, stream, fail, claimer=flowd.Claimer(min_idle_time=0.1, max_retries=0, interval=0.02)
     )
     handle = queue.run()
     try:
@@ -99,14 +86,7 @@ def test_dlq_list_requeue_round_trip(redis_url: str, client: redis.Redis, stream
     # Then the DLQ is empty and a working queue processes all three again
     assert dead.count() == 0
     done: list[int] = []
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=lambda task: done.append(task.job.n),
-        claimer=None,
-    )
+    queue = numbered_queue(client, stream, lambda task: done.append(task.job.n), claimer=None)
     handle = queue.run()
     try:
         wait_until(lambda: sorted(done) == [0, 1, 2], timeout=20)

@@ -18,28 +18,24 @@ import redis
 import flowd
 from flowd._consumer.group_loss import CHECK_EVERY
 from tests.cli.test_cli_tools import flowd_cmd
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, numbered_queue, running_server, wait_until
 from tests.redis_server import RedisServer
 
 
 @pytest.fixture
 def evicting_server() -> Iterator[RedisServer]:
     """A private server that may evict any key, streams included."""
-    server = RedisServer(extra_args=("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"))
-    server.start()
-    try:
+    with running_server(
+        extra_args=("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")
+    ) as server:
         yield server
-    finally:
-        server.close()
 
 
 def _queue(client: redis.Redis, stream: str, worker=lambda task: None) -> flowd.Queue[Numbered]:
-    return flowd.Queue(
+    return numbered_queue(
         client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=worker,
+        stream,
+        worker,
         claimer=flowd.Claimer(min_idle_time=0.2, max_retries=0, interval=0.05),
         block=0.2,
     )
@@ -170,12 +166,11 @@ def test_exit_and_interrupt_reasons_say_what_happened(
 ):
     # Given a job that calls sys.exit() or raises KeyboardInterrupt, and no retries
     flowd.Producer(client, stream=stream).enqueue(Exits(how))
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group="g",
+        stream,
+        _exit_worker,
         job=Exits,
-        worker=_exit_worker,
         claimer=flowd.Claimer(min_idle_time=0.1, max_retries=0, interval=0.05),
     )
     dead = flowd.DeadLetters(client, stream)
@@ -217,12 +212,10 @@ def test_failure_records_survive_a_small_application_pool(
             pass  # the application's pool is exhausted: the application's own problem
         raise RuntimeError(f"failure {task.job.n}")
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         small,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=work,
+        stream,
+        work,
         concurrency=16,
         claimer=flowd.Claimer(min_idle_time=0.3, max_retries=0, interval=0.05),
     )

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 import flowd
-from tests.helpers import Numbered, retry_once_or_give_up, wait_until
+from tests.helpers import Numbered, numbered_queue, retry_once_or_give_up, wait_until
 
 
 class Recorder(flowd.Hooks):
@@ -58,12 +58,10 @@ def test_retry_and_give_up_reach_their_own_hooks_not_after_failure(
     flowd.Producer(client, stream).enqueue_bulk(Numbered(n) for n in range(3))
     recorder = Recorder()
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=retry_once_or_give_up,
+        stream,
+        retry_once_or_give_up,
         hooks=[recorder],
         claimer=flowd.Claimer(min_idle_time=5, interval=0.05),
     )
@@ -97,12 +95,10 @@ def test_every_event_reaches_the_hooks(client: redis.Redis, stream: str) -> None
         if task.job.n == 3:
             raise ValueError("bad three")
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=work,
+        stream,
+        work,
         hooks=[recorder],
         claimer=flowd.Claimer(min_idle_time=0.1, max_retries=1, interval=0.02),
     )
@@ -126,14 +122,8 @@ def test_a_raising_hook_is_logged_and_the_job_still_runs(
     # Given a hook that raises before every job
     flowd.Producer(client, stream).enqueue(Numbered(1))
     done: list[int] = []
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=lambda task: done.append(task.job.n),
-        hooks=[Broken()],
-        claimer=None,
+    queue = numbered_queue(
+        client, stream, lambda task: done.append(task.job.n), hooks=[Broken()], claimer=None
     )
     handle = queue.run()
     try:
@@ -148,12 +138,4 @@ def test_a_raising_hook_is_logged_and_the_job_still_runs(
 def test_hooks_must_be_hooks(client: redis.Redis, stream: str) -> None:
     for bad in (Recorder(), [object()], ["x"]):
         with pytest.raises(flowd.ConfigurationError):
-            flowd.Queue(
-                client,
-                stream=stream,
-                group="g",
-                job=Numbered,
-                worker=lambda task: None,
-                hooks=bad,
-                claimer=None,
-            )  # type: ignore[arg-type]
+            numbered_queue(client, stream, lambda task: None, hooks=bad, claimer=None)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from flowd._consumer.context import StreamContext
 from flowd._consumer.housekeeper import HousekeepingLoop
 from flowd._consumer.permits import Permits
 from flowd._redis.session import Session
-from tests.helpers import Numbered, as_str, id_key, wait_until
+from tests.helpers import Numbered, as_str, id_key, numbered_queue, wait_until
 
 GROUP = "g"
 
@@ -172,12 +172,10 @@ def test_trim_of_a_missing_stream_does_nothing(client: redis.Redis, stream: str)
 
 def test_running_queue_keeps_its_stream_short(client: redis.Redis, stream: str) -> None:
     # Given a queue with housekeeping every 0.2 s and a fast no-op worker
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=noop,
+        stream,
+        noop,
         concurrency=32,
         housekeeping=flowd.Housekeeping(interval=0.2),
         claimer=None,
@@ -283,12 +281,10 @@ def test_running_queue_removes_dead_consumers_but_keeps_its_own(
     assert set(consumer_info(client, stream)) == {"dead-holder", "dead-acked", "dead-empty"}
 
     # When a queue runs with housekeeping every 0.2 s and a consumer TTL of 0.5 s
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=noop,
+        stream,
+        noop,
         consumer="live",
         block=5.0,
         housekeeping=flowd.Housekeeping(interval=0.2, consumer_ttl=0.5),
@@ -370,14 +366,8 @@ def test_housekeeping_lease_lets_one_run_per_interval(client: redis.Redis, strea
 
 def test_running_queue_takes_the_housekeeping_lease(client: redis.Redis, stream: str) -> None:
     # Given a queue with housekeeping every 0.5 s
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=noop,
-        housekeeping=flowd.Housekeeping(interval=0.5),
-        claimer=None,
+    queue = numbered_queue(
+        client, stream, noop, housekeeping=flowd.Housekeeping(interval=0.5), claimer=None
     )
     lease = "{" + stream + "}:housekeeping"
     handle = queue.run()
@@ -402,15 +392,7 @@ def test_housekeeping_false_turns_it_off(client: redis.Redis, stream: str) -> No
     client.xack(stream, GROUP, *read(client, stream, GROUP, "dead", 300))
 
     # When a queue runs with housekeeping=False
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=noop,
-        housekeeping=False,
-        claimer=None,
-    )
+    queue = numbered_queue(client, stream, noop, housekeeping=False, claimer=None)
     assert queue.housekeeping is None
     handle = queue.run()
     try:
@@ -427,7 +409,7 @@ def test_housekeeping_false_turns_it_off(client: redis.Redis, stream: str) -> No
 
 
 def test_housekeeping_is_on_by_default(client: redis.Redis, stream: str) -> None:
-    queue = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=noop, claimer=None)
+    queue = numbered_queue(client, stream, noop, claimer=None)
     assert isinstance(queue.housekeeping, flowd.Housekeeping)
     handle = queue.run()
     try:

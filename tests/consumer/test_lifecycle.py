@@ -20,21 +20,18 @@ import pytest
 import redis
 
 import flowd
-from tests.helpers import wait_until
+from tests.helpers import child_env, wait_until
 from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _env(redis_url: str, stream: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWD_", "DJANGO_"))}
-    env.update(
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-        FLOWD_REDIS_URL=redis_url,
-        FLOWD_TEST_STREAM=stream,
-    )
-    return env
+def _stop_timed(proc: subprocess.Popen[str]) -> float:
+    """SIGTERM ``proc`` and wait (up to 40 s) for it to exit; returns the seconds that took."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=40)
+    return time.monotonic() - started
 
 
 def _pending(client: redis.Redis, stream: str, group: str) -> int:
@@ -46,7 +43,7 @@ def _script(redis_url: str, stream: str, mode: str, timeout: float = 60):
     proc = subprocess.run(
         [sys.executable, "-m", "tests.consumer.lifecycle.script", redis_url, stream, mode],
         cwd=REPO,
-        env=_env(redis_url, stream),
+        env=child_env(redis_url, stream, "DJANGO_"),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -88,7 +85,7 @@ def test_fork_after_run(redis_url: str, client: redis.Redis, stream: str):
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.consumer.lifecycle.script", redis_url, stream, "fork"],
         cwd=REPO,
-        env=_env(redis_url, stream),
+        env=child_env(redis_url, stream, "DJANGO_"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -142,7 +139,7 @@ def _gunicorn(redis_url: str, stream: str, tmp_path: Path, *extra: str) -> subpr
                 "tests.consumer.lifecycle.wsgi:app",
             ],
             cwd=REPO,
-            env=_env(redis_url, stream),
+            env=child_env(redis_url, stream, "DJANGO_"),
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
@@ -185,10 +182,7 @@ def test_gunicorn_sigterm_and_sighup(
         # and then the master gets SIGTERM while jobs run
         producer.enqueue_bulk([_sleep(1.0) for _ in range(4)])
         wait_until(lambda: _pending(client, stream, "web") > 0, timeout=10)
-        started = time.monotonic()
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=40)
-        seconds = time.monotonic() - started
+        seconds = _stop_timed(server)
     finally:
         if server.poll() is None:
             server.kill()
@@ -216,10 +210,7 @@ def test_gunicorn_preload(redis_url: str, client: redis.Redis, stream: str, tmp_
         wait_until(lambda: client.llen(f"{stream}:ran") >= 4, timeout=30)
         assert {int(p) for p in client.lrange(f"{stream}:ran", 0, -1)} == {server.pid}
         # When the master gets SIGTERM
-        started = time.monotonic()
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=40)
-        seconds = time.monotonic() - started
+        seconds = _stop_timed(server)
     finally:
         if server.poll() is None:
             server.kill()
@@ -303,7 +294,7 @@ def django_project(tmp_path: Path) -> Path:
 
 
 def _django_env(redis_url: str, stream: str, project: Path) -> dict[str, str]:
-    env = _env(redis_url, stream)
+    env = child_env(redis_url, stream, "DJANGO_")
     env.update(PYTHONPATH=f"{project}{os.pathsep}{REPO}", DJANGO_SETTINGS_MODULE="settings")
     return env
 

@@ -17,7 +17,7 @@ import redis
 
 import flowd
 from flowd._redis.keys import dead_letter_stream
-from tests.helpers import pending_count, wait_until
+from tests.helpers import numbered_queue, pending_count, wait_until
 from tests.redis_server import RedisServer
 
 GROUP = "g"
@@ -63,12 +63,11 @@ def test_out_of_memory_the_queue_trims_what_it_consumed_and_dead_letters_land(
             raise flowd.GiveUp(f"job {task.job.n} gives up")
 
     # When a queue with housekeeping every 0.5 s runs them; one job in 50 gives up
-    queue = flowd.Queue(
+    queue = numbered_queue(
         oom_admin,
-        stream=stream,
-        group=GROUP,
+        stream,
+        work,
         job=Padded,
-        worker=work,
         claimer=flowd.Claimer(min_idle_time=0.5, max_retries=0, interval=0.25),
         housekeeping=flowd.Housekeeping(interval=0.5),
     )
@@ -101,9 +100,7 @@ def test_a_group_that_cannot_be_created_out_of_memory_is_an_error_until_it_can(
     done: list[int] = []
 
     # When a queue starts on it
-    queue = flowd.Queue(
-        oom_admin, stream=stream, group=GROUP, job=Padded, worker=lambda t: done.append(t.job.n)
-    )
+    queue = numbered_queue(oom_admin, stream, lambda t: done.append(t.job.n), job=Padded)
     handle = queue.run()
     try:
         # Then it says at ERROR that the group cannot be created, naming OOM and maxmemory,

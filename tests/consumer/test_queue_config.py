@@ -11,7 +11,7 @@ import redis
 
 import flowd
 from flowd._redis.session import check_version
-from tests.helpers import GROUP, Numbered, flowd_threads, messages, noop
+from tests.helpers import GROUP, Numbered, flowd_threads, messages, noop, numbered_queue
 
 
 class NotAJob:
@@ -102,7 +102,7 @@ def test_a_queue_has_a_claimer_by_default(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="flowd")
     # Given a Queue built without a claimer argument
-    queue = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=noop)
+    queue = numbered_queue(client, stream, noop)
 
     # Then it has DESIGN's default claimer: 30 s, 3 retries, the dead-letter stream on
     assert isinstance(queue.claimer, flowd.Claimer)
@@ -110,7 +110,7 @@ def test_a_queue_has_a_claimer_by_default(
     assert queue.claimer.max_retries == 3
     assert queue.claimer.dead_letter_stream(stream) == "{" + stream + "}:dead"
     # (each queue its own: changing one queue's claimer changes no other's)
-    other = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=noop)
+    other = numbered_queue(client, stream, noop)
     assert other.claimer is not queue.claimer
 
     # And running it starts a claimer thread, without the "no claimer" warning
@@ -124,7 +124,7 @@ def test_claimer_none_turns_the_claimer_off_with_a_warning(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="flowd")
     # Given a Queue built with claimer=None
-    queue = flowd.Queue(client, stream=stream, group=GROUP, job=Numbered, worker=noop, claimer=None)
+    queue = numbered_queue(client, stream, noop, claimer=None)
 
     # When it runs, Then there is no claimer thread and a WARNING says failures are never retried
     assert queue.claimer is None

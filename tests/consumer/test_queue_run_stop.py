@@ -17,6 +17,7 @@ import redis
 import flowd
 from tests.helpers import (
     Email,
+    Hang,
     Numbered,
     QueueFactory,
     Recorder,
@@ -27,6 +28,7 @@ from tests.helpers import (
     last_delivered_id,
     messages,
     no_flowd_threads,
+    numbered_queue,
     pending_count,
     pending_ids,
     stream_ids,
@@ -307,23 +309,18 @@ def test_signal_during_a_stop_in_progress_does_not_deadlock(
     sigusr1: None, client: redis.Redis, producer: flowd.Producer, make_queue: QueueFactory
 ) -> None:
     # Given a running job and a SIGUSR1 handler that calls stop
-    release = threading.Event()
-    started = threading.Event()
-
-    def worker(task: flowd.Task[Numbered]) -> None:
-        started.set()
-        release.wait(20)
+    worker = Hang(20)
 
     handle = make_queue.run(make_queue(worker))
     producer.enqueue(Numbered(1))
-    wait_until(started.is_set, timeout=10)
+    wait_until(worker.started.is_set, timeout=10)
     inner: list[bool] = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: inner.append(handle.stop(timeout=5)))
 
     def signal_then_release() -> None:
         os.kill(os.getpid(), signal.SIGUSR1)
         wait_until(lambda: inner, timeout=10)
-        release.set()
+        worker.release.set()
 
     helper = threading.Timer(0.3, signal_then_release)
 
@@ -332,7 +329,7 @@ def test_signal_during_a_stop_in_progress_does_not_deadlock(
     try:
         outer = handle.stop(timeout=15)
     finally:
-        release.set()
+        worker.release.set()
         helper.join(15)
 
     # Then the re-entrant stop returned at once, and the outer stop finished cleanly
@@ -381,18 +378,13 @@ def test_stop_timeout_with_a_hanging_job_returns_false_and_keeps_it_pending(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="flowd")
     # Given a job that hangs until released
-    release = threading.Event()
-    started = threading.Event()
-
-    def worker(task: flowd.Task[Numbered]) -> None:
-        started.set()
-        release.wait(30)
+    worker = Hang(30)
 
     queue = make_queue(worker, concurrency=2)
     handle = queue.run()  # stopped by hand below: it is expected not to stop cleanly
     try:
         msg_id = producer.enqueue(Numbered(1))
-        wait_until(started.is_set, timeout=10)
+        wait_until(worker.started.is_set, timeout=10)
 
         # When stop is given 0.5 s
         began = time.monotonic()
@@ -409,7 +401,7 @@ def test_stop_timeout_with_a_hanging_job_returns_false_and_keeps_it_pending(
         assert handle.stop(timeout=0.1) is False  # a later call reports the same outcome
     finally:
         # And once the job is released, its thread ends
-        release.set()
+        worker.release.set()
         wait_until(no_flowd_threads, timeout=10)
 
 
@@ -526,25 +518,20 @@ def test_threads_carry_flowd_names(
 ) -> None:
     # Given a queue whose job waits, so a worker thread exists
     before = {t.ident for t in threading.enumerate()}
-    release = threading.Event()
-    started = threading.Event()
-
-    def worker(task: flowd.Task[Numbered]) -> None:
-        started.set()
-        release.wait(20)
+    worker = Hang(20)
 
     handle = make_queue.run(
         make_queue(worker, claimer=flowd.Claimer(min_idle_time=30.0, interval=0.1))
     )
     try:
         producer.enqueue(Numbered(1))
-        wait_until(started.is_set, timeout=10)
+        wait_until(worker.started.is_set, timeout=10)
 
         # When its threads are listed
         names = flowd_threads()
         new = [t.name for t in threading.enumerate() if t.ident not in before]
     finally:
-        release.set()
+        worker.release.set()
     assert handle.stop(timeout=5) is True
 
     # Then reader, acker, claimer, lease and workers carry flowd- names with the stream
@@ -596,27 +583,13 @@ def test_a_stop_that_times_out_leaves_no_reader_waiting_for_permits(
     client: redis.Redis, stream: str
 ) -> None:
     # Given the only permit held by a job that hangs, and a long block time
-    release = threading.Event()
-    started = threading.Event()
-
-    def hang(task: flowd.Task[Numbered]) -> None:
-        started.set()
-        release.wait(30)
+    hang = Hang(30)
 
     enqueue_numbers(client, stream, 1)
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=hang,
-        concurrency=1,
-        block=30,
-        claimer=None,
-    )
+    queue = numbered_queue(client, stream, hang, concurrency=1, block=30, claimer=None)
     handle = queue.run()
     try:
-        assert started.wait(10)
+        assert hang.started.wait(10)
         # When stop times out on the hung job
         assert handle.stop(timeout=0.5) is False
         # Then the reader, which was waiting for a permit, has ended too
@@ -625,7 +598,7 @@ def test_a_stop_that_times_out_leaves_no_reader_waiting_for_permits(
             timeout=5,
         )
     finally:
-        release.set()
+        hang.release.set()
     wait_until(
         lambda: not any(t.name.startswith("flowd-") for t in threading.enumerate()), timeout=10
     )

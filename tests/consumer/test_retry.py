@@ -10,7 +10,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +19,7 @@ import redis
 
 import flowd
 from flowd._redis.keys import derived_key
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, numbered_queue, wait_until
 
 GROUP = "g"
 WAIT = 25.0
@@ -44,23 +44,18 @@ class Runs:
         starts = [start for start, _ in self.of(n)]
         return [b - a for a, b in itertools.pairwise(starts)]
 
+    def raising(
+        self, error: Callable[[], BaseException], *, first_only: bool = False
+    ) -> Callable[[flowd.Task[Numbered]], None]:
+        """A worker that records each run, then raises ``error()`` (on the first delivery
+        only, if ``first_only``)."""
 
-@pytest.fixture
-def start(client: redis.Redis, stream: str) -> Iterator[Callable[..., flowd.QueueHandle]]:
-    """Starts queues on the test's stream; each must stop cleanly at teardown."""
-    handles: list[flowd.QueueHandle] = []
+        def work(task: flowd.Task[Numbered]) -> None:
+            self.add(task)
+            if not first_only or task.deliveries == 1:
+                raise error()
 
-    def run(worker: Callable[[flowd.Task[Any]], None], **kwargs: Any) -> flowd.QueueHandle:
-        kwargs.setdefault("block", 0.5)
-        queue = flowd.Queue(
-            client, stream=stream, group=GROUP, job=Numbered, worker=worker, **kwargs
-        )
-        handle = queue.run()
-        handles.append(handle)
-        return handle
-
-    yield run
-    assert all([handle.stop(timeout=10) for handle in handles])
+        return work
 
 
 def pending(client: redis.Redis, stream: str) -> int:
@@ -131,11 +126,7 @@ def test_short_retry_stays_pending_and_runs_after_its_delay(
 ) -> None:
     # Given a job that asks for a retry in 0.5 s, and a claimer that would wait 30 s
     runs = Runs()
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        if task.deliveries == 1:
-            raise flowd.Retry(delay=0.5)
+    work = runs.raising(lambda: flowd.Retry(delay=0.5), first_only=True)
 
     caplog.set_level(logging.INFO, logger="flowd")
     handle = start(work, claimer=flowd.Claimer(min_idle_time=30))
@@ -159,10 +150,7 @@ def test_long_retry_leaves_the_pel_for_the_scheduled_set(
 ) -> None:
     # Given a job that asks for a retry in 3 s, with min_idle_time 1 s
     runs = Runs()
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        raise flowd.Retry(delay=3)
+    work = runs.raising(lambda: flowd.Retry(delay=3))
 
     start(work, claimer=flowd.Claimer(min_idle_time=1))
     msg_id = flowd.Producer(client, stream).enqueue(Numbered(7))
@@ -214,10 +202,7 @@ def test_retry_counts_toward_max_retries(
     # Given a job that always asks for a retry, and max_retries=2
     runs = Runs()
     dead: list[flowd.Task[Any]] = []
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        raise flowd.Retry(delay=0.1)
+    work = runs.raising(lambda: flowd.Retry(delay=0.1))
 
     handle = start(
         work, claimer=flowd.Claimer(min_idle_time=10, max_retries=2, dlq_worker=dead.append)
@@ -243,10 +228,7 @@ def test_give_up_dead_letters_at_once_with_its_reason(
     # Given a job that gives up, and a claimer that would retry after 0.5 s
     runs = Runs()
     dead: list[flowd.Task[Any]] = []
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        raise flowd.GiveUp("card declined")
+    work = runs.raising(lambda: flowd.GiveUp("card declined"))
 
     handle = start(
         work, claimer=flowd.Claimer(min_idle_time=0.5, max_retries=3, dlq_worker=dead.append)
@@ -273,10 +255,7 @@ def test_give_up_whose_dlq_worker_fails_is_not_run_again(
     # Given a job that gives up, and a dlq_worker that fails the first time
     runs = Runs()
     calls: list[str | None] = []
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        raise flowd.GiveUp("card declined")
+    work = runs.raising(lambda: flowd.GiveUp("card declined"))
 
     def dlq_worker(task: flowd.Task[Any]) -> None:
         calls.append(task.error)
@@ -302,10 +281,7 @@ def test_backoff_spaces_the_runs_then_dead_letters(
 ) -> None:
     # Given an always-failing job, Backoff(0.4, x2, no jitter) and max_retries=2
     runs = Runs()
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        raise RuntimeError("always")
+    work = runs.raising(lambda: RuntimeError("always"))
 
     backoff = flowd.Backoff(initial=0.4, factor=2, jitter=0)
     handle = start(work, claimer=flowd.Claimer(min_idle_time=10, max_retries=2, backoff=backoff))
@@ -331,11 +307,7 @@ def test_without_backoff_a_failure_waits_for_min_idle_time(
 ) -> None:
     # Given a job that fails once, and no backoff
     runs = Runs()
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        if task.deliveries == 1:
-            raise RuntimeError("once")
+    work = runs.raising(lambda: RuntimeError("once"), first_only=True)
 
     start(work, claimer=flowd.Claimer(min_idle_time=1.5, interval=0.1))
     flowd.Producer(client, stream).enqueue(Numbered(1))
@@ -360,14 +332,7 @@ def test_drain_gives_up_and_retries(client: redis.Redis, stream: str) -> None:
             raise flowd.Retry(delay=0.3)
 
     flowd.Producer(client, stream).enqueue_bulk([Numbered(1), Numbered(2)])
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=work,
-        claimer=flowd.Claimer(min_idle_time=30),
-    )
+    queue = numbered_queue(client, stream, work, claimer=flowd.Claimer(min_idle_time=30))
     # When drain() runs: the first is dead-lettered, the second waits for its delay
     assert queue.drain(timeout=20) == 0
     assert [e.reason for e in flowd.DeadLetters(client, stream).list()] == ["GiveUp: never"]
@@ -385,11 +350,7 @@ def test_long_retry_runs_again_after_its_delay_and_never_in_between(
 ) -> None:
     # Given a job that asks for a retry in 3 s once, with min_idle_time 1 s
     runs = Runs()
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        if task.deliveries == 1:
-            raise flowd.Retry(delay=3)
+    work = runs.raising(lambda: flowd.Retry(delay=3), first_only=True)
 
     handle = start(work, claimer=flowd.Claimer(min_idle_time=1))
     flowd.Producer(client, stream).enqueue(Numbered(1))
@@ -410,10 +371,7 @@ def test_long_backoff_retries_count_toward_max_retries(
 ) -> None:
     # Given an always-failing job whose backoff waits longer than min_idle_time
     runs = Runs()
-
-    def work(task: flowd.Task[Numbered]) -> None:
-        runs.add(task)
-        raise RuntimeError("always")
+    work = runs.raising(lambda: RuntimeError("always"))
 
     backoff = flowd.Backoff(initial=1.2, factor=1, jitter=0)
     start(work, claimer=flowd.Claimer(min_idle_time=0.5, max_retries=2, backoff=backoff))

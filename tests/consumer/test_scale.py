@@ -14,22 +14,12 @@ import redis.cluster
 
 import flowd
 from flowd._redis.keys import key_slot
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, numbered_queue, wait_until
 from tests.redis_cluster import RedisCluster
 from tests.redis_sentinel import SentinelSetup
 from tests.redis_server import RedisServer
 
 WAIT = 60.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    built = RedisCluster(3)
-    try:
-        built.start()
-        yield built
-    finally:
-        built.close()
 
 
 @pytest.fixture
@@ -85,16 +75,7 @@ def test_partitions_spread_jobs_and_one_queue_reads_them_all(
     # Then round-robin put 100 jobs on each partition
     assert [client.xlen(s) for s in producer.streams] == [100, 100, 100]
     runs = Runs()
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=runs.add,
-        partitions=3,
-        concurrency=4,
-        claimer=None,
-    )
+    queue = numbered_queue(client, stream, runs.add, partitions=3, concurrency=4, claimer=None)
     assert queue.streams == producer.streams
     handle = queue.run()
     try:
@@ -147,12 +128,10 @@ def test_cluster_processes_everything(
     producer = flowd.Producer(cluster_client, stream, partitions=3)
     producer.enqueue_bulk(Numbered(n) for n in range(1500))
     runs = Runs()
-    queue = flowd.Queue(
+    queue = numbered_queue(
         cluster_client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=runs.add,
+        stream,
+        runs.add,
         partitions=3,
         concurrency=16,
         claimer=flowd.Claimer(min_idle_time=1.0, interval=0.2),
@@ -183,12 +162,10 @@ def test_cluster_retries_to_the_dead_letter_streams(
             attempts[task.job.n] = attempts.get(task.job.n, 0) + 1
         raise RuntimeError(f"boom {task.job.n}")
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         cluster_client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=always_fail,
+        stream,
+        always_fail,
         partitions=3,
         concurrency=8,
         claimer=flowd.Claimer(min_idle_time=0.2, max_retries=2, interval=0.05),
@@ -223,12 +200,10 @@ def test_cluster_claims_from_a_dead_consumer(
         deliveries.append(task.deliveries)
         runs.add(task)
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         cluster_client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=work,
+        stream,
+        work,
         partitions=3,
         claimer=flowd.Claimer(min_idle_time=0.3, interval=0.05),
     )
@@ -253,12 +228,10 @@ def test_a_slot_migration_during_processing_loses_nothing(
         time.sleep(0.002)
         runs.add(task)
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         cluster_client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=work,
+        stream,
+        work,
         partitions=3,
         concurrency=8,
         claimer=flowd.Claimer(min_idle_time=1.0, interval=0.1),
@@ -334,14 +307,8 @@ def test_sentinel_failover_mid_run(
         runs.add(task)
         client.sadd(done_key, task.job.n)  # recorded on another server: survives the failover
 
-    queue = flowd.Queue(
-        master,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=work,
-        concurrency=8,
-        claimer=flowd.Claimer(min_idle_time=1.0, interval=0.2),
+    queue = numbered_queue(
+        master, stream, work, concurrency=8, claimer=flowd.Claimer(min_idle_time=1.0, interval=0.2)
     )
     handle = queue.run()
     try:

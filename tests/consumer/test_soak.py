@@ -19,7 +19,7 @@ import pytest
 import redis
 
 import flowd
-from tests.helpers import wait_until
+from tests.helpers import numbered_queue, running_server, wait_until
 from tests.redis_server import RedisServer
 
 GROUP = "g"
@@ -55,12 +55,8 @@ def payload(n: int) -> Payload:
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 class Producer(threading.Thread):
@@ -199,12 +195,11 @@ def test_run_stop_and_drain_cycles_leak_no_threads_or_connections(server: RedisS
         with lock:
             done.append(task.job.n)
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        work,
         job=Payload,
-        worker=work,
         concurrency=4,
         claimer=flowd.Claimer(min_idle_time=30.0),
         housekeeping=flowd.Housekeeping(interval=0.5),

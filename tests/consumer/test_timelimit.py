@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,23 +18,6 @@ from tests.helpers import Numbered, wait_until
 
 GROUP = "g"
 WAIT = 25.0
-
-
-@pytest.fixture
-def start(client: redis.Redis, stream: str) -> Iterator[Callable[..., flowd.QueueHandle]]:
-    """Starts queues on the test's stream; each must stop cleanly at teardown."""
-    handles: list[flowd.QueueHandle] = []
-
-    def run(worker: Callable[[flowd.Task[Any]], None], **kwargs: Any) -> flowd.QueueHandle:
-        kwargs.setdefault("block", 0.5)
-        kwargs.setdefault("job", Numbered)
-        queue = flowd.Queue(client, stream=stream, group=GROUP, worker=worker, **kwargs)
-        handle = queue.run()
-        handles.append(handle)
-        return handle
-
-    yield run
-    assert all([handle.stop(timeout=10) for handle in handles])
 
 
 def test_time_limit_must_be_a_duration(client: redis.Redis, stream: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import wait_until
+from tests.helpers import child_env, run_python, terminate, wait_until
 from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,32 +29,16 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def django_env(redis_url: str, stream: str, tmp_path: Path) -> dict[str, str]:
     """The environment of the test project: its Redis, stream prefix and SQLite file."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWD_", "DJANGO_"))}
+    env = child_env(redis_url, stream, "DJANGO_")
     env.update(
         DJANGO_SETTINGS_MODULE="tests.contrib.django_project.settings",
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-        FLOWD_REDIS_URL=redis_url,
-        FLOWD_TEST_STREAM=stream,
         FLOWD_TEST_DB=str(tmp_path / "db.sqlite3"),
     )
     return env
 
 
-def run_python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def scenario(name: str, env: dict[str, str]) -> dict[str, Any]:
-    result = run_python(["-m", "tests.contrib.django_project.scenarios", name], env)
+    result = run_python(["-m", "tests.contrib.django_project.scenarios", name], env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-2] == "ok", result.stdout
@@ -82,7 +66,7 @@ def child_pids(parent: int) -> list[int]:
 @pytest.fixture
 def start_worker(django_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     """Start ``python -m django flowd_worker ARGS``; stopped (and reaped) at teardown."""
-    migrated = run_python(["-m", "django", "migrate", "--verbosity", "0"], django_env)
+    migrated = run_python(["-m", "django", "migrate", "--verbosity", "0"], env=django_env)
     assert migrated.returncode == 0, migrated.stderr
     started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
@@ -103,12 +87,7 @@ def start_worker(django_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     for proc, _ in started:
         if proc.poll() is None:
             children = child_pids(proc.pid)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, 20)
             for pid in children:  # only the children of the process started here
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -137,7 +116,7 @@ def test_views_enqueue_on_commit_and_the_burst_worker_runs_the_jobs(
     assert reports[0][0].decode() == result["report_id"]
 
     # When `manage.py flowd_worker --burst` runs every queue that has a worker
-    done = run_python(["-m", "django", "flowd_worker", "--burst"], django_env)
+    done = run_python(["-m", "django", "flowd_worker", "--burst"], env=django_env)
 
     # Then it exits 0 after running each job once, with the database at hand
     assert done.returncode == 0, done.stderr
@@ -229,14 +208,16 @@ def test_worker_processes_run_as_separate_consumers(
 def test_worker_usage_errors_exit_2(
     django_env: dict[str, str], args: list[str], status: int, message: str
 ) -> None:
-    result = run_python(["-m", "django", "flowd_worker", *args], django_env)
+    result = run_python(["-m", "django", "flowd_worker", *args], env=django_env)
     assert result.returncode == status, result.stderr
     assert message in result.stderr
 
 
 def test_worker_exits_3_when_redis_is_unreachable(django_env: dict[str, str]) -> None:
     env = {**django_env, "FLOWD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    result = run_python(["-m", "django", "flowd_worker", "emails", "--connect-timeout", "0.3"], env)
+    result = run_python(
+        ["-m", "django", "flowd_worker", "emails", "--connect-timeout", "0.3"], env=env
+    )
     assert result.returncode == 3, result.stderr
     assert "cannot reach Redis" in result.stderr
 
@@ -263,7 +244,7 @@ def test_worker_with_settings_that_fail_the_system_check_exits_2(
     }
 
     # When flowd_worker starts
-    result = run_python(["-m", "django", "flowd_worker", "emails"], env)
+    result = run_python(["-m", "django", "flowd_worker", "emails"], env=env)
 
     # Then it exits 2, as the docs say of bad settings, naming the check and the path
     assert result.returncode == 2, result.stderr

@@ -23,7 +23,7 @@ from flask import Flask, current_app, jsonify
 
 import flowd
 from flowd.contrib.flask import Flowd
-from tests.helpers import wait_until
+from tests.helpers import child_env, terminate, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "tests.contrib.test_flask:create_app"
@@ -200,13 +200,7 @@ def test_flask_flowd_worker_usage_errors_exit_2(app: Flask, args: list[str], mes
 def flask_worker(redis_url: str, stream: str, tmp_path: Path) -> Iterator[Any]:
     """Start ``flask --app tests.contrib.test_flask:create_app flowd worker ARGS``."""
     started: list[subprocess.Popen[bytes]] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWD_", "FLASK_"))}
-    env.update(
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-        FLOWD_REDIS_URL=redis_url,
-        FLOWD_TEST_STREAM=stream,
-    )
+    env = child_env(redis_url, stream, "FLASK_")
 
     def start(*args: str) -> tuple[subprocess.Popen[bytes], Path]:
         err = tmp_path / f"flask-{len(started)}.err"
@@ -224,12 +218,7 @@ def flask_worker(redis_url: str, stream: str, tmp_path: Path) -> Iterator[Any]:
     yield start
     for proc in started:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, 20)
 
 
 def test_flask_flowd_worker_processes_consume_until_sigterm(

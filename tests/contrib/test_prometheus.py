@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import flowd
 from flowd.contrib.prometheus import MetricsServer, PrometheusHooks, StreamCollector, serve
-from tests.helpers import Numbered, retry_once_or_give_up, wait_until
+from tests.helpers import Numbered, numbered_queue, retry_once_or_give_up, wait_until
 from tests.redis_server import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -66,12 +66,10 @@ def test_job_and_stream_metrics_while_a_queue_processes_jobs(
             running.set()
             assert release.wait(10)
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=work,
+        stream,
+        work,
         concurrency=4,
         claimer=flowd.Claimer(min_idle_time=0.2, max_retries=1, interval=0.05),
         housekeeping=False,
@@ -168,12 +166,10 @@ def test_retry_and_give_up_are_counted_and_leave_nothing_in_flight(
     hooks = PrometheusHooks(registry)
     flowd.Producer(client, stream).enqueue_bulk([Numbered(n=i) for i in range(3)])
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=retry_once_or_give_up,
+        stream,
+        retry_once_or_give_up,
         claimer=flowd.Claimer(min_idle_time=5, interval=0.05),
         housekeeping=False,
         hooks=[hooks],

@@ -18,6 +18,8 @@ from flowd._redis.keys import dead_letter_stream, derived_key
 from flowd.dashboard import Dashboard
 from flowd.dashboard.security import CONTENT_SECURITY_POLICY
 from tests.dashboard.dashboard_server import add_dead_letter, call, http, serving
+from tests.helpers import numbered_queue
+from tests.redis_cluster import RedisCluster
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -133,7 +135,7 @@ def test_a_real_queue_writes_the_history_the_chart_shows(
     from tests.helpers import Numbered
 
     producer.enqueue_bulk([Numbered(n=n) for n in range(7)])
-    queue = flowd.Queue(client, stream=stream, group="g", job=Numbered, worker=worker)
+    queue = numbered_queue(client, stream, worker)
     assert queue.drain(timeout=30) == 4
 
     # Then this minute's counters are in Redis, expiring within two hours
@@ -468,7 +470,7 @@ def test_a_user_without_counter_rights_still_acks_and_is_told_once(
     flowd.Producer(user, stream).enqueue_bulk([Numbered(n=n) for n in range(5)])
 
     # When a queue runs its jobs as that user
-    queue = flowd.Queue(user, stream=stream, group="g", job=Numbered, worker=lambda task: None)
+    queue = numbered_queue(user, stream, lambda task: None)
     _throughput._warned.clear()  # said once per process: make this test's process fresh
     with caplog.at_level("WARNING", logger="flowd"):
         assert queue.drain(timeout=30) == 5
@@ -495,12 +497,8 @@ def test_mount_helpers_name_bad_arguments(client: redis.Redis) -> None:
         mount_flask(app, object(), "/flowd")  # type: ignore[arg-type]
 
 
-def test_on_redis_cluster_a_partitioned_queue_is_shown_and_requeued() -> None:
-    from tests.redis_cluster import RedisCluster
-
+def test_on_redis_cluster_a_partitioned_queue_is_shown_and_requeued(cluster: RedisCluster) -> None:
     # Given a three-master cluster and a queue of three partitions, each on its own master
-    cluster = RedisCluster(3)
-    cluster.start()
     client = cluster.client()
     try:
         names = flowd.partition_streams("orders", 3)
@@ -525,4 +523,3 @@ def test_on_redis_cluster_a_partitioned_queue_is_shown_and_requeued() -> None:
         assert client.xlen(dead_letter_stream(names[2])) == 0 and client.xlen(names[2]) == 2
     finally:
         client.close()
-        cluster.close()

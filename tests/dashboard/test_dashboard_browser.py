@@ -21,7 +21,7 @@ import flowd
 from flowd._redis.keys import dead_letter_stream
 from flowd.dashboard import Dashboard
 from tests.dashboard.dashboard_server import add_dead_letter, serving
-from tests.helpers import Email, Numbered, wait_until
+from tests.helpers import Email, Numbered, numbered_queue, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "_static"
@@ -97,18 +97,18 @@ def test_open_overview_click_stream_see_reason_and_requeue(
     suffix = stream[-8:]
     reports = f"reports-{suffix}"
     flowd.Producer(client, reports).enqueue_bulk([Numbered(n=n) for n in range(40)])
-    done = flowd.Queue(client, stream=reports, group="builders", job=Numbered, worker=print_n)
+    done = numbered_queue(client, reports, print_n, group="builders")
     assert done.drain(timeout=30) == 40
     # And jobs dead-lettered by a real queue (its worker always fails)
     stream = f"emails-{suffix}"
     producer = flowd.Producer(client, stream)
     producer.enqueue_bulk([Email(to=f"user{n}@example.com", subject="Hello") for n in range(3)])
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
+        stream,
+        fail_twice,
         group="mailers",
         job=Email,
-        worker=fail_twice,
         claimer=flowd.Claimer(min_idle_time=0.2, max_retries=1, interval=0.1),
         block=0.2,
     )

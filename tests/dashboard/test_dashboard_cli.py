@@ -19,6 +19,7 @@ import redis
 from flowd import partition_streams
 from flowd._redis.keys import dead_letter_stream
 from tests.dashboard.dashboard_server import add_dead_letter, http
+from tests.helpers import run_flowd, run_python
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-Pa55"
@@ -78,6 +79,14 @@ def served(env: dict[str, str]) -> Iterator[Any]:
                 pipe.close()
 
 
+def one_job(client: redis.Redis, stream: str, *, dead_letter: bool = False) -> None:
+    """``stream`` with one job and group g (and one dead letter, if asked)."""
+    client.xadd(stream, {"n": "1"})
+    client.xgroup_create(stream, "g", "0")
+    if dead_letter:
+        add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+
+
 def basic(user: str, password: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
@@ -87,8 +96,7 @@ def test_auth_is_required_and_the_password_is_never_printed(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
     # Given `flowd dashboard STREAM --auth USER:PASSWORD` on a free port
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
+    one_job(client, stream)
     server = served(stream, "--url", redis_url, "--port", "0", "--auth", f"ops:{PASSWORD}")
 
     # Then it prints the loopback URL it serves
@@ -116,9 +124,7 @@ def test_auth_comes_from_the_environment_too(redis_url: str, stream: str, served
 def test_read_only_shows_no_buttons_and_refuses_posts(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
-    add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+    one_job(client, stream, dead_letter=True)
     server = served(stream, "--url", redis_url, "--port", "0", "--read-only")
     status, headers, body = http(f"{server.url}/stream?name={stream}")
     assert status == 200 and "ValueError: no" in body
@@ -169,9 +175,7 @@ def test_a_dns_rebinding_page_gets_neither_the_token_nor_the_purge(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
     # Given `flowd dashboard` in its default mode (loopback, no auth) and a dead letter
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
-    add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+    one_job(client, stream, dead_letter=True)
     server = served(stream, "--url", redis_url, "--port", "0")
     port = server.url.rsplit(":", 1)[1]
     evil = f"evil.example:{port}"
@@ -205,8 +209,7 @@ def test_loopback_names_are_allowed_by_default(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
     # Given the default dashboard on 127.0.0.1
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
+    one_job(client, stream)
     server = served(stream, "--url", redis_url, "--port", "0")
     port = server.url.rsplit(":", 1)[1]
     # Then every loopback name is served, on any port, in any case; other names are not
@@ -221,9 +224,7 @@ def test_allowed_hosts_come_from_the_option(
     redis_url: str, client: redis.Redis, stream: str, served: Any
 ) -> None:
     # Given a dashboard started with --allowed-hosts (given twice, comma separated)
-    client.xadd(stream, {"n": "1"})
-    client.xgroup_create(stream, "g", "0")
-    add_dead_letter(client, stream, {"n": "1"}, "ValueError: no")
+    one_job(client, stream, dead_letter=True)
     server = served(
         stream,
         "--url",
@@ -291,14 +292,9 @@ def test_a_wildcard_bind_says_which_hosts_it_answers(
 
 
 def test_a_bad_allowed_host_is_refused_at_start(redis_url: str, env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "flowd", "dashboard", "--url", redis_url],
-        cwd=REPO,
-        env={**env, "FLOWD_DASHBOARD_ALLOWED_HOSTS": "https://ops.example"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_flowd(
+        ["dashboard", "--url", redis_url],
+        {**env, "FLOWD_DASHBOARD_ALLOWED_HOSTS": "https://ops.example"},
     )
     assert result.returncode == 2
     assert "'https://ops.example' is not a host" in result.stderr
@@ -310,15 +306,7 @@ def test_a_public_address_without_auth_is_refused(
     redis_url: str, env: dict[str, str], bind: str
 ) -> None:
     # When the dashboard is asked to listen beyond loopback without a password
-    result = subprocess.run(
-        [sys.executable, "-m", "flowd", "dashboard", "--url", redis_url, "--bind", bind],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_flowd(["dashboard", "--url", redis_url, "--bind", bind], env)
     # Then it refuses at once, saying why and what to do
     assert result.returncode == 2
     assert f"refusing to serve the dashboard on {bind} without a password" in result.stderr
@@ -327,15 +315,8 @@ def test_a_public_address_without_auth_is_refused(
 
 
 def test_the_options_are_documented_in_help(env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "flowd", "dashboard", "--help"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_flowd(["dashboard", "--help"], env)
+    assert result.returncode == 0, result.stderr
     for option in (
         "--url",
         "--bind",
@@ -355,13 +336,5 @@ def test_the_flowd_command_does_not_need_the_dashboard_extra(env: dict[str, str]
         "import sys, flowd.cli.parser; flowd.cli.parser.build_parser(); "
         "assert not {'jinja2', 'waitress'} & set(sys.modules), sorted(sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(["-c", code], env=env)
     assert result.returncode == 0, result.stderr

@@ -29,6 +29,7 @@ import redis
 
 import flowd
 from tests.faults.accounting import GROUP, Item, JobFailed, key, record_success, records_client
+from tests.helpers import numbered_queue
 
 __all__ = ["make_queue"]
 
@@ -64,12 +65,12 @@ def make_queue() -> flowd.Queue[Item]:
         record_success(records, stream, task, consumer)
         return job.n
 
-    return flowd.Queue(
+    return numbered_queue(
         redis.Redis.from_url(url),
-        stream=stream,
+        stream,
+        work,
         group=GROUP,
         job=Item,
-        worker=work,
         concurrency=concurrency,
         consumer=consumer,
         claimer=flowd.Claimer(min_idle_time=min_idle, max_retries=50, backoff=backoff),

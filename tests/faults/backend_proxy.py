@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 import threading
 
+from tests.faults.proxy import accepted
+
 _CHUNK = 65536
 
 
@@ -100,14 +102,7 @@ class BackendProxy:
         self.close()
 
     def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
+        for client in accepted(self._listener, self._closed.is_set):
             with self._lock:
                 port = self._backend_port
             try:

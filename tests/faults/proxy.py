@@ -32,7 +32,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -223,6 +223,20 @@ class Link:
         return True
 
 
+def accepted(listener: socket.socket, closed: Callable[[], bool]) -> Iterator[socket.socket]:
+    """The connections ``listener`` accepts (blocking, no timeout) until ``closed()`` or the
+    listener is closed; ``listener`` has a timeout so that ``closed`` is looked at often."""
+    while not closed():
+        try:
+            client, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        client.settimeout(None)
+        yield client
+
+
 class Proxy:
     """A loopback TCP proxy to ``backend``; see the module docstring for the controls.
 
@@ -285,18 +299,20 @@ class Proxy:
 
     def drop(self) -> int:
         """Close every current connection on both sides (FIN); returns how many."""
-        links = self.links
-        for link in links:
-            link.kill("drop")
+        killed = self._kill_all("drop")
         self.drops += 1
-        return len(links)
+        return killed
 
     def reset(self) -> int:
         """Abort every current connection on both sides (RST); returns how many."""
+        killed = self._kill_all("reset")
+        self.resets += 1
+        return killed
+
+    def _kill_all(self, how: str) -> int:
         links = self.links
         for link in links:
-            link.kill("reset")
-        self.resets += 1
+            link.kill(how)
         return len(links)
 
     def stall(self, seconds: float | None = None) -> None:
@@ -374,14 +390,7 @@ class Proxy:
 
     def _accept_loop(self) -> None:
         self._listener.settimeout(_POLL)
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
+        for client in accepted(self._listener, lambda: self._closed):
             with self._lock:
                 full = len(self._links) >= self.max_links
             if self._refusing or full or self._closed:

@@ -34,7 +34,7 @@ from tests.faults.accounting import (
     take_account,
     wait_settled,
 )
-from tests.helpers import wait_until
+from tests.helpers import numbered_queue, wait_until
 
 
 class RecordingQueue:
@@ -66,12 +66,12 @@ class RecordingQueue:
         #: its reply lost (e.g. sent as redis-server shut down).
         self.uncertain: set[str] = set()
         self._dlq_lock = threading.Lock()
-        self.queue = flowd.Queue(
+        self.queue = numbered_queue(
             self.client,
-            stream=stream,
+            stream,
+            self.work,
             group=GROUP,
             job=Item,
-            worker=self.work,
             concurrency=concurrency,
             consumer=consumer,
             claimer=flowd.Claimer(

@@ -4,6 +4,8 @@ restarted from its AOF."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import redis
 
@@ -16,7 +18,7 @@ from tests.faults.accounting import (
     key,
     report,
 )
-from tests.faults.scenario import RecordingQueue, assert_scenario, run_scenario
+from tests.faults.scenario import Outcome, RecordingQueue, assert_scenario
 from tests.helpers import wait_until
 from tests.redis_server import RedisServer
 
@@ -24,9 +26,11 @@ MAX_RETRIES = 1
 
 
 def test_failing_jobs_are_dead_lettered_exactly_once_across_a_redis_kill(
-    aof_server: RedisServer, capsys: pytest.CaptureFixture[str]
+    aof_server: RedisServer,
+    admin: redis.Redis,
+    scenario: Callable[..., Outcome],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    admin = redis.Redis.from_url(aof_server.url)
 
     def kill_and_restart(windows: FaultWindows, queue: RecordingQueue) -> None:
         # mid-way through the dead-lettering: a third of the failing jobs are dead
@@ -38,10 +42,8 @@ def test_failing_jobs_are_dead_lettered_exactly_once_across_a_redis_kill(
     # Given 3,000 jobs of which every tenth always fails, and max_retries=1
     backlog = [Item(n, fail=n % 10 == 0, sleep=0.002) for n in range(3000)]
     # When redis-server is SIGKILLed and restarted while failures are being retried
-    outcome = run_scenario(
+    outcome = scenario(
         "DLQ + redis SIGKILL",
-        url=aof_server.url,
-        admin=admin,
         stream="dlq",
         backlog=backlog,
         trickle=[Item(n) for n in range(3000, 3500)],
@@ -64,7 +66,6 @@ def test_failing_jobs_are_dead_lettered_exactly_once_across_a_redis_kill(
         leftover_error_reasons=leftover_errors,
     )
     report(capsys, outcome.account)
-    admin.close()
 
     # Then each failing job is in the dead-letter stream exactly once, with a reason,
     # every other job succeeded, and nothing is pending

@@ -35,7 +35,7 @@ import redis
 import flowd
 from flowd._redis.keys import dead_letter_stream, derived_key
 from tests.faults.proxy import CutMode, Proxy
-from tests.helpers import Numbered, as_str, pending_count, wait_until
+from tests.helpers import Numbered, as_str, client_of, pending_count, running_server, wait_until
 from tests.redis_server import RedisServer
 
 GROUP = "g"
@@ -53,20 +53,15 @@ EVALSHA = b"$7\r\nEVALSHA\r\n"
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     """One private redis-server for the file (FLOWD_REDIS_SERVER picks the binary)."""
-    server = RedisServer()
-    server.start()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def direct(server: RedisServer) -> Iterator[redis.Redis]:
     """The checking client: straight to the server, never through the proxy."""
-    client = redis.Redis(host="127.0.0.1", port=server.port)
-    yield client
-    client.close()
+    with client_of(server) as client:
+        yield client
 
 
 @pytest.fixture
@@ -201,6 +196,56 @@ def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
             sys.stdout.flush()
 
     return say
+
+
+@dataclass
+class Net:
+    """What the fault scenarios work with: the checking client, the server's version, the
+    test's stream, the proxy, the queue handles (their clients go through the proxy) and
+    ``say`` for the account."""
+
+    direct: redis.Redis
+    version: str
+    stream: str
+    proxy: Proxy
+    handles: Handles
+    say: Callable[[str], None]
+
+    def busy_queue(
+        self, total: int, records: Records, socket_timeout: float = 1.0, **options: Any
+    ) -> tuple[list[str], flowd.QueueHandle]:
+        """``total`` jobs enqueued, and a queue through the proxy that has run 100 of them."""
+        ids = enqueue(self.direct, self.stream, total)
+        client = self.handles.client(socket_timeout=socket_timeout)
+        handle = self.handles.run(make_queue(client, self.stream, records, **options))
+        wait_until(lambda: records.ok >= 100, timeout=10)
+        return ids, handle
+
+    def settle(
+        self, ids: list[str], records: Records, handle: flowd.QueueHandle, timeout: float = 25.0
+    ) -> None:
+        """Wait until every job ran to success or was dead-lettered; then stop cleanly."""
+        wait_until(lambda: all_settled(self.direct, self.stream, ids, records), timeout=timeout)
+        assert handle.stop(timeout=5) is True
+
+    def account(
+        self, scenario: str, records: Records, stats: flowd.QueueStats, faults: str
+    ) -> Account:
+        return take_account(
+            scenario, self.direct, self.version, self.stream, records, stats, faults
+        )
+
+
+@pytest.fixture
+def net(
+    direct: redis.Redis,
+    version: str,
+    stream: str,
+    proxy: Proxy,
+    handles: Handles,
+    say: Callable[[str], None],
+) -> Net:
+    return Net(direct, version, stream, proxy, handles, say)
 
 
 @dataclass
@@ -415,45 +460,33 @@ def test_the_proxy_loses_a_command_or_its_reply_stalls_and_refuses(
 @pytest.mark.parametrize("how", ["drop", "reset"])
 def test_repeated_loss_of_every_connection_loses_no_job(
     how: str,
-    direct: redis.Redis,
-    version: str,
-    stream: str,
-    proxy: Proxy,
-    handles: Handles,
-    say: Callable[[str], None],
+    net: Net,
 ) -> None:
     total = 3000
-    ids = enqueue(direct, stream, total)
     records = Records(sleeper(0.005))
-    queue = make_queue(handles.client(socket_timeout=1.0), stream, records, concurrency=4)
-    handle = handles.run(queue)
-    wait_until(lambda: records.ok >= 100, timeout=10)
+    ids, handle = net.busy_queue(total, records, concurrency=4)
 
     # Every ~300 ms, every connection flowd has is cut; once, new ones are refused too.
-    fault = proxy.drop if how == "drop" else proxy.reset
+    fault = net.proxy.drop if how == "drop" else net.proxy.reset
     timeline = []
     for i in range(8):
         time.sleep(0.3)
         cut = fault()
         if i == 3:
-            proxy.refuse(True)
+            net.proxy.refuse(True)
             time.sleep(0.3)
-            proxy.refuse(False)
+            net.proxy.refuse(False)
         timeline.append(f"{cut}@{records.ok}")
 
-    wait_until(lambda: all_settled(direct, stream, ids, records), timeout=25)
-    assert handle.stop(timeout=5) is True
-    account = take_account(
+    net.settle(ids, records, handle)
+    account = net.account(
         f"{how} every connection 8 times",
-        direct,
-        version,
-        stream,
         records,
         handle.stats(),
         f"8 x {how} (connections cut @ successful runs so far: {', '.join(timeline)}), "
-        f"{proxy.refused} connections refused, {proxy.accepted} accepted",
+        f"{net.proxy.refused} connections refused, {net.proxy.accepted} accepted",
     )
-    say(account.render())
+    net.say(account.render())
     account.check()
     assert account.entries == account.jobs == total
     assert int(timeline[0].split("@")[1]) < total, "the faults must hit a running queue"
@@ -464,44 +497,32 @@ def test_repeated_loss_of_every_connection_loses_no_job(
 
 
 def test_stalls_longer_than_the_socket_timeout_are_survived(
-    direct: redis.Redis,
-    version: str,
-    stream: str,
-    proxy: Proxy,
-    handles: Handles,
-    say: Callable[[str], None],
+    net: Net,
 ) -> None:
     total = 3000
-    ids = enqueue(direct, stream, total)
     records = Records(sleeper(0.005))
-    queue = make_queue(handles.client(socket_timeout=0.5), stream, records, concurrency=4)
-    handle = handles.run(queue)
-    wait_until(lambda: records.ok >= 100, timeout=10)
+    ids, handle = net.busy_queue(total, records, socket_timeout=0.5, concurrency=4)
 
     resumed = []
     for _ in range(3):
-        proxy.stall(2.0)
+        net.proxy.stall(2.0)
         at_stall = records.ok
         time.sleep(2.0)
-        wait_until(lambda: not proxy.stalled, timeout=2)
+        wait_until(lambda: not net.proxy.stalled, timeout=2)
         healed = time.monotonic()
         # The queue resumes on its own: more jobs succeed after the stall.
         wait_until(runs_reach(records, min(total, at_stall + 100)), timeout=10)
         resumed.append(f"{at_stall}->+100 in {time.monotonic() - healed:.2f}s")
         time.sleep(0.3)
 
-    wait_until(lambda: all_settled(direct, stream, ids, records), timeout=25)
-    assert handle.stop(timeout=5) is True
-    account = take_account(
+    net.settle(ids, records, handle)
+    account = net.account(
         "stall 2 s x 3 with socket_timeout=0.5",
-        direct,
-        version,
-        stream,
         records,
         handle.stats(),
-        f"3 stalls of 2 s (resumed: {'; '.join(resumed)}), {proxy.accepted} connections",
+        f"3 stalls of 2 s (resumed: {'; '.join(resumed)}), {net.proxy.accepted} connections",
     )
-    say(account.render())
+    net.say(account.render())
     account.check()
     assert account.entries == account.jobs == total
 
@@ -513,46 +534,30 @@ def test_stalls_longer_than_the_socket_timeout_are_survived(
 @pytest.mark.parametrize("mode", ["reply", "command"])
 def test_batched_xack_cut_mid_command_is_acked_or_redelivered(
     mode: CutMode,
-    direct: redis.Redis,
-    version: str,
-    stream: str,
-    proxy: Proxy,
-    handles: Handles,
-    say: Callable[[str], None],
+    net: Net,
 ) -> None:
     total = 2000
-    ids = enqueue(direct, stream, total)
     records = Records(sleeper(0.004))
-    queue = make_queue(
-        handles.client(socket_timeout=1.0),
-        stream,
-        records,
-        claimer=flowd.Claimer(min_idle_time=2.0, max_retries=50, interval=0.25),
-    )
-    handle = handles.run(queue)
-    wait_until(lambda: records.ok >= 100, timeout=10)
+    claimer = flowd.Claimer(min_idle_time=2.0, max_retries=50, interval=0.25)
+    ids, handle = net.busy_queue(total, records, claimer=claimer)
 
     cut_at = []
     for _ in range(4):
-        rule = proxy.cut_when(XACK, mode=mode)
+        rule = net.proxy.cut_when(XACK, mode=mode)
         wait_until(lambda: rule.done, timeout=10)  # noqa: B023
         cut_at.append(records.ok)
         wait_until(runs_reach(records, min(total, records.ok + 150)), timeout=10)
 
-    wait_until(lambda: all_settled(direct, stream, ids, records), timeout=25)
-    assert handle.stop(timeout=5) is True
+    net.settle(ids, records, handle)
     lost_what = "reply lost: XACK ran" if mode == "reply" else "command lost: XACK never ran"
-    account = take_account(
+    account = net.account(
         f"batched XACK cut, {mode} lost",
-        direct,
-        version,
-        stream,
         records,
         handle.stats(),
         f"4 XACK pipelines cut ({lost_what}) at successful runs {cut_at}",
     )
-    account.notes += proxy.cuts
-    say(account.render())
+    account.notes += net.proxy.cuts
+    net.say(account.render())
     account.check()
     assert account.entries == account.jobs == total
     assert all(at < total for at in cut_at), "the cuts must hit a running queue"
@@ -570,20 +575,15 @@ def test_batched_xack_cut_mid_command_is_acked_or_redelivered(
 def test_dead_letter_move_cut_mid_command_dead_letters_each_job_exactly_once(
     max_retries: int,
     client_retry: bool,
-    direct: redis.Redis,
-    version: str,
-    stream: str,
-    proxy: Proxy,
-    handles: Handles,
-    say: Callable[[str], None],
+    net: Net,
 ) -> None:
     total = 30
-    ids = enqueue(direct, stream, total)
+    ids = enqueue(net.direct, net.stream, total)
     records = Records(fail=True)
     client = (
-        handles.client(socket_timeout=1.0)
+        net.handles.client(socket_timeout=1.0)
         if client_retry
-        else handles.client(socket_timeout=1.0, **no_retry())
+        else net.handles.client(socket_timeout=1.0, **no_retry())
     )
     # The move's script is loaded beforehand, so that every EVALSHA is a move (no
     # NOSCRIPT round trip); six of the first twelve are cut, alternating the variants.
@@ -591,49 +591,45 @@ def test_dead_letter_move_cut_mid_command_dead_letters_each_job_exactly_once(
         importlib.import_module("flowd._consumer.dead_letter_move"), "_MOVE_LUA", None
     )
     if move_script is not None:
-        direct.script_load(move_script)
+        net.direct.script_load(move_script)
     rules = [
-        proxy.cut_when(EVALSHA, mode="command" if i % 2 == 0 else "reply", skip=2 * i)
+        net.proxy.cut_when(EVALSHA, mode="command" if i % 2 == 0 else "reply", skip=2 * i)
         for i in range(6)
     ]
     hook = DeadLetterHook()
     queue = make_queue(
         client,
-        stream,
+        net.stream,
         records,
         claimer=flowd.Claimer(
             min_idle_time=0.3, max_retries=max_retries, interval=0.1, dlq_worker=records.dead
         ),
         hooks=[hook],
     )
-    handle = handles.run(queue)
+    handle = net.handles.run(queue)
 
-    wait_until(lambda: all_settled(direct, stream, ids, records), timeout=30)
-    assert handle.stop(timeout=5) is True
+    net.settle(ids, records, handle, timeout=30)
     assert all(rule.done for rule in rules), [rule.log for rule in rules]
     stats = handle.stats()
-    account = take_account(
+    account = net.account(
         f"dead-letter move cut, max_retries={max_retries}, "
         f"client retry {'default' if client_retry else 'None'}",
-        direct,
-        version,
-        stream,
         records,
         stats,
         "6 EVALSHA of the move cut (3 command lost, 3 reply lost)",
     )
     runs_per_job = Counter(run.msg_id for run in records.snapshot())
     dlq_calls = Counter(records.dlq_calls)
-    account.notes += proxy.cuts
+    account.notes += net.proxy.cuts
     account.notes.append(
         f"runs per job: {sorted(Counter(runs_per_job.values()).items())} (runs: jobs); "
         f"dlq_worker calls: {len(records.dlq_calls)} for {len(dlq_calls)} jobs; "
         f"stats.dead_lettered={stats.dead_lettered} and {len(hook.ids)} on_dead_letter "
         f"calls for {account.dead} messages moved"
     )
-    say(account.render())
+    net.say(account.render())
     account.check(dead_expected=total)
-    dead = dead_entries(direct, stream)
+    dead = dead_entries(net.direct, net.stream)
     assert sorted(entry["flowd:id"] for entry in dead) == sorted(ids)
     assert all("always fails" in entry["flowd:reason"] for entry in dead)
     assert all(count == max_retries + 1 for count in runs_per_job.values())
@@ -657,12 +653,8 @@ def test_dead_letter_move_cut_mid_command_dead_letters_each_job_exactly_once(
 def test_enqueue_bulk_cut_mid_pipeline_is_at_least_once_and_counted(
     client_retry: bool,
     mode: CutMode,
-    direct: redis.Redis,
-    version: str,
-    stream: str,
     server: RedisServer,
-    handles: Handles,
-    say: Callable[[str], None],
+    net: Net,
 ) -> None:
     total, batch = 5000, 1000
     # A proxy of its own that forwards at most 4 KiB per read: the 1,000 XADDs of
@@ -675,7 +667,7 @@ def test_enqueue_bulk_cut_mid_pipeline_is_at_least_once_and_counted(
             **({} if client_retry else no_retry()),
         )
         try:
-            producer = flowd.Producer(client, stream)
+            producer = flowd.Producer(client, net.stream)
             # The XADD of job 2500, in the middle of the third batch, is cut.
             rule = small.cut_when(b"$1\r\nn\r\n$4\r\n2500\r\n", mode=mode)
             returned: list[str] = []
@@ -696,21 +688,17 @@ def test_enqueue_bulk_cut_mid_pipeline_is_at_least_once_and_counted(
         assert rule.done
         cuts = list(small.cuts)
 
-    direct.xgroup_create(stream, GROUP, id="0")
-    entries: Any = direct.xrange(stream)
+    net.direct.xgroup_create(net.stream, GROUP, id="0")
+    entries: Any = net.direct.xrange(net.stream)
     ids = [as_str(msg_id) for msg_id, _ in entries]
     records = Records()
-    queue = make_queue(handles.client(socket_timeout=1.0), stream, records)
-    handle = handles.run(queue)
-    wait_until(lambda: all_settled(direct, stream, ids, records), timeout=25)
-    assert handle.stop(timeout=5) is True
+    queue = make_queue(net.handles.client(socket_timeout=1.0), net.stream, records)
+    handle = net.handles.run(queue)
+    net.settle(ids, records, handle)
 
-    account = take_account(
+    account = net.account(
         f"enqueue_bulk cut mid-pipeline, {mode} lost, client retry "
         f"{'default' if client_retry else 'None'}",
-        direct,
-        version,
-        stream,
         records,
         handle.stats(),
         f"one pipeline of {batch} XADD cut at job 2500 ({mode} lost); enqueue_bulk raised "
@@ -720,7 +708,7 @@ def test_enqueue_bulk_cut_mid_pipeline_is_at_least_once_and_counted(
     twice = sorted(n for n, c in Counter(int(f[b"n"]) for _, f in entries).items() if c > 1)
     if twice:
         account.notes.append(f"jobs enqueued twice: n={twice[0]}..{twice[-1]}")
-    say(account.render())
+    net.say(account.render())
     account.check()
     assert account.jobs == total
     assert account.entries == total + account.enqueued_twice

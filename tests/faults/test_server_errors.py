@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -50,16 +51,20 @@ def note_logs(
     return unavailable, quoting
 
 
-def test_oom_replies_for_3s_are_transient_and_lose_no_job(
-    aof_server: RedisServer,
-    admin: redis.Redis,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """flowd's warnings, and its threads' debug records ("still unavailable: <reply>")."""
     caplog.set_level(logging.WARNING, logger="flowd")
-    caplog.set_level(
-        logging.DEBUG, logger="flowd._consumer.threads"
-    )  # "still unavailable: <reply>"
+    caplog.set_level(logging.DEBUG, logger="flowd._consumer.threads")
+    return caplog
+
+
+def test_oom_replies_for_3s_are_transient_and_lose_no_job(
+    admin: redis.Redis,
+    scenario: Callable[..., Outcome],
+    capsys: pytest.CaptureFixture[str],
+    logs: pytest.LogCaptureFixture,
+) -> None:
     moments: dict[str, float] = {}
 
     def out_of_memory(windows: FaultWindows, queue: RecordingQueue) -> None:
@@ -72,10 +77,8 @@ def test_oom_replies_for_3s_are_transient_and_lose_no_job(
 
     # Given 4,000 jobs, a queue with a claimer and a producer adding 1,000 more
     # When the server answers OOM to every allocating write for 3 s mid-run
-    outcome = run_scenario(
+    outcome = scenario(
         "OOM 3s",
-        url=aof_server.url,
-        admin=admin,
         stream="oom",
         backlog=[Item(n) for n in range(4000)],
         trickle=[Item(n) for n in range(4000, 5000)],
@@ -85,7 +88,7 @@ def test_oom_replies_for_3s_are_transient_and_lose_no_job(
         # test_claimer_recovery): 5-15 s here instead of ~1 s; a wider bound until fixed.
         settle_timeout=45.0,
     )
-    unavailable, quoting = note_logs(outcome, caplog, moments["since"], "maxmemory")
+    unavailable, quoting = note_logs(outcome, logs, moments["since"], "maxmemory")
     report(capsys, outcome.account)
 
     # Then nothing is lost or left pending, and reruns are explained by the OOM window
@@ -95,7 +98,7 @@ def test_oom_replies_for_3s_are_transient_and_lose_no_job(
     assert outcome.account.extra["failed_runs"], "no job saw OOM"
     # And flowd's threads treated OOM as transient: a WARNING, not an "unexpected error"
     assert quoting, "no flowd thread met the OOM replies"
-    assert flowd_errors(caplog, moments["since"]) == []
+    assert flowd_errors(logs, moments["since"]) == []
     assert all(count <= 1 for count in unavailable.values()), dict(unavailable)
 
 
@@ -103,12 +106,8 @@ def test_readonly_replies_for_3s_are_transient_and_lose_no_job(
     aof_server: RedisServer,
     admin: redis.Redis,
     capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="flowd")
-    caplog.set_level(
-        logging.DEBUG, logger="flowd._consumer.threads"
-    )  # "still unavailable: <reply>"
     moments: dict[str, float] = {}
     # Given a read-only replica of the queue's server, and a proxy in front of the server
     replica = RedisServer(
@@ -145,7 +144,7 @@ def test_readonly_replies_for_3s_are_transient_and_lose_no_job(
     finally:
         proxy.close()
         replica.close()
-    unavailable, quoting = note_logs(outcome, caplog, moments["since"], "read only replica")
+    unavailable, quoting = note_logs(outcome, logs, moments["since"], "read only replica")
     report(capsys, outcome.account)
 
     # Then nothing is lost or left pending, and reruns are explained by the failover
@@ -154,5 +153,5 @@ def test_readonly_replies_for_3s_are_transient_and_lose_no_job(
     assert outcome.producer.errors["ReadOnlyError"], "the producer never saw READONLY"
     # And flowd's threads treated READONLY as transient: a WARNING, not an "unexpected error"
     assert quoting, "no flowd thread met the READONLY replies"
-    assert flowd_errors(caplog, moments["since"]) == []
+    assert flowd_errors(logs, moments["since"]) == []
     assert all(count <= 1 for count in unavailable.values()), dict(unavailable)

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import pytest
-import redis
 
 from tests.faults.accounting import FaultWindows, Item, assert_exact, records_by_thread, report
-from tests.faults.scenario import RecordingQueue, assert_scenario, run_scenario
+from tests.faults.scenario import Outcome, RecordingQueue, assert_scenario
 from tests.redis_server import RedisServer
 
 
 def test_redis_sigkilled_and_restarted_twice_loses_no_job(
-    aof_server: RedisServer, admin: redis.Redis, capsys: pytest.CaptureFixture[str]
+    aof_server: RedisServer, scenario: Callable[..., Outcome], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given 5,000 jobs, a queue with a claimer, and a producer adding 1,000 more meanwhile
     def kill_and_restart(windows: FaultWindows, queue: RecordingQueue) -> None:
@@ -24,10 +24,8 @@ def test_redis_sigkilled_and_restarted_twice_loses_no_job(
             aof_server.start()
 
     # When redis-server is SIGKILLed and restarted at 30% and at 60% of the backlog
-    outcome = run_scenario(
+    outcome = scenario(
         "redis SIGKILL x2",
-        url=aof_server.url,
-        admin=admin,
         stream="restarts",
         backlog=[Item(n) for n in range(5000)],
         trickle=[Item(n) for n in range(5000, 6000)],
@@ -43,7 +41,7 @@ def test_redis_sigkilled_and_restarted_twice_loses_no_job(
 
 def test_redis_unreachable_for_10s_then_back_resumes_with_one_warning_per_thread(
     aof_server: RedisServer,
-    admin: redis.Redis,
+    scenario: Callable[..., Outcome],
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -66,10 +64,8 @@ def test_redis_unreachable_for_10s_then_back_resumes_with_one_warning_per_thread
     # Given 3,000 jobs of which job 1000 takes 1.5 s, and a producer adding 1,000 more
     backlog = [Item(n, sleep=1.5 if n == 1000 else 0.0) for n in range(3000)]
     # When redis-server is stopped for 10 s while job 1000 runs, then started again
-    outcome = run_scenario(
+    outcome = scenario(
         "redis down 10s",
-        url=aof_server.url,
-        admin=admin,
         stream="outage",
         backlog=backlog,
         trickle=[Item(n) for n in range(3000, 4000)],

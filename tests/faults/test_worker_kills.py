@@ -25,7 +25,7 @@ from tests.faults.accounting import (
     wait_settled,
 )
 from tests.faults.workers import WorkerProcess
-from tests.helpers import wait_until
+from tests.helpers import running_server, wait_until
 from tests.redis_server import RedisServer
 
 JOBS = 20_000
@@ -35,12 +35,8 @@ KILLS = 6
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    server = RedisServer(appendonly=True)
-    server.start()
-    try:
+    with running_server(appendonly=True) as server:
         yield server
-    finally:
-        server.close()
 
 
 def consumer_pending(client: redis.Redis, stream: str, consumer: str) -> set[str]:

@@ -13,7 +13,7 @@ import flowd
 from flowd._consumer.group_loss import last_delivered
 from flowd._redis.replies import id_key, parse_xautoclaim, parse_xpending_range, parse_xreadgroup
 from flowd._redis.session import Session
-from tests.helpers import Numbered, as_str, wait_until
+from tests.helpers import Numbered, as_str, numbered_queue, wait_until
 
 GROUP = "g"
 WAIT = 25.0
@@ -130,6 +130,13 @@ def test_xpending_range_empty(reply: Any) -> None:
 # The parsers against the real server
 
 
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def resp_client(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
+    """A client speaking RESP2, then one speaking RESP3."""
+    with redis.Redis.from_url(redis_url, protocol=request.param) as client:
+        yield client
+
+
 def _pending_with_one_deleted(client: redis.Redis, stream: str) -> list[str]:
     client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     ids = [client.xadd(stream, {"n": str(n)}) for n in range(3)]
@@ -182,17 +189,15 @@ def test_real_xpending_range_counts_deliveries(any_client: redis.Redis, stream: 
         session.close()
 
 
-@pytest.mark.parametrize("protocol", [2, 3])
 def test_real_xreadgroup_reply_parses_on_both_protocols(
-    redis_url: str, stream: str, protocol: int
+    resp_client: redis.Redis, stream: str
 ) -> None:
     # Given a client speaking RESP2 or RESP3
-    client = redis.Redis.from_url(redis_url, protocol=protocol)
-    session = Session(client)
+    session = Session(resp_client)
     try:
-        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        first = as_str(client.xadd(stream, {"n": "1"}))
-        second = as_str(client.xadd(stream, {"n": "2", "extra": "é"}))
+        resp_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        first = as_str(resp_client.xadd(stream, {"n": "1"}))
+        second = as_str(resp_client.xadd(stream, {"n": "2", "extra": "é"}))
         # When XREADGROUP's raw reply is parsed
         reply = session.call("XREADGROUP", "GROUP", GROUP, "c", "COUNT", 10, "STREAMS", stream, ">")
         # Then both entries come back, with bytes fields
@@ -205,22 +210,19 @@ def test_real_xreadgroup_reply_parses_on_both_protocols(
         assert parse_xreadgroup(empty) == []
     finally:
         session.close()
-        client.close()
 
 
-@pytest.mark.parametrize("protocol", [2, 3])
 def test_real_xinfo_groups_reply_gives_last_delivered_id(
-    redis_url: str, stream: str, protocol: int
+    resp_client: redis.Redis, stream: str
 ) -> None:
     # Given a group that has delivered one of two entries, on RESP2 or RESP3
-    client = redis.Redis.from_url(redis_url, protocol=protocol)
-    session = Session(client)
+    session = Session(resp_client)
     try:
-        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        client.xgroup_create(stream, "other", id="0")
-        first = as_str(client.xadd(stream, {"n": "1"}))
-        client.xadd(stream, {"n": "2"})
-        client.xreadgroup(GROUP, "c", {stream: ">"}, count=1)
+        resp_client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        resp_client.xgroup_create(stream, "other", id="0")
+        first = as_str(resp_client.xadd(stream, {"n": "1"}))
+        resp_client.xadd(stream, {"n": "2"})
+        resp_client.xreadgroup(GROUP, "c", {stream: ">"}, count=1)
         # When XINFO GROUPS's raw reply is parsed
         reply = session.call("XINFO", "GROUPS", stream)
         # Then the group's last-delivered id is the entry it read, the other's 0-0
@@ -229,7 +231,6 @@ def test_real_xinfo_groups_reply_gives_last_delivered_id(
         assert last_delivered(reply, "missing") is None
     finally:
         session.close()
-        client.close()
 
 
 # ---------------------------------------------------------------------------
@@ -255,12 +256,10 @@ def test_queue_runs_end_to_end_on_a_resp3_client(resp3_client: redis.Redis, stre
         if task.job.n == 0 and task.deliveries == 1:
             raise RuntimeError("first try fails")
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         resp3_client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=work,
+        stream,
+        work,
         block=0.5,
         claimer=flowd.Claimer(min_idle_time=0.3, interval=0.05, dlq_worker=dead.append),
     )

@@ -22,7 +22,6 @@ import logging
 import os
 import pickle
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -40,7 +39,15 @@ import redis
 
 import flowd
 from flowd._redis.urls import redact_url
-from tests.helpers import Numbered, as_str, wait_until
+from tests.helpers import (
+    Numbered,
+    as_str,
+    clean_env,
+    numbered_queue,
+    run_flowd,
+    running_server,
+    wait_until,
+)
 from tests.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -312,43 +319,29 @@ def run_flow(
 def cli_queue() -> flowd.Queue[Numbered]:
     """``flowd worker tests.redis.test_security:cli_queue``: a queue built from the environment."""
     client = redis.Redis.from_url(os.environ["FLOWD_REDIS_URL"])
-    return flowd.Queue(
+    return numbered_queue(
         client,
-        stream=os.environ["FLOWD_TEST_STREAM"],
-        group=GROUP,
-        job=Numbered,
-        worker=lambda task: None,
+        os.environ["FLOWD_TEST_STREAM"],
+        lambda task: None,
         claimer=flowd.Claimer(min_idle_time=30.0),
     )
 
 
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return env
-
-
-def run_flowd(
+def flowd_cli(
     args: list[str], *, stream: str = "", timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
-    env = base_env()
+    """``python -m flowd ARGS`` without FLOWD_ settings but the test's stream, if given."""
+    env = clean_env()
     if stream:
         env["FLOWD_TEST_STREAM"] = stream
-    return subprocess.run(
-        [sys.executable, "-m", "flowd", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_flowd(args, env, timeout=timeout)
 
 
 def run_cli(url: str, admin: redis.Redis, stream: str) -> list[subprocess.CompletedProcess[str]]:
     """``flowd worker --burst``, ``flowd info`` and ``flowd dlq list`` against ``url``."""
     flowd.Producer(admin, stream).enqueue_bulk([Numbered(n) for n in range(3)])
     admin.xadd(stream, {"n": "unreadable"})
-    worker = run_flowd(
+    worker = flowd_cli(
         [
             *("--log-level", "DEBUG", "worker", "tests.redis.test_security:cli_queue", "--burst"),
             *("--url", url, "--connect-timeout", "5"),
@@ -357,12 +350,12 @@ def run_cli(url: str, admin: redis.Redis, stream: str) -> list[subprocess.Comple
     )
     assert worker.returncode == 0, worker.stderr[-3000:]
     assert "burst done: 3 jobs processed" in worker.stderr
-    info = run_flowd(["info", stream, "--group", GROUP, "--json", "--url", url])
+    info = flowd_cli(["info", stream, "--group", GROUP, "--json", "--url", url])
     assert info.returncode == 0, info.stderr[-3000:]
     data = json.loads(info.stdout)
     assert data["dlq_length"] == 1
     assert [(g["name"], g["pending"], g["lag"]) for g in data["groups"]] == [(GROUP, 0, 0)]
-    dlq = run_flowd(["dlq", "list", stream, "--url", url])
+    dlq = flowd_cli(["dlq", "list", stream, "--url", url])
     assert dlq.returncode == 0, dlq.stderr[-3000:]
     assert "field 'n'" in dlq.stdout
     return [worker, info, dlq]
@@ -384,12 +377,8 @@ def secret() -> str:
 
 @pytest.fixture
 def password_server(secret: str) -> Iterator[RedisServer]:
-    server = RedisServer(password=secret)
-    server.start()
-    try:
+    with running_server(password=secret) as server:
         yield server
-    finally:
-        server.close()
 
 
 def test_everything_works_with_a_password_and_never_shows_it(
@@ -435,9 +424,7 @@ def test_bad_credentials_give_errors_without_any_password(
     }[auth]
     client = redis.Redis.from_url(url)
     stream = stream_name("badauth")
-    queue = flowd.Queue(
-        client, stream=stream, group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
-    )
+    queue = numbered_queue(client, stream, lambda t: None, claimer=None)
     try:
         # enqueue and drain raise redis-py's AuthenticationError, with no password in it
         with pytest.raises(redis.exceptions.AuthenticationError) as enqueue_error:
@@ -464,13 +451,13 @@ def test_cli_with_a_wrong_password_fails_at_once_without_showing_it(
     url = f"redis://:{wrong}@127.0.0.1:{password_server.port}/0"
     stream = stream_name("badauth")
     # flowd info: one line on stderr, exit 3, the password masked
-    info = run_flowd(["info", stream, "--url", url])
+    info = flowd_cli(["info", stream, "--url", url])
     assert info.returncode == 3, info.stderr
     assert info.stderr.startswith("flowd: ") and info.stderr.count("\n") == 1, info.stderr
     assert f"redis://:***@127.0.0.1:{password_server.port}/0" in info.stderr
     # flowd worker: refused credentials are not an outage to wait out for --connect-timeout
     started = time.monotonic()
-    worker = run_flowd(
+    worker = flowd_cli(
         [
             *("worker", "tests.redis.test_security:cli_queue", "--burst"),
             *("--url", url, "--connect-timeout", "8"),
@@ -561,7 +548,7 @@ def test_redact_url_masks_passwords_in_tricky_urls(url: str, secret_part: str) -
 
 def test_cli_bad_url_with_a_password_does_not_show_it() -> None:
     # A password with an unencoded '#': redis-py cannot parse the URL, and flowd reports it
-    proc = run_flowd(["info", "s", "--url", "redis://:s3cr#t-XYZ@127.0.0.1:1/0"])
+    proc = flowd_cli(["info", "s", "--url", "redis://:s3cr#t-XYZ@127.0.0.1:1/0"])
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("flowd: bad Redis URL")
     assert "t-XYZ" not in proc.stderr, proc.stderr
@@ -573,12 +560,8 @@ def test_cli_bad_url_with_a_password_does_not_show_it() -> None:
 
 @pytest.fixture
 def acl_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 def acl_user(admin: redis.Redis, stream: str) -> str:
@@ -656,9 +639,7 @@ def test_a_queue_on_a_stream_outside_the_acl_keys_fails_at_once(acl_server: Redi
     admin = redis.Redis(port=acl_server.port)
     password = acl_user(admin, stream)
     client = redis.Redis(port=acl_server.port, username="flowd", password=password)
-    queue = flowd.Queue(
-        client, stream="other", group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
-    )
+    queue = numbered_queue(client, "other", lambda t: None, claimer=None)
     try:
         with pytest.raises(redis.exceptions.NoPermissionError):
             queue.drain(timeout=5)
@@ -809,12 +790,10 @@ def test_tls_settings_given_as_keywords_carry_over(
         **extra,
     )
     done: list[int] = []
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
-        job=Numbered,
-        worker=lambda task: done.append(task.job.n),
+        stream,
+        lambda task: done.append(task.job.n),
         claimer=flowd.Claimer(min_idle_time=1.0),
     )
     try:
@@ -834,15 +813,13 @@ def test_tls_without_the_ca_is_a_clear_connection_error(
 ) -> None:
     url = f"rediss://127.0.0.1:{tls_server.tls_port}/0"
     client = redis.Redis.from_url(url)
-    queue = flowd.Queue(
-        client, stream="s", group=GROUP, job=Numbered, worker=lambda t: None, claimer=None
-    )
+    queue = numbered_queue(client, "s", lambda t: None, claimer=None)
     try:
         with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
             queue.drain(timeout=5)
     finally:
         client.close()
-    proc = run_flowd(["info", "s", "--url", url])
+    proc = flowd_cli(["info", "s", "--url", url])
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.startswith("flowd: cannot reach Redis") and proc.stderr.count("\n") == 1
 
@@ -959,12 +936,11 @@ def test_decoding_never_evaluates_code(client: redis.Redis, stream: str, tmp_pat
 
     # When a queue with a claimer (and its dead-letter stream) consumes them
     done: dict[str, Anything] = {}
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group=GROUP,
+        stream,
+        lambda task: done.__setitem__(task.id, task.job),
         job=Anything,
-        worker=lambda task: done.__setitem__(task.id, task.job),
         claimer=flowd.Claimer(min_idle_time=5.0),
         housekeeping=False,
     )

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import flowd
-from tests.helpers import GROUP, Recorder, as_str, wait_until
+from tests.helpers import GROUP, Recorder, as_str, numbered_queue, wait_until
 
 
 @dataclass
@@ -33,8 +33,8 @@ def test_delayed_jobs_run_on_their_own_stream(client: redis.Redis, shop: str) ->
     emails, orders = f"{shop}:emails", f"{shop}:orders"
     welcomed, deleted = Recorder(), Recorder()
     handles = [
-        flowd.Queue(client, stream=emails, group=GROUP, job=Welcome, worker=welcomed).run(),
-        flowd.Queue(client, stream=orders, group=GROUP, job=DeleteAccount, worker=deleted).run(),
+        numbered_queue(client, emails, welcomed, job=Welcome).run(),
+        numbered_queue(client, orders, deleted, job=DeleteAccount).run(),
     ]
     try:
         for user in range(20):
@@ -70,9 +70,7 @@ def test_dead_letters_and_scheduled_sets_are_per_stream(client: redis.Redis, sho
         raise flowd.GiveUp("no such account")
 
     flowd.Producer(client, orders).enqueue(DeleteAccount(3))
-    handle = flowd.Queue(
-        client, stream=orders, group=GROUP, job=DeleteAccount, worker=give_up
-    ).run()
+    handle = numbered_queue(client, orders, give_up, job=DeleteAccount).run()
     try:
         wait_until(lambda: client.xlen(f"{orders}:dead") == 1, timeout=10)
     finally:
@@ -88,20 +86,18 @@ def test_periodic_schedules_with_one_name_keep_their_own_state(
     emails, orders = f"{shop}:emails", f"{shop}:orders"
     welcomed, deleted = Recorder(), Recorder()
     handles = [
-        flowd.Queue(
+        numbered_queue(
             client,
-            stream=emails,
-            group=GROUP,
+            emails,
+            welcomed,
             job=Welcome,
-            worker=welcomed,
             schedules=[flowd.Schedule("nightly", Welcome(1), every=1)],
         ).run(),
-        flowd.Queue(
+        numbered_queue(
             client,
-            stream=orders,
-            group=GROUP,
+            orders,
+            deleted,
             job=DeleteAccount,
-            worker=deleted,
             schedules=[flowd.Schedule("nightly", DeleteAccount(2), every=1)],
         ).run(),
     ]
@@ -179,7 +175,7 @@ def test_a_queue_warns_of_keys_left_in_the_old_layout(
 ) -> None:
     emails = f"{shop}:emails"
     _old_layout(client, shop)
-    queue = flowd.Queue(client, stream=emails, group=GROUP, job=Welcome, worker=print)
+    queue = numbered_queue(client, emails, print, job=Welcome)
     with caplog.at_level("WARNING", logger="flowd"):
         handle = queue.run()
         assert handle.stop(timeout=5)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import redis
 
 import flowd
+from tests.helpers import numbered_queue
 
 
 @dataclass
@@ -34,12 +35,11 @@ def main() -> int:
     def work(task: flowd.Task[Tick]) -> None:
         client.rpush(ticks, task.id)
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group="g",
+        stream,
+        work,
         job=Tick,
-        worker=work,
         schedules=[flowd.Schedule("tick", Tick, every=float(os.environ["FLOWD_TEST_EVERY"]))],
     )
     stop = threading.Event()

@@ -21,7 +21,7 @@ import flowd
 from flowd._redis import scheduling as sched
 from flowd._redis.keys import derived_key
 from flowd.schedule import fire_schedules
-from tests.helpers import Numbered, wait_until
+from tests.helpers import Numbered, numbered_queue, wait_until
 
 
 def _ms(dt: datetime) -> int:
@@ -68,7 +68,7 @@ def test_queue_refuses_duplicate_or_foreign_schedules(client: redis.Redis, strea
     one = flowd.Schedule("a", Numbered(1), every=1)
     for bad, text in [([one, one], "two schedules"), ([object()], "Schedule"), (one, "list")]:
         with pytest.raises(flowd.ConfigurationError, match=text):
-            flowd.Queue(client, stream=stream, group="g", job=Numbered, worker=print, schedules=bad)
+            numbered_queue(client, stream, print, schedules=bad)
 
 
 def test_spec_and_repr() -> None:
@@ -194,9 +194,7 @@ def test_a_running_queue_fires_and_a_removed_schedule_stops(
         ran.append(task.job.n)
 
     schedule = flowd.Schedule("tick", Numbered(3), every=0.3)
-    queue = flowd.Queue(
-        client, stream=stream, group="g", job=Numbered, worker=work, schedules=[schedule]
-    )
+    queue = numbered_queue(client, stream, work, schedules=[schedule])
     with queue.run():
         wait_until(lambda: len(ran) >= 2, timeout=10)
     state = flowd.ScheduledJobs(client, stream).schedule_states()
@@ -205,7 +203,7 @@ def test_a_running_queue_fires_and_a_removed_schedule_stops(
     info = flowd.stream_info(client, stream)
     assert info.schedules == tuple(state) and "schedule tick (every 0.3)" in info.to_text()
     count = client.xlen(stream)
-    plain = flowd.Queue(client, stream=stream, group="g", job=Numbered, worker=work)
+    plain = numbered_queue(client, stream, work)
     with plain.run():
         time.sleep(1.0)
     assert client.xlen(stream) == count
@@ -214,14 +212,7 @@ def test_a_running_queue_fires_and_a_removed_schedule_stops(
 def test_drain_fires_due_schedules(client: redis.Redis, stream: str) -> None:
     ran: list[int] = []
     schedule = flowd.Schedule("tick", lambda: Numbered(8), every=0.1)
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=lambda t: ran.append(t.job.n),
-        schedules=[schedule],
-    )
+    queue = numbered_queue(client, stream, lambda t: ran.append(t.job.n), schedules=[schedule])
     assert queue.drain() == 0  # first sight: the first run is due in 0.1 s
     time.sleep(0.15)
     assert queue.drain() == 1 and ran == [8]
@@ -230,14 +221,8 @@ def test_drain_fires_due_schedules(client: redis.Redis, stream: str) -> None:
 def test_schedules_of_a_partitioned_queue_fire_once(client: redis.Redis, stream: str) -> None:
     ran: list[str] = []
     schedules = [flowd.Schedule(f"s{i}", Numbered(i), every=0.2) for i in range(4)]
-    queue = flowd.Queue(
-        client,
-        stream=stream,
-        group="g",
-        job=Numbered,
-        worker=lambda t: ran.append(t.stream),
-        schedules=schedules,
-        partitions=3,
+    queue = numbered_queue(
+        client, stream, lambda t: ran.append(t.stream), schedules=schedules, partitions=3
     )
     with queue.run():
         time.sleep(1.1)

@@ -4,7 +4,6 @@ Cluster with partitions, a read-only replica, and the documented ACL user."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -95,16 +94,6 @@ def test_scheduled_jobs_survive_a_restart_with_aof(private_redis: RedisServer) -
 
 
 # -- Redis Cluster, partitioned
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    built = RedisCluster(3)
-    try:
-        built.start()
-        yield built
-    finally:
-        built.close()
 
 
 def test_delayed_jobs_on_a_cluster_with_three_partitions(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import redis
 
 import flowd
+from tests.helpers import numbered_queue
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -43,12 +44,11 @@ def main() -> None:
         time.sleep(0.005)
         done.append(task.job.n)
 
-    queue = flowd.Queue(
+    queue = numbered_queue(
         client,
-        stream=stream,
-        group="g",
+        stream,
+        work,
         job=Step,
-        worker=work,
         concurrency=4,
         claimer=flowd.Claimer(min_idle_time=30),
         stop_timeout=1 if mode == "hung" else 10,

@@ -16,6 +16,7 @@ import redis
 
 import flowd
 from tests.consumer.lifecycle.wsgi_job import Sleep
+from tests.helpers import numbered_queue
 
 # As applications do: flowd's records go to the root logger's handler (stderr).
 logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
@@ -29,12 +30,12 @@ def work(task: flowd.Task[Sleep]) -> None:
     client.rpush(f"{STREAM}:ran", os.getpid())
 
 
-queue = flowd.Queue(
+queue = numbered_queue(
     client,
-    stream=STREAM,
+    STREAM,
+    work,
     group="web",
     job=Sleep,
-    worker=work,
     concurrency=2,
     claimer=flowd.Claimer(min_idle_time=30),
     stop_timeout=10,
