@@ -14,20 +14,9 @@ import redis.cluster
 import flowd
 from flowd._redis.keys import alias_key, partition_streams, result_key
 from tests.helpers import GROUP, Numbered, QueueFactory, wait_until
-from tests.redis_cluster import RedisCluster
 
 #: Partitions of the queue on the cluster (one per master).
 CLUSTER_PARTITIONS = 3
-
-
-@pytest.fixture(scope="module")
-def results_cluster() -> Iterator[RedisCluster]:
-    built = RedisCluster(3)
-    try:
-        built.start()
-        yield built
-    finally:
-        built.close()
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -40,7 +29,7 @@ def client(request: pytest.FixtureRequest, partitions: int, redis_url: str) -> I
     if partitions == 1:
         made: Any = redis.Redis.from_url(redis_url)
     else:
-        made = request.getfixturevalue("results_cluster").client()
+        made = request.getfixturevalue("cluster").client()
     yield made
     made.close()
 

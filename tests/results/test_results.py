@@ -259,9 +259,9 @@ def test_bad_arguments_are_refused_at_the_call(client: Any, stream: str) -> None
 
 
 def test_an_id_two_partitions_made_is_refused_not_guessed(
-    results_cluster: RedisCluster, stream: str
+    cluster: RedisCluster, stream: str
 ) -> None:
-    client = results_cluster.client()
+    client = cluster.client()
     streams = flowd.partition_streams(stream, CLUSTER_PARTITIONS)
     client.xadd(streams[0], {"n": "1"}, id="5-0")
     client.xadd(streams[1], {"n": "2"}, id="5-0")
