@@ -66,6 +66,7 @@ from benchmarks.compare.process import bench_env, stop_process  # noqa: E402
 from benchmarks.compare.server import Context, private_server, unique  # noqa: E402
 from benchmarks.compare.streams import fill_stream, flowd_finished  # noqa: E402
 from flowd._codec.values import encode_value  # noqa: E402
+from flowd._redis.keys import result_buckets_key  # noqa: E402
 from flowd._redis.records import ACK_WITH_RECORDS, SuccessRecords, ack_call  # noqa: E402
 
 #: The result_ttl of every run that keeps results (long enough to outlive the run).
@@ -77,7 +78,9 @@ RUN_TIMEOUT = 600.0
 
 
 def count_records(client: redis.Redis, stream: str) -> int:
-    return sum(1 for _ in client.scan_iter(match=f"{{{stream}}}:result:*", count=1000))
+    """Successes' records kept for ``stream`` (in its buckets, flowd._redis.records)."""
+    buckets = client.zrange(result_buckets_key(stream), 0, -1)
+    return sum(int(client.hlen(bucket)) for bucket in buckets)
 
 
 def one_run(client: redis.Redis, jobs: int, result_ttl: float | None) -> tuple[float, int]:

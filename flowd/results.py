@@ -22,7 +22,7 @@ from typing import Any
 
 from ._codec.values import from_plain
 from ._consumer.runs import claimed_deliveries
-from ._redis.keys import done_key, partition_streams, result_key, waiting_key
+from ._redis.keys import done_key, partition_streams, waiters_key
 from ._redis.lookup import Found, GroupView, lookup
 from ._redis.session import check_client
 from ._redis.timeutil import Seconds, to_seconds
@@ -244,18 +244,26 @@ class Results:
         """
         seconds = to_seconds(timeout, "timeout", allow_zero=True)
         deadline = time.monotonic() + seconds
-        while True:
-            found = self._find(job_id)
-            result = None if found is None else job_result(job_id, found, type)
-            if result is not None and result.status.finished:
-                return result
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ResultTimeout(job_id, seconds, None if result is None else result.status)
-            if found is None:
-                self._block(self.streams[0], job_id, min(left, WAIT_SLICE))
-            else:
-                self._block(found.stream, found.id, min(left, WAIT_SLICE))
+        #: (stream, id) this wait added to a waiters set: taken out when it ends.
+        blocked_on: set[tuple[str, str]] = set()
+        try:
+            while True:
+                found = self._find(job_id)
+                result = None if found is None else job_result(job_id, found, type)
+                if result is not None and result.status.finished:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    status = None if result is None else result.status
+                    raise ResultTimeout(job_id, seconds, status)
+                stream, current = (
+                    (self.streams[0], job_id) if found is None else (found.stream, found.id)
+                )
+                blocked_on.add((stream, current))
+                self._block(stream, current, min(left, WAIT_SLICE))
+        finally:
+            for stream, current in blocked_on:
+                self.client.srem(waiters_key(stream), current)
 
     def _block(self, stream: str, job_id: str, seconds: float) -> None:
         """Wait up to ``seconds`` for the job's record to be written, in Redis."""
@@ -265,13 +273,16 @@ class Results:
             seconds = min(seconds, cap / 2)
         seconds = max(seconds, 0.01)
         done = done_key(stream, job_id)
+        waiters = waiters_key(stream)
         # Say that someone waits, then look once more: a writer (one atomic script) either
-        # wrote the record before the mark, and this sees it, or sees the mark and pushes.
+        # wrote the record before the mark, and this look sees it, or sees the mark and
+        # pushes to the done list.
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(waiting_key(stream, job_id), "1", px=int((seconds + 5) * 1000))
-            pipe.exists(result_key(stream, job_id))
-            _, written = pipe.execute()
-        if written:
+            pipe.sadd(waiters, job_id)
+            pipe.pexpire(waiters, int((seconds + 60) * 1000))
+            pipe.execute()
+        found = self._find(job_id)
+        if found is not None and found.record is not None:
             return
         # BLMOVE from the list to itself hands the element back: every waiter wakes.
         self.client.execute_command("BLMOVE", done, done, "RIGHT", "LEFT", seconds)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._codec.failure import safe_repr, safe_str, traceback_of
 from .._redis import throughput as _throughput
-from .._redis.keys import derived_key, done_key, result_key, runs_key, waiting_key
+from .._redis.keys import derived_key, done_key, result_key, runs_key, waiters_key
 from .._redis.records import DONE_TTL_MS, NOTIFY_LUA, STATE_TTL_MS
 from .._redis.scripts import Script
 from .._redis.thread_sessions import ThreadSessions
@@ -31,7 +31,7 @@ _REASON_LIMIT = 2000
 # acked and changes nothing. So that a re-sent call (its first reply lost) still
 # learns that it did the move, the move leaves its caller's token in a marker key.
 # KEYS: stream, errors hash, marker, tracebacks hash, runs hash, result[, dlq];
-# ARGV: group, id, token, record ttl ms, record (JSON, without its time), waiting prefix,
+# ARGV: group, id, token, record ttl ms, record (JSON, without its time), waiters set,
 # done prefix[, fields...].
 # Nothing is written before the last step that can fail (the XADD), so a failing
 # script leaves the message pending, never acked and missing from the DLQ. The job's
@@ -268,7 +268,7 @@ class DeadLetterMover:
             uuid.uuid4().hex,
             self.record_ttl_ms,
             json.dumps(record, ensure_ascii=False),
-            waiting_key(self.stream, ""),
+            waiters_key(self.stream),
             done_key(self.stream, ""),
         ]
         if self.dlq_stream is not None:

@@ -70,13 +70,19 @@ def runs_key(stream: str, group: str) -> str:
 
 
 def result_key(stream: str, job_id: str) -> str:
-    """The string holding one job's final record (a JSON text; see flowd._redis.records)."""
+    """The string holding one job's record when it ended other than by a success (dead,
+    failed, cancelled; a JSON text, see flowd._redis.records)."""
     return derived_key(stream, f"result:{job_id}")
 
 
-def waiting_key(stream: str, job_id: str) -> str:
-    """The string that says someone waits for the job (Results.wait sets it)."""
-    return derived_key(stream, f"waiting:{job_id}")
+def result_buckets_key(stream: str) -> str:
+    """The sorted set of the hashes that hold successes' records (score: their expiry)."""
+    return derived_key(stream, "result-buckets")
+
+
+def waiters_key(stream: str) -> str:
+    """The set of job ids someone waits for (Results.wait adds to it)."""
+    return derived_key(stream, "waiters")
 
 
 def done_key(stream: str, job_id: str) -> str:

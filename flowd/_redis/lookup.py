@@ -6,7 +6,8 @@ scheduled for later), then looks at the job's record, the scheduled set, the
 stream entry and, per consumer group, the last-delivered id and the pending
 entry (with its consumer, idle time, delivery count, recorded failure and
 claimed-run starts). Each step is O(log N) or O(1) in the stream's length:
-XRANGE and XPENDING of one id, ZSCORE, GET, XINFO GROUPS (O(groups)).
+XRANGE and XPENDING of one id, ZSCORE, GET, XINFO GROUPS (O(groups)), and an HGET
+in each live bucket of successes' records (about nine).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError
-from .keys import alias_key, derived_key, result_key
+from .keys import alias_key, derived_key, result_buckets_key, result_key
 from .scheduling import scheduled_key
 from .scripts import Script
 
@@ -24,7 +25,7 @@ from .scripts import Script
 MAX_HOPS = 8
 
 # KEYS: stream, scheduled set. ARGV: id, alias prefix, result prefix, errors prefix,
-# tracebacks prefix, runs prefix, group ('' for every group), most hops.
+# tracebacks prefix, runs prefix, group ('' for every group), most hops, result buckets.
 # Returns a JSON object: id (after aliases), and record, or scheduled (due ms), or
 # entry (bool) and groups [{name, last, consumer, idle, count, error, traceback, starts}].
 _LOOKUP = Script(
@@ -38,6 +39,15 @@ for _ = 1, tonumber(ARGV[8]) do
 end
 local out = {id = id}
 local record = redis.call('GET', ARGV[3] .. id)
+if not record then
+  -- a success's record: in one of the live buckets (flowd._redis.records), latest first
+  local t = redis.call('TIME')
+  local buckets = redis.call('ZRANGEBYSCORE', ARGV[9], t[1] .. '000', '+inf')
+  for i = #buckets, 1, -1 do
+    record = redis.call('HGET', buckets[i], id)
+    if record then break end
+  end
+end
 if record then
   out['record'] = record
   return cjson.encode(out)
@@ -133,6 +143,7 @@ def lookup_call(stream: str, job_id: str, group: str | None) -> tuple[list[str],
         derived_key(stream, "runs:"),
         group or "",
         MAX_HOPS,
+        result_buckets_key(stream),
     ]
     return keys, args
 

@@ -1,17 +1,23 @@
 """Job records: the one JSON text that says how a job ended, and how long names of a
 job's moves are kept.
 
-A record is the string ``{stream}:result:<id>``. A success's record is written with
-its XACK by one script per batch (:data:`ACK_WITH_RECORDS`); the dead-letter move
-writes a dead (or failed) one in its script; a cancel writes a cancelled one.
+Successes' records are written with their XACKs by one script per batch
+(:data:`ACK_WITH_RECORDS`), into hashes that each hold one time slice of a queue's
+successes: ``{stream}:results:<ttl ms>:<slice end ms>``, expiring ``result_ttl`` after
+their slice ends, and listed in the sorted set ``{stream}:result-buckets`` (score: their
+expiry). One HSET per batch keeps a queue that keeps results nearly as fast as one that
+does not; the price is that a record lives from ``result_ttl`` to ``result_ttl`` plus a
+slice (an eighth of it, at least a second). The dead-letter move writes a dead (or
+failed) record, and a cancel a cancelled one, as the string ``{stream}:result:<id>``.
+
 Fields: ``status`` (``succeeded``, ``failed``, ``dead``, ``cancelled``), ``value``
 (the JSON of what the job returned), ``error``, ``traceback``, ``deliveries``,
 ``started`` and ``finished`` (ms since the epoch), ``consumer``, ``group``,
 ``dead_letter`` (the dead letter's id).
 
-Waking waiters costs nothing when nobody waits: ``Results.wait`` sets
-``{stream}:waiting:<id>`` and blocks on the list ``{stream}:done:<id>``; whatever
-writes a record pushes to that list only if the waiting key exists (:data:`NOTIFY_LUA`).
+Waking waiters costs nothing when nobody waits: ``Results.wait`` adds the id to the
+set ``{stream}:waiters`` and blocks on the list ``{stream}:done:<id>``; whatever writes
+a record pushes to that list only for ids in the set.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .keys import derived_key
+from .keys import derived_key, done_key, result_buckets_key, waiters_key
 from .scripts import Script
 
 #: How long records nobody asked to keep live: a dead, failed or cancelled job's record
@@ -27,45 +33,55 @@ from .scripts import Script
 STATE_TTL_MS = 24 * 3600 * 1000
 #: How long a done list (the waiters' wake-up) outlives its push.
 DONE_TTL_MS = 60_000
+#: A bucket holds this part of result_ttl (and at least a second) of successes.
+BUCKET_PARTS = 8
+MIN_BUCKET_MS = 1000
 
-#: Most records one ACK_WITH_RECORDS call writes (its ids are unpacked into one XACK).
+#: Most records one ACK_WITH_RECORDS call writes (Lua's unpack() takes ~8,000 values).
 RECORDS_PER_CALL = 1000
 
 #: Lua: after a record of job ``id`` was written, wake its waiters, if it has any.
-#: Needs ``waiting`` and ``done`` (key prefixes) in scope.
 NOTIFY_LUA = """
-local function notify(waiting, done, id)
-  if redis.call('EXISTS', waiting .. id) == 1 then
+local function notify(waiters, done, id)
+  if redis.call('SISMEMBER', waiters, id) == 1 then
     redis.call('RPUSH', done .. id, '1')
     redis.call('PEXPIRE', done .. id, 60000)
   end
 end
 """
 
-# KEYS: stream. ARGV: group, ttl ms, result prefix, waiting prefix, done prefix, then
-# pairs of id and record. Acks every id and writes its record in one atomic step.
+# KEYS: stream, buckets zset, waiters set. ARGV: group, ttl ms, bucket ms, bucket prefix,
+# done prefix, then pairs of id and record. Acks every id and writes its record in one
+# atomic step; returns how many were acked.
 ACK_WITH_RECORDS = Script(
     NOTIFY_LUA
     + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl, span = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ends = (math.floor(now / span) + 1) * span
+local bucket = ARGV[4] .. ARGV[2] .. ':' .. string.format('%.0f', ends)
+local expires = ends + ttl
+redis.call('HSET', bucket, unpack(ARGV, 6))
+redis.call('PEXPIREAT', bucket, string.format('%.0f', expires))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now))
+redis.call('ZADD', KEYS[2], string.format('%.0f', expires), bucket)
+if redis.call('PTTL', KEYS[2]) < expires - now then
+  redis.call('PEXPIREAT', KEYS[2], string.format('%.0f', expires))
+end
 local ids = {}
-for i = 6, #ARGV, 2 do
-  local id = ARGV[i]
-  ids[#ids + 1] = id
-  redis.call('SET', ARGV[3] .. id, ARGV[i + 1], 'PX', ARGV[2])
-  notify(ARGV[4], ARGV[5], id)
+for i = 6, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  for _, id in ipairs(ids) do notify(KEYS[3], ARGV[5], id) end
 end
 return redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
 """
 )
 
 
-def prefixes(stream: str) -> tuple[str, str, str]:
-    """The result, waiting and done key prefixes of ``stream``."""
-    return (
-        derived_key(stream, "result:"),
-        derived_key(stream, "waiting:"),
-        derived_key(stream, "done:"),
-    )
+def bucket_ms(ttl_ms: int) -> int:
+    """How much time one bucket of successes' records spans, for ``result_ttl``."""
+    return max(MIN_BUCKET_MS, ttl_ms // BUCKET_PARTS)
 
 
 class SuccessRecords:
@@ -90,10 +106,12 @@ def ack_call(
     stream: str, group: str, ttl_ms: int, records: list[tuple[str, str]]
 ) -> tuple[Any, ...]:
     """The ACK_WITH_RECORDS command (EVALSHA) for up to RECORDS_PER_CALL (id, record)."""
-    args: list[Any] = [group, ttl_ms, *prefixes(stream)]
+    keys = (stream, result_buckets_key(stream), waiters_key(stream))
+    args: list[Any] = [group, ttl_ms, bucket_ms(ttl_ms), derived_key(stream, "results:")]
+    args.append(done_key(stream, ""))
     for pair in records:
         args += pair
-    return ("EVALSHA", ACK_WITH_RECORDS.sha, 1, stream, *args)
+    return ("EVALSHA", ACK_WITH_RECORDS.sha, len(keys), *keys, *args)
 
 
 def alias_ttl_ms(result_ttl_ms: int | None) -> int:

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import alias_key, derived_key, result_key
-from .records import NOTIFY_LUA, STATE_TTL_MS, prefixes
+from .keys import alias_key, derived_key, done_key, result_key, waiters_key
+from .records import NOTIFY_LUA, STATE_TTL_MS
 from .scripts import Script
 
 logger = logging.getLogger(__name__)
@@ -177,8 +177,8 @@ return {moved, missing, now, next_due}
 """
 )
 
-# KEYS: zset, job hash[, result]. ARGV: id, unique key prefix[, record, ttl ms, waiting
-# prefix, done prefix]. Returns 1 if it was still scheduled; then the job's record says
+# KEYS: zset, job hash[, result]. ARGV: id, unique key prefix[, record, ttl ms, waiters
+# set, done prefix]. Returns 1 if it was still scheduled; then the job's record says
 # it was cancelled.
 CANCEL_LUA = (
     NOTIFY_LUA
@@ -332,5 +332,12 @@ def cancel(client: Any, stream: str, job_id: str) -> bool:
     it is not scheduled (moved into the stream already, or unknown)."""
     keys = [scheduled_key(stream), job_key(stream, job_id), result_key(stream, job_id)]
     record = '{"status":"cancelled"}'
-    args = [job_id, unique_key(stream, ""), record, STATE_TTL_MS, *prefixes(stream)[1:]]
+    args = [
+        job_id,
+        unique_key(stream, ""),
+        record,
+        STATE_TTL_MS,
+        waiters_key(stream),
+        done_key(stream, ""),
+    ]
     return bool(int(CANCEL(client, keys, args)))

@@ -20,7 +20,8 @@ JOBS = 6_000
 PROCESSES = 3
 KILLS = 5
 
-# One atomic look at every job: ARGV is the result-key prefix, then the ids. Returns the
+# One atomic look at every job (KEYS: stream, group, the buckets of successes' records):
+# ARGV[1] is unused, then the ids. Returns the
 # ids that break the rule, each as "<id>:<what>".
 _SNAPSHOT = """
 local stream, group = KEYS[1], KEYS[2]
@@ -35,6 +36,7 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
 end
 local lms, lseq = string.match(last, '^(%d+)%-(%d+)$')
 lms, lseq = tonumber(lms), tonumber(lseq)
+local buckets = redis.call('ZRANGE', KEYS[3], 0, -1)
 local bad = {}
 for i = 2, #ARGV do
   local id = ARGV[i]
@@ -42,7 +44,10 @@ for i = 2, #ARGV do
   ms, seq = tonumber(ms), tonumber(seq)
   local delivered = ms < lms or (ms == lms and seq <= lseq)
   local pending = #redis.call('XPENDING', stream, group, id, id, 1) > 0
-  local record = redis.call('GET', ARGV[1] .. id)
+  local record = false
+  for _, bucket in ipairs(buckets) do
+    if redis.call('HEXISTS', bucket, id) == 1 then record = true end
+  end
   if record and pending then bad[#bad + 1] = id .. ':record while pending' end
   if delivered and not pending and not record then bad[#bad + 1] = id .. ':acked, no record' end
 end
@@ -52,8 +57,8 @@ return bad
 
 def broken(client: redis.Redis, stream: str, ids: list[str]) -> list[str]:
     """The ids whose record and ack disagree in one atomic snapshot."""
-    prefix = flowd._redis.keys.result_key(stream, "")
-    return [text(b) for b in client.eval(_SNAPSHOT, 2, stream, GROUP, prefix, *ids)]
+    buckets = flowd._redis.keys.result_buckets_key(stream)
+    return [text(b) for b in client.eval(_SNAPSHOT, 3, stream, GROUP, buckets, "", *ids)]
 
 
 def test_sigkilled_workers_never_split_a_result_from_its_ack(

@@ -12,7 +12,7 @@ import redis
 import redis.cluster
 
 import flowd
-from flowd._redis.keys import alias_key, partition_streams, result_key
+from flowd._redis.keys import alias_key, partition_streams, result_buckets_key, result_key
 from tests.helpers import GROUP, Numbered, QueueFactory, wait_until
 
 #: Partitions of the queue on the cluster (one per master).
@@ -70,17 +70,24 @@ class Records:
         self.client = client
         self.streams = partition_streams(stream, partitions)
 
-    def keys(self, job_id: str) -> list[str]:
-        """The record key of ``job_id`` that exists (or every candidate when none does)."""
-        keys = [result_key(s, job_id) for s in self.streams]
-        found = [k for k in keys if self.client.exists(k)]
-        return found or keys
+    def holders(self, job_id: str) -> list[str]:
+        """The keys that hold ``job_id``'s record: its string (a dead, failed or cancelled
+        job's), or the buckets of successes' records that have it."""
+        found = []
+        for s in self.streams:
+            if self.client.exists(result_key(s, job_id)):
+                found.append(result_key(s, job_id))
+            for bucket in self.client.zrange(result_buckets_key(s), 0, -1):
+                if self.client.hexists(bucket, job_id):
+                    found.append(bucket.decode() if isinstance(bucket, bytes) else bucket)
+        return found
 
     def exists(self, job_id: str) -> bool:
-        return any(self.client.exists(k) for k in self.keys(job_id))
+        return bool(self.holders(job_id))
 
     def pttl(self, job_id: str) -> int:
-        (key,) = [k for k in self.keys(job_id) if self.client.exists(k)]
+        """Milliseconds until the job's record expires (one holder must have it)."""
+        (key,) = self.holders(job_id)
         return int(self.client.pttl(key))
 
     def delete_entry(self, job_id: str) -> None:

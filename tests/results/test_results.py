@@ -214,7 +214,8 @@ def test_a_long_retry_is_followed_to_its_new_id(jobs: JobRunner) -> None:
 def test_results_expire(jobs: JobRunner, records: Records) -> None:
     job_id, result = jobs.run(lambda task: "kept briefly", result_ttl=timedelta(seconds=1))
     assert result.value == "kept briefly"
-    assert 0 < records.pttl(job_id) <= 1000
+    # Kept in a bucket of one second's successes, which expires a second after it ends.
+    assert 0 < records.pttl(job_id) <= 2000
     wait_until(lambda: not records.exists(job_id), timeout=5)
     after = jobs.results.get(job_id)
     assert after is not None and after.value is None  # the acked entry is still in the stream
