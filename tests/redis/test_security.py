@@ -119,13 +119,21 @@ FLOWD_COMMANDS = (
     "+hmget",
     # run records of claimed jobs ({stream}:runs:<group>)
     "+hincrby",
-    # job records ({stream}:result:<id>, SET with the ack), the waiters' wake-up list
+    # job records ({stream}:result:<id>, of dead and cancelled jobs), the waiters' wake-up list
     # ({stream}:done:<id>) that Results.wait blocks on, aliases of moved jobs
     # ({stream}:alias:<id>), the lookup script's TYPE
     "+rpush",
     "+pexpire",
     "+blmove",
     "+type",
+    # successes' records in time-slice buckets ({stream}:results:..., listed in
+    # {stream}:result-buckets), and the set of waited-for ids ({stream}:waiters)
+    "+pexpireat",
+    "+zremrangebyscore",
+    "+pttl",
+    "+sadd",
+    "+srem",
+    "+sismember",
 )
 
 
@@ -251,6 +259,7 @@ def run_flow(
         ),
         housekeeping=flowd.Housekeeping(interval=0.3, consumer_ttl=0.2),
         block=10.0,  # only CLIENT UNBLOCK lets stop() end this read quickly
+        result_ttl=60,
     )
     # Given a running queue (run() created the group) and an idle consumer without pending
     handle = queue.run()
@@ -291,6 +300,11 @@ def run_flow(
     assert flow.runs[POISON] == flow.runs[RACED] == 2
     assert {t.id for t in flow.dead} == {poison_id, raced_id, bad_id}
     assert admin.hlen(f"{{{stream}}}:errors:{GROUP}") == 0
+
+    # Results: a success's record (written with its ack), waited for; a dead job's
+    results = flowd.Results(client, stream)
+    assert results.wait(slow_id, timeout=5).status is flowd.JobStatus.SUCCEEDED
+    assert results.get(bad_id).status is flowd.JobStatus.DEAD  # type: ignore[union-attr]
 
     # DeadLetters: list, requeue (script), purge (MULTI/EXEC)
     dead = flowd.DeadLetters(client, stream)
