@@ -14,8 +14,13 @@ from tests.helpers import run_python
 REPO = Path(__file__).resolve().parents[2]
 
 
-def scenario(name: str, env: dict[str, str]) -> dict[str, Any]:
-    result = run_python(["-m", "tests.contrib.django_project.scenarios", name], env=env)
+def scenario(
+    name: str, env: dict[str, str], argument: Any = None, module: str = "scenarios"
+) -> dict[str, Any]:
+    """Run scenario ``name`` of ``tests/contrib/django_project/<module>.py`` (with a JSON
+    ``argument``, if given) in a subprocess; the JSON it printed."""
+    extra = [] if argument is None else [json.dumps(argument)]
+    result = run_python(["-m", f"tests.contrib.django_project.{module}", name, *extra], env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-2] == "ok", result.stdout
