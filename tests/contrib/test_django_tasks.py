@@ -173,3 +173,22 @@ def test_manage_py_check_and_the_worker_report_bad_task_settings(
     worker = run_python(["-m", "django", "flowd_worker", "--queue", "default"], env=env)
     assert worker.returncode == 2, worker.stderr
     assert "flowd.E002" in worker.stderr
+
+
+def test_worker_processes_run_one_task_queue_as_separate_consumers(
+    start_worker: Any, django_env: dict[str, str], client: redis.Redis, stream: str
+) -> None:
+    # Given `flowd_worker --queue other --processes 2`
+    proc, err = start_worker("--queue", "other", "--processes", "2", "--shutdown-timeout", "5")
+    wait_until(lambda: all(f"-w{i}, concurrency" in err.read_text() for i in (0, 1)), timeout=30)
+
+    # When tasks are enqueued on that queue (see task_scenarios.many_on_other)
+    ids = task_scenario("many_on_other", django_env, 12)
+
+    # Then each runs once, and their worker ids name the children that ran them
+    found = task_scenario("workers_of", django_env, ids)
+    assert sorted(recorded(client, stream, "tasks")) == sorted(f"other {n}" for n in range(12))
+    assert {worker[-3:] for worker in found["workers"]} <= {"-w0", "-w1"}, found
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, err.read_text()
+    assert "all worker processes stopped" in err.read_text()

@@ -219,11 +219,27 @@ def validate(_: Any) -> dict[str, Any]:
     return {}
 
 
+def many_on_other(count: int) -> dict[str, Any]:
+    return {"ids": [tasks.on_other.enqueue(n).id for n in range(count)]}
+
+
+def workers_of(found: dict[str, list[str]]) -> dict[str, Any]:
+    workers = []
+    for result_id in found["ids"]:
+        result = wait_finished(result_id)
+        assert result.status == TaskResultStatus.SUCCESSFUL, result.status
+        assert result.attempts == 1, result.worker_ids
+        workers.append(result.worker_ids[0])
+    return {"workers": workers}
+
+
 SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "enqueue": enqueue,
     "results": results,
     "retries": retries,
     "validate": validate,
+    "many_on_other": many_on_other,
+    "workers_of": workers_of,
 }
 
 if __name__ == "__main__":
