@@ -148,8 +148,9 @@ def test_django_project(redis_url: str, tmp_path: Path) -> None:
     assert posted.stdout.strip().splitlines()[-1] == "201"
     # And `manage.py flowd_worker --burst` runs
     worked = run(["manage.py", "flowd_worker", "--burst"], project, env)
-    # Then the job ran and wrote to the database
+    # Then the job ran and wrote to the database, and the @task ran too
     assert f"welcome mail to {email}" in worked.stdout
+    assert "signups so far" in worked.stdout
     welcomed = run(
         [
             "manage.py",

@@ -51,6 +51,26 @@ def shown(value: str | bytes) -> str:
     return out if len(out) <= MAX_VALUE else out[:MAX_VALUE] + f"... ({len(out)} characters)"
 
 
+#: The fields of a Django task's message (flowd.contrib.django.tasks): shown as the task.
+_TASK_FIELDS = frozenset({"task", "result_id", "args", "kwargs"})
+
+
+def shown_fields(fields: dict[str, str | bytes]) -> list[tuple[str, str]]:
+    """A message's fields for display; a Django task's message shows as its task's module
+    path called with its arguments, and its result id, instead of its raw fields."""
+    if _TASK_FIELDS <= set(fields) and all(isinstance(fields[k], str) for k in _TASK_FIELDS):
+        args = str(fields["args"]).removeprefix("[").removesuffix("]")
+        kwargs = str(fields["kwargs"]).removeprefix("{").removesuffix("}")
+        call = ", ".join(part for part in (args, f"**{{{kwargs}}}" if kwargs else "") if part)
+        rows = [
+            ("task", shown(f"{text(fields['task'])}({call})")),
+            ("result id", shown(fields["result_id"])),
+        ]
+        rows += [(k, shown(fields[k])) for k in ("queue", "enqueued_at") if k in fields]
+        return rows
+    return [(name, shown(value)) for name, value in fields.items()]
+
+
 def scheduled_api() -> Any:
     """``flowd.ScheduledJobs`` when the scheduling feature is installed, else None."""
     module = importlib.import_module("flowd")
@@ -153,8 +173,7 @@ def dead_page(client: Any, stream: str, before: str | None) -> Page:
         fields = _raw_fields(raw)
         letter = DeadLetter.from_entry(text(msg_id), fields)
         tb = fields.get(b"flowd:traceback", b"").decode("utf-8", "replace")
-        shown_fields = [(name, shown(value)) for name, value in letter.fields.items()]
-        rows.append(DeadRow(letter, tb, shown_fields))
+        rows.append(DeadRow(letter, tb, shown_fields(letter.fields)))
     return Page(rows, rows[-1].letter.dlq_id if more else None, before is None)
 
 
@@ -179,7 +198,7 @@ def scheduled_page(client: Any, stream: str, offset: int) -> tuple[int, Page, li
         ScheduledRow(
             id=str(item.id),
             due=item.due,
-            fields=[(text(k), shown(_value(v))) for k, v in (item.fields or {}).items()],
+            fields=shown_fields({text(k): _value(v) for k, v in (item.fields or {}).items()}),
         )
         for item in items[:PAGE]
     ]

@@ -8,91 +8,17 @@ jobs record what they did in Redis, where these tests look.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from tests.helpers import child_env, run_python, terminate, wait_until
+from tests.contrib.django_harness import REPO, child_pids, recorded, scenario
+from tests.helpers import run_python, wait_until
 from tests.redis_server import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def django_env(redis_url: str, stream: str, tmp_path: Path) -> dict[str, str]:
-    """The environment of the test project: its Redis, stream prefix and SQLite file."""
-    env = child_env(redis_url, stream, "DJANGO_")
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.contrib.django_project.settings",
-        FLOWD_TEST_DB=str(tmp_path / "db.sqlite3"),
-    )
-    return env
-
-
-def scenario(name: str, env: dict[str, str]) -> dict[str, Any]:
-    result = run_python(["-m", "tests.contrib.django_project.scenarios", name], env=env)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[-2] == "ok", result.stdout
-    found: dict[str, Any] = json.loads(lines[-1])
-    return found
-
-
-def recorded(client: redis.Redis, stream: str, what: str) -> list[str]:
-    return [v.decode() for v in client.lrange(f"{stream}:{what}", 0, -1)]
-
-
-def child_pids(parent: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == parent and stat[0] not in ("Z", "X"):
-                children.append(int(entry.name))
-    return children
-
-
-@pytest.fixture
-def start_worker(django_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    """Start ``python -m django flowd_worker ARGS``; stopped (and reaped) at teardown."""
-    migrated = run_python(["-m", "django", "migrate", "--verbosity", "0"], env=django_env)
-    assert migrated.returncode == 0, migrated.stderr
-    started: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(*args: str) -> tuple[subprocess.Popen[bytes], Path]:
-        err = tmp_path / f"worker-{len(started)}.err"
-        with err.open("wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "django", "flowd_worker", *args],
-                cwd=REPO,
-                env=django_env,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        started.append((proc, err))
-        return proc, err
-
-    yield start
-    for proc, _ in started:
-        if proc.poll() is None:
-            children = child_pids(proc.pid)
-            terminate(proc, 20)
-            for pid in children:  # only the children of the process started here
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 def test_settings_build_queues_and_name_every_mistake(django_env: dict[str, str]) -> None:

@@ -185,6 +185,29 @@ def test_stream_page_shows_groups_consumers_pending_and_dead_letters(
     assert ">Requeue</button>" in body and ">Purge</button>" in body
 
 
+def test_a_django_tasks_dead_letter_shows_its_task_not_raw_fields(
+    client: redis.Redis, stream: str, site_for: Any
+) -> None:
+    # Given the dead letter of a Django task's message (flowd.contrib.django.tasks)
+    with_group(client, stream, entries=1, pending=0)
+    fields = {
+        "task": "shop.tasks.charge",
+        "result_id": "ab" * 16,
+        "args": "[7]",
+        "kwargs": '{"amount":3}',
+        "queue": "default",
+    }
+    add_dead_letter(client, stream, fields, "ValueError: card declined")
+
+    # When the stream's page is opened
+    _, _, body = site_for([stream]).get(f"/stream?name={stream}")
+
+    # Then it names the task, called with its arguments, and its result id
+    assert "<dt>task</dt><dd>shop.tasks.charge(7, **{&#34;amount&#34;:3})</dd>" in body, body
+    assert f"<dt>result id</dt><dd>{'ab' * 16}</dd>" in body
+    assert "<dt>args</dt>" not in body and "<dt>kwargs</dt>" not in body
+
+
 def test_fields_and_reasons_are_text_never_markup(
     client: redis.Redis, stream: str, site_for: Any
 ) -> None:

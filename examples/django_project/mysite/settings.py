@@ -1,4 +1,4 @@
-"""Settings of the example project: the flowd part is INSTALLED_APPS and FLOWD.
+"""Settings of the example project: the flowd part is INSTALLED_APPS, FLOWD and TASKS.
 
 Run from this directory, with a Redis at ``$FLOWD_REDIS_URL`` (default
 ``redis://localhost:6379/0``)::
@@ -29,6 +29,10 @@ INSTALLED_APPS = [
     "flowd.contrib.django",  # the flowd_worker command and a check of FLOWD
     "signups",
 ]
+try:
+    import django.tasks  # noqa: F401 - Django >= 6.0 has the Tasks framework
+except ImportError:
+    INSTALLED_APPS.insert(0, "django_tasks")  # the backport: pip install django-tasks
 
 DATABASES = {
     "default": {
@@ -49,4 +53,17 @@ FLOWD = {
             "CLAIMER": {"MIN_IDLE_TIME": 60, "MAX_RETRIES": 5},
         },
     },
+}
+
+# Django's Tasks framework (@task functions) on flowd: one stream per queue.
+TASKS = {
+    "default": {
+        "BACKEND": "flowd.contrib.django.tasks.FlowdBackend",
+        "QUEUES": ["default"],
+        "OPTIONS": {
+            "URL": os.environ.get("FLOWD_REDIS_URL", "redis://localhost:6379/0"),
+            "MAX_RETRIES": 3,
+            "BACKOFF": {"INITIAL": 1, "FACTOR": 2, "MAXIMUM": 600},
+        },
+    }
 }

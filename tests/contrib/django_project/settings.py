@@ -20,6 +20,10 @@ INSTALLED_APPS = [
     "flowd.contrib.django",
     "tests.contrib.django_project.testapp",
 ]
+try:
+    import django.tasks  # noqa: F401 - Django >= 6.0 has the Tasks framework
+except ImportError:
+    INSTALLED_APPS.insert(0, "django_tasks")  # the backport, and its system checks
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -62,4 +66,21 @@ FLOWD = {
         # Producer only: another service consumes it. Same job class as "reports".
         "outbox": {"STREAM": f"{PREFIX}-outbox", "JOB": f"{JOBS}.Report", "MAXLEN": 1000},
     },
+}
+
+# Django's Tasks framework on flowd: quick retries, so the tests need not wait.
+TASKS = {
+    "default": {
+        "BACKEND": "flowd.contrib.django.tasks.FlowdBackend",
+        "QUEUES": ["default", "other"],
+        "OPTIONS": {
+            "URL": os.environ["FLOWD_REDIS_URL"],
+            "CLIENT_OPTIONS": {"socket_timeout": 10},
+            "STREAM_PREFIX": f"{PREFIX}-tasks",
+            "MAX_RETRIES": 2,
+            "MIN_IDLE_TIME": 0.3,
+            "BACKOFF": {"INITIAL": 0.1, "FACTOR": 1, "MAXIMUM": 0.1, "JITTER": 0},
+            "CONCURRENCY": 4,
+        },
+    }
 }

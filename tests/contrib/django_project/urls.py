@@ -16,6 +16,7 @@ dashboard = Dashboard(redis.Redis.from_url(settings.FLOWD["URL"]), [f"{PREFIX}-e
 urlpatterns = [
     path("signup/", views.signup),
     path("report/", views.report),
+    path("tasks/signup/", views.task_signup),
     # The dashboard, for staff only; anonymous users go to LOGIN_URL.
     path(
         "ops/flowd/",
