@@ -192,8 +192,8 @@ class Producer:
         :raises ReplicationError: with ``replicas``, too few replicas confirmed in time
             (the job was added on the master).
         """
-        when = _when(delay, at)
-        unique = _check_unique(unique_key)
+        when = sched.enqueue_time(delay, at)
+        unique = sched.check_unique_key(unique_key)
         if when is None and unique is None:
             command = self._command(job)
             if not self.replicas:
@@ -239,7 +239,7 @@ class Producer:
         :raises EnqueueError: some jobs were not written, or may not have been.
         :raises ReplicationError: with ``replicas``, too few replicas confirmed a chunk.
         """
-        when = _when(delay, at)
+        when = sched.enqueue_time(delay, at)
         pending = iter(jobs)
         bulk = BulkAccount()
         for chunk in chunks(pending, self.chunk_size):
@@ -407,28 +407,6 @@ class Producer:
                 short.append(int(wait))
         if short:
             raise ReplicationError(self.replicas, min(short), self.replica_timeout, written)
-
-
-def _when(delay: object, at: object) -> tuple[str, int] | None:
-    """("delay", ms) or ("at", epoch ms) from enqueue's arguments; None for at once."""
-    if delay is not None and at is not None:
-        raise ConfigurationError("give delay or at, not both (delay and at were both given)")
-    if at is not None:
-        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
-            raise ConfigurationError(
-                f"at must be a timezone-aware datetime (e.g. with tzinfo=datetime.UTC), not {at!r}"
-            )
-        return "at", int(at.timestamp() * 1000)
-    if delay is not None:
-        seconds = to_seconds(delay, "delay", allow_zero=True)  # type: ignore[arg-type]
-        return ("delay", to_ms(seconds)) if seconds > 0 else None
-    return None
-
-
-def _check_unique(value: object) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigurationError(f"unique_key must be a non-empty str or None, not {value!r}")
-    return value
 
 
 def _no_fields(job: Any, args: list[Any]) -> None:
