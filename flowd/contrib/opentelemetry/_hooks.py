@@ -80,6 +80,11 @@ class TracingHooks(Hooks):
     # -- runs --------------------------------------------------------------------
 
     def before_job(self, task: Task[Any]) -> None:
+        stale: _Run | None = getattr(self._local, "run", None)
+        if stale is not None:  # its end hook never ran, or failed midway
+            self._local.run = None
+            otel_context.detach(stale.token)
+            stale.span.end()
         group = self._groups.get(task.stream)
         attributes: dict[str, Any] = {
             c.MESSAGING_SYSTEM: c.SYSTEM,
