@@ -57,7 +57,7 @@ from .queue import Queue, WorkerFn
 from .results import JobResult, JobStatus, Results
 from .schedule import Schedule
 from .scheduled import ScheduledJob, ScheduledJobs, ScheduleState
-from .task import Task
+from .task import JobLogFilter, Task, current_task
 
 __all__ = [
     "Backoff",
@@ -77,6 +77,7 @@ __all__ = [
     "Hooks",
     "Housekeeping",
     "Job",
+    "JobLogFilter",
     "JobResult",
     "JobStatus",
     "KeyMigration",
@@ -101,6 +102,7 @@ __all__ = [
     "TrimResult",
     "WorkerFn",
     "__version__",
+    "current_task",
     "field",
     "migrate_keys",
     "partition_streams",

@@ -54,6 +54,11 @@ class Hooks:
     def on_claim(self, task: Task[Any]) -> None:
         """A message was reclaimed from an idle consumer and is about to run again."""
 
+    def on_start(self, queue: Any) -> None:
+        """The :class:`flowd.Queue` is starting (``run()`` or ``drain()``), on the
+        calling thread: a hook that needs the queue's ``client``, ``group`` or
+        ``streams`` takes them here."""
+
 
 class LogHooks(Hooks):
     """The built-in failure logging: an ERROR with the traceback for each failed job."""

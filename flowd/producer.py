@@ -6,7 +6,7 @@ import itertools
 import zlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 
@@ -18,6 +18,9 @@ from ._redis.session import check_client, is_cluster
 from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .errors import ConfigurationError, EncodeError, ReplicationError
 from .job import Job
+
+if TYPE_CHECKING:
+    from .contrib.opentelemetry._producer import ProducerTracing
 
 __all__ = ["Producer"]
 
@@ -71,6 +74,9 @@ class Producer:
     :param replicas: durable enqueue: after each enqueue (or each bulk chunk),
         WAIT until this many replicas hold the writes.
     :param replica_timeout: seconds WAIT may take; then ReplicationError.
+    :param tracing: a PRODUCER span per enqueue (one per ``enqueue_bulk`` call), whose
+        trace context each message carries to the consumer's span (see
+        :mod:`flowd.contrib.opentelemetry`); needs the ``opentelemetry`` extra.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class Producer:
         key: PartitionKey | None = None,
         replicas: int = 0,
         replica_timeout: Seconds = 1.0,
+        tracing: bool = False,
     ) -> None:
         if not isinstance(stream, str) or not stream:
             raise ConfigurationError(f"stream must be a non-empty str, not {stream!r}")
@@ -109,6 +116,7 @@ class Producer:
         self._round_robin = itertools.count()
         self._last: tuple[type[Any] | None, FieldAppender] = (None, _no_fields)
         self._trim: tuple[Any, ...] = ("MAXLEN", "~", maxlen) if maxlen else ()
+        self._tracing = _tracing(stream) if tracing else None
 
     def __repr__(self) -> str:
         return f"Producer(stream={self.stream!r}, partitions={len(self.streams)})"
@@ -135,6 +143,8 @@ class Producer:
         if len(args) == prefix:
             # A stream entry needs a field; decoding ignores fields the class does not know.
             args += EMPTY_JOB_FIELD
+        if self._tracing is not None:
+            args += self._tracing.fields()
 
     def _command(self, job: Job) -> list[Any]:
         args: list[Any] = ["XADD", self._stream_for(job), *self._trim, "*"]
@@ -192,8 +202,15 @@ class Producer:
         :raises ReplicationError: with ``replicas``, too few replicas confirmed in time
             (the job was added on the master).
         """
-        when = _when(delay, at)
-        unique = _check_unique(unique_key)
+        if self._tracing is not None:
+            return self._tracing.enqueue(self._enqueue, job, delay, at, unique_key)
+        return self._enqueue(job, delay, at, unique_key)
+
+    def _enqueue(
+        self, job: Job, delay: Seconds | None, at: datetime | None, unique_key: str | None
+    ) -> str:
+        when = sched.enqueue_time(delay, at)
+        unique = sched.check_unique_key(unique_key)
         if when is None and unique is None:
             command = self._command(job)
             if not self.replicas:
@@ -239,7 +256,14 @@ class Producer:
         :raises EnqueueError: some jobs were not written, or may not have been.
         :raises ReplicationError: with ``replicas``, too few replicas confirmed a chunk.
         """
-        when = _when(delay, at)
+        if self._tracing is not None:
+            return self._tracing.enqueue_bulk(self._enqueue_bulk, jobs, delay, at)
+        return self._enqueue_bulk(jobs, delay, at)
+
+    def _enqueue_bulk(
+        self, jobs: Iterable[Job], delay: Seconds | None, at: datetime | None
+    ) -> list[str]:
+        when = sched.enqueue_time(delay, at)
         pending = iter(jobs)
         bulk = BulkAccount()
         for chunk in chunks(pending, self.chunk_size):
@@ -409,26 +433,17 @@ class Producer:
             raise ReplicationError(self.replicas, min(short), self.replica_timeout, written)
 
 
-def _when(delay: object, at: object) -> tuple[str, int] | None:
-    """("delay", ms) or ("at", epoch ms) from enqueue's arguments; None for at once."""
-    if delay is not None and at is not None:
-        raise ConfigurationError("give delay or at, not both (delay and at were both given)")
-    if at is not None:
-        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
-            raise ConfigurationError(
-                f"at must be a timezone-aware datetime (e.g. with tzinfo=datetime.UTC), not {at!r}"
-            )
-        return "at", int(at.timestamp() * 1000)
-    if delay is not None:
-        seconds = to_seconds(delay, "delay", allow_zero=True)  # type: ignore[arg-type]
-        return ("delay", to_ms(seconds)) if seconds > 0 else None
-    return None
-
-
-def _check_unique(value: object) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigurationError(f"unique_key must be a non-empty str or None, not {value!r}")
-    return value
+def _tracing(stream: str) -> ProducerTracing:
+    """The producer's tracing; ConfigurationError when OpenTelemetry is not installed."""
+    try:
+        from .contrib.opentelemetry._producer import ProducerTracing
+    except ImportError as exc:
+        if not (exc.name or "").startswith("opentelemetry"):
+            raise  # a bug, not a missing extra
+        raise ConfigurationError(
+            "tracing=True needs OpenTelemetry: pip install 'flowd-queue[opentelemetry]'"
+        ) from exc
+    return ProducerTracing(stream)
 
 
 def _no_fields(job: Any, args: list[Any]) -> None:

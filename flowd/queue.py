@@ -36,7 +36,7 @@ from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
 from .handle import QueueHandle
-from .hooks import Hooks
+from .hooks import Hooks, call_hooks
 from .housekeeping import Housekeeping
 from .job import Job
 from .schedule import Schedule, check_schedules
@@ -345,6 +345,7 @@ class Queue(Generic[J]):
                 raise HandleStateError(f"{self!r} is already running; stop its handle first")
             self._preflight(must_connect=False)
             self._claim_check()
+            call_hooks([hook.on_start for hook in self.hooks], self)
             engine = Engine(self._settings())
             engine.start()
             handle = QueueHandle(engine)
@@ -383,6 +384,7 @@ class Queue(Generic[J]):
             limit = None if timeout is None else to_seconds(timeout, "timeout", allow_zero=True)
             self._preflight(must_connect=True)
             self._claim_check()
+            call_hooks([hook.on_start for hook in self.hooks], self)
             return self._drain(limit, stop or threading.Event())
 
     def _drain(self, limit: float | None, stop: threading.Event) -> int:

@@ -8,6 +8,7 @@ this test enqueued.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -163,3 +164,23 @@ def test_django_project(redis_url: str, tmp_path: Path) -> None:
         env,
     )
     assert welcomed.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_tracing(redis_url: str) -> None:
+    # When the tracing example runs
+    result = run(["tracing.py"], EXAMPLES, example_env(redis_url))
+    # Then the console shows the request, the enqueue and the job's run in one trace,
+    # and the job's log line names its job
+    spans = {}
+    decoder = json.JSONDecoder()
+    text, at = result.stdout, 0
+    while (start := text.find("{", at)) != -1:
+        span, at = decoder.raw_decode(text, start)
+        spans[span["name"]] = span
+    assert {"handle request", "send receipts", "process receipts"} <= set(spans)
+    assert len({s["context"]["trace_id"] for s in spans.values()}) == 1
+    process = spans["process receipts"]
+    assert process["parent_id"] == spans["send receipts"]["context"]["span_id"]
+    assert process["attributes"]["flowd.outcome"] == "success"
+    (line,) = [x for x in result.stderr.splitlines() if "receipt for order 42" in x]
+    assert f"[job {process['attributes']['messaging.message.id']}]" in line

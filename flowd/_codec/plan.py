@@ -197,7 +197,12 @@ def encode_job(job: Any) -> dict[str, Encoded]:
 
 
 def decode_job(cls: type[V], fields: Mapping[Any, Any], message_id: str | None = None) -> V:
-    """Build ``cls`` from stream fields (bytes or str); raises DecodeError."""
+    """Build ``cls`` from stream fields (bytes or str); raises DecodeError.
+
+    Only the class's own field names are read: flowd's fields (``flowd:runs``,
+    ``flowd:traceparent``...; see flowd._redis.fields) and any other are ignored, and
+    a dataclass field name cannot hold the ``:`` that would make one of them its own.
+    """
     plan = plan_of(cls)
     raw = _normalise(fields, message_id)
     kwargs: dict[str, Any] = {}

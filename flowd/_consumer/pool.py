@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from .._codec.failure import safe_str, traceback_of
 from ..errors import GiveUp, Retry, TimeLimitExceeded
 from ..hooks import Hooks, HookSet, LogHooks, call_hooks
-from ..task import Task
+from ..task import Task, current_task_var
 from .dead_letter_move import reason_of
 from .permits import Permits
 from .readahead import ALPHA, ReadAhead
@@ -209,6 +209,7 @@ class WorkerPool:
         worker, routes, monotonic, wall = self.worker, self.routes, time.monotonic, time.time
         before, success = self.hooks.before_job, self.hooks.after_success
         readahead, limiter = self.readahead, self.limiter
+        set_current, reset_current = current_task_var.set, current_task_var.reset
         run = worker if limiter is None else functools.partial(_run_limited, limiter, worker)
         item: Task[Any] | DeadLetterWork | None
         while (item := get()) is not None:
@@ -230,6 +231,7 @@ class WorkerPool:
                 started_at = wall()
                 running[key] = (task, started)
                 route = routes[task.stream]
+                current = set_current(task)  # for current_task() and JobLogFilter
                 try:
                     if before:
                         call_hooks(before, task)
@@ -250,6 +252,7 @@ class WorkerPool:
                     if success:
                         call_hooks(success, task, monotonic() - started)
                 finally:
+                    reset_current(current)
                     if retried:
                         counts.retried += 1
                     running.pop(key, None)

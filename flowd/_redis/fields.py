@@ -12,6 +12,10 @@ GROUP_FIELD = b"flowd:group"
 #: ``flowd:group`` and ``flowd:runs`` are believed only beside it: another program's
 #: ``flowd:group`` field must not make a group ack a job it never ran.
 RETRY_OF_FIELD = b"flowd:retry-of"
+#: The W3C trace context of the enqueue (``Producer(tracing=True)``): the consumer's
+#: span continues that trace. Retries and the scheduled set copy them with the rest.
+TRACEPARENT_FIELD = b"flowd:traceparent"
+TRACESTATE_FIELD = b"flowd:tracestate"
 
 
 def prior_runs(fields: Mapping[bytes, bytes]) -> int:

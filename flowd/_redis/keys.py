@@ -96,6 +96,12 @@ def alias_key(stream: str, job_id: str) -> str:
     return derived_key(stream, f"alias:{job_id}")
 
 
+def trace_link_key(stream: str, group: str, msg_id: str) -> str:
+    """The string naming the span of a message's first run in ``group``, kept while the
+    message may run again, so a retry's span links to it (flowd.contrib.opentelemetry)."""
+    return derived_key(stream, f"trace:{group}:{msg_id}")
+
+
 def dead_letter_stream(stream: str) -> str:
     """The default dead-letter stream: ``{emails}:dead`` for ``emails``."""
     return derived_key(stream, "dead")

@@ -19,11 +19,14 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from ..errors import ConfigurationError
 from .keys import alias_key, derived_key, done_key, result_key, waiters_key
 from .records import NOTIFY_LUA, STATE_TTL_MS
 from .scripts import Script
+from .timeutil import to_ms, to_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -341,3 +344,26 @@ def cancel(client: Any, stream: str, job_id: str) -> bool:
         done_key(stream, ""),
     ]
     return bool(int(CANCEL(client, keys, args)))
+
+
+def enqueue_time(delay: object, at: object) -> tuple[str, int] | None:
+    """("delay", ms) or ("at", epoch ms) from enqueue's arguments; None for at once."""
+    if delay is not None and at is not None:
+        raise ConfigurationError("give delay or at, not both (delay and at were both given)")
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise ConfigurationError(
+                f"at must be a timezone-aware datetime (e.g. with tzinfo=datetime.UTC), not {at!r}"
+            )
+        return "at", int(at.timestamp() * 1000)
+    if delay is not None:
+        seconds = to_seconds(delay, "delay", allow_zero=True)  # type: ignore[arg-type]
+        return ("delay", to_ms(seconds)) if seconds > 0 else None
+    return None
+
+
+def check_unique_key(value: object) -> str | None:
+    """A unique_key argument, checked: a non-empty str or None."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigurationError(f"unique_key must be a non-empty str or None, not {value!r}")
+    return value
