@@ -39,6 +39,9 @@ from typing import Literal
 __all__ = ["CutMode", "CutRule", "Link", "Proxy"]
 
 CutMode = Literal["command", "reply"]
+
+#: Seconds a "reply" cut waits, once armed, before it resets the connection.
+_REPLY_CUT_GRACE = 0.2
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _POLL = 0.05  # how often a pump looks at its link's state while idle or stalled
 _TAIL = 256  # bytes of a connection's earlier data kept to match across reads
@@ -192,6 +195,12 @@ class Link:
                 elif self.reply_cut_since is not None:
                     self.proxy._record_cut(
                         self, f"reply ({len(chunk)} reply bytes dropped: {chunk[:24]!r})"
+                    )
+                    # In a pipeline these may be earlier commands' replies: give the server
+                    # time to read the armed command from its socket before the reset
+                    # discards what it has not read (it ran, as a "reply" cut promises).
+                    time.sleep(
+                        max(0.0, _REPLY_CUT_GRACE - (time.monotonic() - self.reply_cut_since))
                     )
                     self.kill("reset")
                     break
