@@ -80,8 +80,10 @@ def test_job_and_stream_metrics_while_a_queue_processes_jobs(
     assert value(before, "flowd_stream_info_up", stream=stream) == 1
 
     with queue.run() as handle:
-        # When job 5 is running
+        # When job 5 is running, and job 0's retries are over (dead-lettered: otherwise
+        # its retry may be in flight too when the scrape comes)
         assert running.wait(10)
+        wait_until(lambda: handle.stats().dead_lettered == 1 and handle.stats().in_flight == 1)
         during = scrape(server)
         # Then it is in flight
         assert value(during, "flowd_jobs_in_flight", stream=stream) == 1
