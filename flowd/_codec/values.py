@@ -44,16 +44,6 @@ def encode_value(value: object) -> str:
         ) from exc
 
 
-def decode_value(text: str | None, tp: Any = None) -> Any:
-    """A stored value: plain JSON (dicts, lists, ...) without ``tp``, else decoded into it.
-
-    :raises DecodeError: the stored value does not fit ``tp``.
-    """
-    if text is None:
-        return None
-    return from_plain(json.loads(text), tp)
-
-
 def from_plain(plain: Any, tp: Any = None) -> Any:
     """A value parsed from JSON, decoded into ``tp`` (as is without it).
 

@@ -41,11 +41,11 @@ MIN_BUCKET_MS = 1000
 RECORDS_PER_CALL = 1000
 
 #: Lua: after a record of job ``id`` was written, wake its waiters, if it has any.
-NOTIFY_LUA = """
+NOTIFY_LUA = f"""
 local function notify(waiters, done, id)
   if redis.call('SISMEMBER', waiters, id) == 1 then
     redis.call('RPUSH', done .. id, '1')
-    redis.call('PEXPIRE', done .. id, 60000)
+    redis.call('PEXPIRE', done .. id, {DONE_TTL_MS})
   end
 end
 """
