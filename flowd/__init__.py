@@ -12,6 +12,8 @@ package is laid out as its architecture:
   the job lookup, connecting, URLs, throughput counters, time units, and the
   key-layout migration);
 - ``_codec/``: how a Job class maps to stream fields (the plan and the codecs);
+- ``flow/``: flow control (priorities, pause, rate limits, per-key concurrency,
+  expiry), below the runtime that calls it;
 - ``_consumer/``: the consumer runtime of a running Queue (its walk-through is
   at the top of ``_consumer/engine.py``);
 - ``cli/``: the ``flowd`` command; ``dashboard/`` and ``contrib/`` (Django,
@@ -19,7 +21,7 @@ package is laid out as its architecture:
 
 Import rules (tests/test_imports.py enforces them, beside its no-cycle check):
 ``_redis`` and ``_codec`` import nothing of flowd but ``errors`` and each
-other's modules; ``_consumer`` never imports ``cli``,
+other's modules; ``flow`` imports only those and ``errors``; ``_consumer`` never imports ``cli``,
 ``dashboard`` or ``contrib``; no module of flowd imports this one.
 """
 

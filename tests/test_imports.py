@@ -4,6 +4,7 @@ cycle, and keep the layout's rules (written in flowd/__init__.py):
 - ``_redis`` and ``_codec`` import nothing of flowd but ``errors`` and each other's
   modules;
 - ``_consumer`` never imports ``cli``, ``dashboard`` or ``contrib``;
+- ``flow`` imports nothing of flowd but ``_redis``, ``_codec``, ``errors`` and itself;
 - no module of flowd imports ``flowd`` itself (its ``__init__``, the curated face).
 """
 
@@ -107,6 +108,8 @@ def test_flowd_has_no_import_cycle() -> None:
 BOUNDARY = ("flowd._redis", "flowd._codec")
 BOUNDARY_MAY_IMPORT = ("flowd.errors",)
 CONSUMER_MAY_NOT_IMPORT = ("flowd.cli", "flowd.dashboard", "flowd.contrib")
+#: Flow control sits below the runtime: it may import the boundary and errors only.
+FLOW = "flowd.flow"
 
 
 def inside(module: str, package: str) -> bool:
@@ -126,6 +129,14 @@ def rule_breaks(graph: dict[str, set[str]]) -> list[str]:
                 breaks.append(
                     f"{importer} -> {target}: _redis and _codec import only errors and each other"
                 )
+            elif inside(importer, FLOW) and not (
+                inside(target, FLOW)
+                or any(inside(target, b) for b in BOUNDARY)
+                or target in BOUNDARY_MAY_IMPORT
+            ):
+                breaks.append(
+                    f"{importer} -> {target}: flow imports only _redis, _codec, errors and itself"
+                )
             elif inside(importer, "flowd._consumer") and any(
                 inside(target, p) for p in CONSUMER_MAY_NOT_IMPORT
             ):
@@ -144,13 +155,16 @@ def test_rule_breaks_names_each_forbidden_import() -> None:
         "flowd._codec.plan": {"flowd._codec.codecs", "flowd._redis.timeutil"},
         "flowd._consumer.engine": {"flowd._redis.session", "flowd.cli.runner"},
         "flowd.cli.parser": {"flowd", "flowd.dashboard.cli"},
+        "flowd.flow.pause": {"flowd._redis.keys", "flowd.errors", "flowd._consumer.reader"},
     }
-    # Then exactly the three forbidden ones are named
+    # Then exactly the four forbidden ones are named
     assert rule_breaks(graph) == [
         "flowd._consumer.engine -> flowd.cli.runner: _consumer never imports cli, dashboard "
         "or contrib",
         "flowd._redis.session -> flowd.queue: _redis and _codec import only errors and each other",
         "flowd.cli.parser -> flowd: nothing imports the curated face",
+        "flowd.flow.pause -> flowd._consumer.reader: flow imports only _redis, _codec, errors "
+        "and itself",
     ]
 
 
