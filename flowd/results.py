@@ -22,6 +22,7 @@ from typing import Any
 
 from ._codec.values import from_plain
 from ._consumer.runs import claimed_deliveries
+from ._redis.fields import trace_id_of
 from ._redis.keys import done_key, partition_streams, waiters_key
 from ._redis.lookup import Found, GroupView, lookup
 from ._redis.session import check_client
@@ -87,6 +88,9 @@ class JobResult:
     consumer: str | None = None
     #: The dead letter's id in the dead-letter stream (status DEAD), when known.
     dead_letter_id: str | None = None
+    #: The OpenTelemetry trace id (32 hex digits) of a job enqueued with
+    #: ``Producer(tracing=True)``, when Redis still holds it.
+    trace_id: str | None = None
 
 
 def _utc(ms: Any) -> datetime | None:
@@ -141,6 +145,7 @@ def _from_record(job_id: str, found: Found, type_: Any) -> JobResult:
         finished_at=_utc(record.get("finished")),
         consumer=record.get("consumer") or None,
         dead_letter_id=record.get("dead_letter") or None,
+        trace_id=trace_id_of(record.get("traceparent")),
     )
 
 
@@ -155,6 +160,7 @@ def _from_pending(job_id: str, found: Found, view: GroupView) -> JobResult:
         deliveries=deliveries,
         enqueued_at=enqueued_at(job_id) or enqueued_at(found.id),
         consumer=view.consumer,
+        trace_id=trace_id_of(found.traceparent),
     )
 
 
@@ -177,7 +183,9 @@ def job_result(job_id: str, found: Found, type_: Any = None) -> JobResult:
         for view in found.groups
     )
     status = JobStatus.WAITING if waiting else JobStatus.SUCCEEDED
-    return JobResult(id=job_id, status=status, enqueued_at=when)
+    return JobResult(
+        id=job_id, status=status, enqueued_at=when, trace_id=trace_id_of(found.traceparent)
+    )
 
 
 class Results:

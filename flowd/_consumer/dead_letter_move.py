@@ -15,6 +15,7 @@ from typing import Any
 
 from .._codec.failure import safe_repr, safe_str, traceback_of
 from .._redis import throughput as _throughput
+from .._redis.fields import traceparent_of
 from .._redis.keys import derived_key, done_key, result_key, runs_key, waiters_key
 from .._redis.records import DONE_TTL_MS, NOTIFY_LUA, STATE_TTL_MS
 from .._redis.scripts import Script
@@ -262,6 +263,9 @@ class DeadLetterMover:
             "consumer": self.consumer,
             "group": self.group,
         }
+        traceparent = traceparent_of(task.fields)
+        if traceparent is not None:
+            record["traceparent"] = traceparent
         args: list[Any] = [
             self.group,
             task.id,

@@ -24,7 +24,7 @@ from typing import Any
 
 from .._codec.plan import decode_job
 from .._codec.values import encode_value
-from .._redis.fields import other_group, prior_runs
+from .._redis.fields import other_group, prior_runs, traceparent_of
 from .._redis.records import SuccessRecords
 from .._redis.replies import Fields
 from ..errors import DecodeError
@@ -177,7 +177,11 @@ class Dispatcher:
         """A success's record (flowd._redis.records); raises EncodeError for a value that
         has no JSON form, which fails the run."""
         return self._records.record(
-            encode_value(value), task.deliveries, int(started_at * 1000), int(time.time() * 1000)
+            encode_value(value),
+            task.deliveries,
+            int(started_at * 1000),
+            int(time.time() * 1000),
+            traceparent_of(task.fields),
         )
 
     def ack(self, task: Task[Any], retried: bool, record: str | None = None) -> None:

@@ -18,6 +18,26 @@ TRACEPARENT_FIELD = b"flowd:traceparent"
 TRACESTATE_FIELD = b"flowd:tracestate"
 
 
+def traceparent_of(fields: Mapping[bytes, bytes]) -> str | None:
+    """The entry's W3C ``traceparent`` (as text), or None when it was enqueued untraced."""
+    raw = fields.get(TRACEPARENT_FIELD)
+    return None if raw is None else raw.decode("ascii", "replace")
+
+
+def trace_id_of(traceparent: object) -> str | None:
+    """The trace id (32 hex digits) in a ``traceparent`` value, or None if it has none."""
+    if not isinstance(traceparent, str):
+        return None
+    parts = traceparent.split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return parts[1].lower()
+
+
 def prior_runs(fields: Mapping[bytes, bytes]) -> int:
     """Runs done before the entry was (re)scheduled: its ``flowd:runs`` field, else 0."""
     raw = fields.get(RUNS_FIELD)

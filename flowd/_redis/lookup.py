@@ -27,7 +27,8 @@ MAX_HOPS = 8
 # KEYS: stream, scheduled set. ARGV: id, alias prefix, result prefix, errors prefix,
 # tracebacks prefix, runs prefix, group ('' for every group), most hops, result buckets.
 # Returns a JSON object: id (after aliases), and record, or scheduled (due ms), or
-# entry (bool) and groups [{name, last, consumer, idle, count, error, traceback, starts}].
+# entry (bool), its traceparent, and groups [{name, last, consumer, idle, count, error,
+# traceback, starts}].
 _LOOKUP = Script(
     """
 local stream, zset = KEYS[1], KEYS[2]
@@ -60,7 +61,14 @@ end
 if not string.match(id, '^%d+%-%d+$') or redis.call('TYPE', stream)['ok'] ~= 'stream' then
   return cjson.encode(out)
 end
-out['entry'] = #redis.call('XRANGE', stream, id, id) > 0
+local entry = redis.call('XRANGE', stream, id, id)
+out['entry'] = #entry > 0
+if #entry > 0 then
+  local fields = entry[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'flowd:traceparent' then out['traceparent'] = fields[i + 1] end
+  end
+end
 local groups = {}
 for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
   local info = {}
@@ -116,6 +124,8 @@ class Found:
     scheduled_ms: int | None = None
     entry: bool = False
     groups: list[GroupView] = field(default_factory=list)
+    #: The stream entry's ``flowd:traceparent`` (a traced job still in the stream).
+    traceparent: str | None = None
 
 
 def _text(value: Any) -> str | None:
@@ -175,6 +185,7 @@ def parse_lookup(reply: bytes | str, stream: str) -> Found:
         scheduled_ms=None if raw.get("scheduled") is None else int(raw["scheduled"]),
         entry=bool(raw.get("entry")),
         groups=groups,
+        traceparent=_text(raw.get("traceparent")),
     )
 
 

@@ -94,11 +94,20 @@ class SuccessRecords:
         fixed = json.dumps({"consumer": consumer, "group": group}, ensure_ascii=False)
         self._head = '{"status":"succeeded",' + fixed[1:-1]
 
-    def record(self, value_json: str, deliveries: int, started_ms: int, finished_ms: int) -> str:
-        """The record of a run that returned (``value_json`` is already JSON text)."""
+    def record(
+        self,
+        value_json: str,
+        deliveries: int,
+        started_ms: int,
+        finished_ms: int,
+        traceparent: str | None = None,
+    ) -> str:
+        """The record of a run that returned (``value_json`` is already JSON text);
+        ``traceparent``, of a traced job, lets the job page name its trace."""
+        trace = "" if traceparent is None else f',"traceparent":{json.dumps(traceparent)}'
         return (
             f'{self._head},"deliveries":{deliveries},"started":{started_ms},'
-            f'"finished":{finished_ms},"value":{value_json}}}'
+            f'"finished":{finished_ms}{trace},"value":{value_json}}}'
         )
 
 

@@ -103,6 +103,8 @@ def job_text(result: JobResult, stream: str, *, full: bool = False) -> str:
         ("started", _iso(result.started_at) or "-"),
         ("finished", _iso(result.finished_at) or "-"),
     ]
+    if result.trace_id is not None:
+        rows.append(("trace", result.trace_id))
     if result.dead_letter_id is not None:
         rows.append(("dead letter", f"{result.dead_letter_id} (see flowd dlq list {stream})"))
     if result.error is not None:

@@ -22,6 +22,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import flowd
 from flowd.contrib.opentelemetry import TracingHooks
+from flowd.dashboard import Dashboard
+from tests.dashboard.dashboard_server import http, serving
 from tests.helpers import GROUP, Numbered, QueueFactory, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -351,3 +353,46 @@ def test_without_opentelemetry_the_queue_runs_and_flowd_imports_none_of_it(
     # Then the job ran, tracing=True named the extra, and no opentelemetry module loaded
     assert result.returncode == 0, result.stderr
     assert "ran without opentelemetry" in result.stdout
+
+
+def test_the_job_page_and_results_name_a_traced_jobs_trace(
+    client: redis.Redis,
+    stream: str,
+    make_queue: QueueFactory,
+    spans: InMemorySpanExporter,
+) -> None:
+    # Given a job that succeeds and one that gives up, enqueued in a request's span
+    def work(task: flowd.Task[Numbered]) -> int:
+        if task.job.n == 2:
+            raise flowd.GiveUp("card declined")
+        return task.job.n
+
+    tracer = trace.get_tracer("tests")
+    producer = flowd.Producer(client, stream, tracing=True)
+    with tracer.start_as_current_span("request"):
+        ok_id, dead_id = producer.enqueue(Numbered(1)), producer.enqueue(Numbered(2))
+    (request,) = named(spans, "request")
+    expected = f"{trace_id(request):032x}"
+    untraced_id = flowd.Producer(client, stream).enqueue(Numbered(3))
+    results = flowd.Results(client, stream)
+    # Then while they wait, the lookup reads the trace from the stream entry
+    waiting = results.get(ok_id)
+    assert waiting is not None and waiting.status is flowd.JobStatus.WAITING
+    assert waiting.trace_id == expected
+    # And once they ended, from their records (the stream entries trimmed away)
+    with make_queue(work, hooks=[TracingHooks()], claimer=flowd.Claimer(), result_ttl=600).run():
+        wait_until(lambda: len(named(spans, "process")) == 3 and named(spans, "dead-letter"))
+        wait_until(lambda: (r := results.get(untraced_id)) is not None and r.finished_at)
+    client.xtrim(stream, maxlen=0)
+    done, dead = results.get(ok_id), results.get(dead_id)
+    assert done is not None and done.status is flowd.JobStatus.SUCCEEDED
+    assert dead is not None and dead.status is flowd.JobStatus.DEAD
+    assert done.trace_id == dead.trace_id == expected
+    untraced = results.get(untraced_id)
+    assert untraced is not None and untraced.trace_id is None
+    # And the dashboard's job page shows it; an untraced job's page has no trace row
+    with serving(Dashboard(client, [stream])) as base:
+        _, _, body = http(f"{base}/job?stream={stream}&id={dead_id}")
+        _, _, plain = http(f"{base}/job?stream={stream}&id={untraced_id}")
+    assert f'<td class="trace-id mono">{expected}</td>' in body
+    assert "trace-id" not in plain
