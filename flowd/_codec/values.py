@@ -37,7 +37,9 @@ def encode_value(value: object) -> str:
         if isinstance(value, (str, int, float, bool)):
             return json.dumps(value, allow_nan=False)
         plain = _holder(Any)(value).to_dict(encode_json=True)["v"]
-        return json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        # ASCII (non-ASCII as \u escapes): a lone surrogate in a str then still has a
+        # form Redis takes, and the acker can frame the records without encoding them.
+        return json.dumps(plain, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise EncodeError(
             f"the job's return value ({type(value).__name__}) cannot be stored as JSON: {exc}"

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._redis import throughput as _throughput
 from .._redis.keys import derived_key, runs_key
-from .._redis.records import ACK_WITH_RECORDS, RECORDS_PER_CALL, ack_call
+from .._redis.records import ACK_WITH_RECORDS, RECORDS_PER_CALL, ack_call, packed_ack_call
 from .._redis.session import Session, is_noscript
 from .threads import Backoff
 
@@ -171,10 +171,11 @@ class Acker:
     def _past_deadline(self) -> bool:
         return self._closing and self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _split(self, ids: list[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """The ids to ack plainly, and the script calls that ack the others with their
-        records in one atomic step: never acked without its result, nor stored as
-        succeeded without its ack (so a recorded id is in no plain XACK)."""
+    def _split(self, ids: list[str]) -> tuple[list[str], list[list[tuple[str, str]]]]:
+        """The ids to ack plainly, and the (id, record) chunks of the script calls that
+        ack the others with their records in one atomic step: never acked without its
+        result, nor stored as succeeded without its ack (so a recorded id is in no
+        plain XACK)."""
         if not self._records:
             return ids, []
         assert self.result_ttl_ms is not None
@@ -186,21 +187,21 @@ class Acker:
                 plain.append(msg_id)
             else:
                 recorded.append((msg_id, record))
-        calls = [
-            ack_call(
-                self.stream, self.group, self.result_ttl_ms, recorded[i : i + RECORDS_PER_CALL]
-            )
-            for i in range(0, len(recorded), RECORDS_PER_CALL)
+        chunks = [
+            recorded[i : i + RECORDS_PER_CALL] for i in range(0, len(recorded), RECORDS_PER_CALL)
         ]
-        return plain, calls
+        return plain, chunks
 
     def _flush(self, ids: list[str], retried: list[str]) -> None:
-        plain, scripts = self._split(ids)
-        commands: list[tuple[Any, ...]] = [
+        plain, chunks = self._split(ids)
+        commands: list[tuple[Any, ...] | bytes] = [
             ("XACK", self.stream, self.group, *plain[i : i + ACK_CHUNK])
             for i in range(0, len(plain), ACK_CHUNK)
         ]
-        commands += scripts
+        first_call = len(commands)
+        assert not chunks or self.result_ttl_ms is not None
+        ttl_ms = self.result_ttl_ms or 0
+        commands += [packed_ack_call(self.stream, self.group, ttl_ms, c) for c in chunks]
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
             commands.append(("HDEL", self.tracebacks_key, *retried))
@@ -215,7 +216,12 @@ class Acker:
         own = replies[: len(commands)]
         unknown = [i for i, reply in enumerate(own) if is_noscript(reply)]
         if unknown:  # a restarted server, a failover: send those calls again as EVAL
-            again = self._session.call_many([as_eval(commands[i]) for i in unknown])
+            again = self._session.call_many(
+                [
+                    as_eval(ack_call(self.stream, self.group, ttl_ms, chunks[i - first_call]))
+                    for i in unknown
+                ]
+            )
             for index, reply in zip(unknown, again, strict=True):
                 own[index] = reply
         for reply in own:

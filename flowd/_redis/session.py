@@ -294,11 +294,14 @@ class Session:
             conn.disconnect()
 
     def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Pipeline several commands in one round trip; error replies are returned, not raised."""
+        """Pipeline several commands in one round trip; error replies are returned, not raised.
+
+        A command may be given as ``bytes``, framed as RESP already.
+        """
         conn = self._connection()
         replies: list[Any] = []
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(_packed(conn, commands))
             for _ in commands:
                 try:
                     replies.append(conn.read_response(disable_decoding=True))
@@ -322,6 +325,25 @@ class Session:
                 conn.disconnect()
             except Exception:  # the socket may already be unusable; nothing to report
                 logger.debug("disconnect failed", exc_info=True)
+
+
+def _packed(conn: Any, commands: Sequence[Sequence[Any]]) -> list[bytes]:
+    """The commands as RESP; a command given as bytes is framed already."""
+    if not any(isinstance(command, bytes) for command in commands):
+        return list(conn.pack_commands(commands))
+    out: list[bytes] = []
+    run: list[Sequence[Any]] = []
+    for command in commands:
+        if isinstance(command, bytes):
+            if run:
+                out += conn.pack_commands(run)
+                run = []
+            out.append(command)
+        else:
+            run.append(command)
+    if run:
+        out += conn.pack_commands(run)
+    return out
 
 
 def ensure_group(session: Session, stream: str, group: str) -> bool:

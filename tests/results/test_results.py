@@ -13,9 +13,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from redis.connection import Connection
 
 import flowd
-from flowd._redis.records import STATE_TTL_MS
+from flowd._redis.records import STATE_TTL_MS, ack_call, packed_ack_call
 from tests.helpers import GROUP, Numbered, wait_until
 from tests.redis_cluster import RedisCluster
 from tests.results.conftest import CLUSTER_PARTITIONS, JobRunner, Records
@@ -62,10 +63,31 @@ def test_a_returned_dataclass_is_read_back_typed(jobs: JobRunner, records: Recor
     assert records.pending() == 0
 
 
-@pytest.mark.parametrize("value", [None, 7, "text", [1, 2], {"a": [1]}])
+@pytest.mark.parametrize(
+    "value",
+    [None, 7, "text", [1, 2], {"a": [1]}, {"city": "Zoë in 東京"}, {"lone": "\ud800"}, "\udfff"],
+)
 def test_scalar_and_container_values(jobs: JobRunner, value: Any) -> None:
     _, result = jobs.run(lambda task: value, result_ttl=60)
     assert (result.status, result.value) == (Status.SUCCEEDED, value)
+
+
+def test_records_are_written_after_redis_forgot_the_script(
+    jobs: JobRunner, client: Any, records: Records
+) -> None:
+    # Given a queue that wrote one result (its acker's script is loaded)
+    jobs.start(lambda task: {"n": task.job.n}, result_ttl=60)
+    first = jobs.producer.enqueue(Numbered(1))
+    assert jobs.results.wait(first, timeout=20).value == {"n": 1}
+    # When Redis forgets its scripts (a restart, a failover) and more jobs end
+    for node in client.get_nodes() if hasattr(client, "get_nodes") else [client]:
+        (node.redis_connection if hasattr(node, "redis_connection") else node).script_flush()
+    # Then their results and acks are written all the same (one at a time: partitions
+    # make their own ids, and two made in one millisecond could be the same)
+    for n in range(2, 6):
+        job_id = jobs.producer.enqueue(Numbered(n))
+        assert jobs.results.wait(job_id, timeout=20).value == {"n": n}
+    assert records.pending() == 0
 
 
 def test_a_value_without_json_form_fails_the_run_with_its_reason(
@@ -285,3 +307,11 @@ def test_give_up_and_undecodable_entries_end_dead(jobs: JobRunner, records: Reco
     dead = flowd.Results(records.client, records.streams[0]).wait(bad, timeout=20)
     assert dead.status is Status.DEAD
     assert dead.error is not None and "n" in dead.error
+
+
+def test_the_hand_framed_ack_call_is_what_redis_py_would_send() -> None:
+    # Given records with and without non-ASCII text, on a stream whose name has some
+    pairs = [("1-0", '{"value":1}'), ("2-0", '{"value":"Zoë 東京"}'), ("3-0", "")]
+    # Then the frame is byte for byte redis-py's
+    expected = b"".join(Connection().pack_commands([ack_call("é{s}", "g", 60_000, pairs)]))
+    assert packed_ack_call("é{s}", "g", 60_000, pairs) == expected
