@@ -22,11 +22,23 @@ def _class_name(obj: object) -> str:
         return "object"
 
 
+def storable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) as backslash escapes:
+    Redis takes it, where the text itself would fail every write that carries it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _safe(format_: Callable[[object], str], obj: object) -> str:
     try:
         text = format_(obj)
         if type(text) is str:
-            return text
+            return storable(text)
     except Exception:
         pass
     return f"<unprintable {_class_name(obj)}>"
@@ -48,6 +60,7 @@ def traceback_of(exc: BaseException) -> str:
         text = "".join(traceback.format_exception(exc)).rstrip("\n")
     except Exception:  # format_exception guards str(exc), but not every hostile object
         text = f"{_class_name(exc)}: {safe_str(exc)} (its traceback could not be formatted)"
+    text = storable(text)
     if len(text) <= TRACEBACK_LIMIT:
         return text
     return "...\n" + text[-(TRACEBACK_LIMIT - 4) :]

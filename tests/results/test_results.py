@@ -315,3 +315,17 @@ def test_the_hand_framed_ack_call_is_what_redis_py_would_send() -> None:
     # Then the frame is byte for byte redis-py's
     expected = b"".join(Connection().pack_commands([ack_call("é{s}", "g", 60_000, pairs)]))
     assert packed_ack_call("é{s}", "g", 60_000, pairs) == expected
+
+
+def test_an_error_text_utf8_cannot_encode_is_kept_escaped(jobs: JobRunner) -> None:
+    # Given a job whose exception's message holds a lone surrogate
+    def fails(task: flowd.Task[Numbered]) -> None:
+        raise ValueError("bad \udc80 byte")
+
+    claimer = flowd.Claimer(min_idle_time=0.3, interval=0.1, max_retries=0)
+    jobs.start(fails, result_ttl=60, claimer=claimer)
+    job_id = jobs.producer.enqueue(Numbered(1))
+    # Then it ends dead with its reason and traceback, the surrogate escaped
+    result = jobs.reaches(job_id, Status.DEAD)
+    assert result.error == "ValueError: bad \\udc80 byte"
+    assert result.traceback is not None and "bad \\udc80 byte" in result.traceback
