@@ -6,7 +6,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from .._redis import throughput as _throughput
 from .._redis.keys import derived_key, runs_key
@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 
 #: ids per XACK command; several commands go in one pipelined round trip.
 ACK_CHUNK = 1000
+
+#: What the acker queues: an id, or a success's (id, result record).
+Queued = str | tuple[str, str]
+T = TypeVar("T")
 
 
 class Acker:
@@ -44,13 +48,12 @@ class Acker:
         self.errors_key = errors_key
         self.tracebacks_key = derived_key(stream, f"tracebacks:{group}")
         self.runs_key = runs_key(stream, group)
-        self._ids: collections.deque[str] = collections.deque()
-        #: With results kept: each queued id's record, set before its id is queued, so
+        #: Queued ids; with results kept, a success's (id, record), queued as one item so
         #: a flush that takes an id has its record too and writes both in one script.
+        self._ids: collections.deque[Queued] = collections.deque()
         self.result_ttl_ms = result_ttl_ms
-        self._records: dict[str, str] = {}
-        #: ids taken from _ids and not written yet; changed and read under _lock.
-        self._flushing: list[str] = []
+        #: items taken from _ids and not written yet; changed and read under _lock.
+        self._flushing: list[Queued] = []
         self._lock = threading.Lock()
         self._retried: collections.deque[str] = collections.deque()
         # Held while the thread sleeps on it; add() releases it to wake the thread. A
@@ -72,11 +75,9 @@ class Acker:
         """Queue one id for XACK; ``retried`` also clears its recorded failure (reason and
         traceback) and its run record (flowd._runs); ``record`` is the job's result
         record (flowd._redis.records), written atomically with the XACK."""
-        if record is not None:
-            self._records[msg_id] = record
         if retried:
             self._retried.append(msg_id)
-        self._ids.append(msg_id)
+        self._ids.append(msg_id if record is None else (msg_id, record))
         # Under load the thread is busy flushing and needs no wake-up.
         if self._sleeping:
             self._sleeping = False
@@ -97,7 +98,8 @@ class Acker:
     def unwritten_ids(self) -> set[str]:
         """Ids added and not yet acked in Redis (queued, or in a flush not yet done)."""
         with self._lock:
-            return set(self._flushing).union(self._ids.copy())
+            items = [*self._flushing, *self._ids.copy()]
+        return {item if isinstance(item, str) else item[0] for item in items}
 
     def _take_ids(self) -> None:
         """Move the queued ids to the flush list (under the lock: unwritten_ids sees all)."""
@@ -106,13 +108,10 @@ class Acker:
 
     def _written(self) -> None:
         with self._lock:
-            if self._records:
-                for msg_id in self._flushing:
-                    self._records.pop(msg_id, None)
             self._flushing = []
 
-    def _take(self, queue: collections.deque[str]) -> list[str]:
-        out: list[str] = []
+    def _take(self, queue: collections.deque[T]) -> list[T]:
+        out: list[T] = []
         try:
             while True:
                 out.append(queue.popleft())
@@ -171,28 +170,24 @@ class Acker:
     def _past_deadline(self) -> bool:
         return self._closing and self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _split(self, ids: list[str]) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    def _split(self, ids: list[Queued]) -> tuple[list[str], list[list[tuple[str, str]]]]:
         """The ids to ack plainly, and the (id, record) chunks of the script calls that
         ack the others with their records in one atomic step: never acked without its
         result, nor stored as succeeded without its ack (so a recorded id is in no
         plain XACK)."""
-        if not self._records:
-            return ids, []
-        assert self.result_ttl_ms is not None
         plain: list[str] = []
         recorded: list[tuple[str, str]] = []
-        for msg_id in ids:
-            record = self._records.get(msg_id)
-            if record is None:
-                plain.append(msg_id)
+        for item in ids:
+            if isinstance(item, str):
+                plain.append(item)
             else:
-                recorded.append((msg_id, record))
+                recorded.append(item)
         chunks = [
             recorded[i : i + RECORDS_PER_CALL] for i in range(0, len(recorded), RECORDS_PER_CALL)
         ]
         return plain, chunks
 
-    def _flush(self, ids: list[str], retried: list[str]) -> None:
+    def _flush(self, ids: list[Queued], retried: list[str]) -> None:
         plain, chunks = self._split(ids)
         commands: list[tuple[Any, ...] | bytes] = [
             ("XACK", self.stream, self.group, *plain[i : i + ACK_CHUNK])
