@@ -13,10 +13,11 @@ import redis.exceptions
 from ._codec.plan import FieldAppender, field_appender
 from ._redis import scheduling as sched
 from ._redis.bulk import BulkAccount, Unknown, chunks, pipeline, written
+from ._redis.durable import Durable, as_str
 from ._redis.keys import partition_streams
-from ._redis.session import check_client, is_cluster
-from ._redis.timeutil import Seconds, to_ms, to_seconds
-from .errors import ConfigurationError, EncodeError, ReplicationError
+from ._redis.session import check_client
+from ._redis.timeutil import Seconds, to_seconds
+from .errors import ConfigurationError, EncodeError
 from .job import Job
 
 if TYPE_CHECKING:
@@ -30,10 +31,6 @@ EMPTY_JOB_FIELD = ("flowd:empty", "1")
 
 #: Picks the partition of a job: related jobs with the same key keep their order.
 PartitionKey = Callable[[Any], str | bytes | int]
-
-
-def _as_str(reply: bytes | str) -> str:
-    return reply.decode("ascii") if isinstance(reply, bytes) else reply
 
 
 def _key_bytes(value: str | bytes | int) -> bytes:
@@ -117,6 +114,7 @@ class Producer:
         self._last: tuple[type[Any] | None, FieldAppender] = (None, _no_fields)
         self._trim: tuple[Any, ...] = ("MAXLEN", "~", maxlen) if maxlen else ()
         self._tracing = _tracing(stream) if tracing else None
+        self._durable = Durable(self.client, replicas, self.replica_timeout)
 
     def __repr__(self) -> str:
         return f"Producer(stream={self.stream!r}, partitions={len(self.streams)})"
@@ -214,16 +212,16 @@ class Producer:
         if when is None and unique is None:
             command = self._command(job)
             if not self.replicas:
-                return _as_str(self.client.execute_command(*command))
-            return str(self._send_durable([command])[0])
+                return as_str(self.client.execute_command(*command))
+            return str(self._durable.send([command])[0])
         stream, keys, args = self._script_call(job, when, unique)
         if not self.replicas:
-            return _as_str(sched.ENQUEUE(self.client, keys, args)[1])
+            return as_str(sched.ENQUEUE(self.client, keys, args)[1])
         command = ["EVAL", sched.ENQUEUE.source, len(keys), *keys, *args]
-        reply: list[Any] = self._send_durable(
-            [command], [stream], lambda reply: [_as_str(reply[1])]
+        reply: list[Any] = self._durable.send(
+            [command], [stream], lambda reply: [as_str(reply[1])]
         )[0]
-        return _as_str(reply[1])
+        return as_str(reply[1])
 
     def cancel(self, job_id: str) -> bool:
         """Remove a job that is still scheduled; False once it has been moved to the
@@ -293,15 +291,15 @@ class Producer:
         """
         commands = [self._command(job) for job in chunk]
         if self.replicas:
-            replies, waits = self._durable_replies(commands)
-            outcomes = [_as_str(r) if written(r) else r for r in replies]
+            replies, waits = self._durable.replies(commands)
+            outcomes = [as_str(r) if written(r) else r for r in replies]
             if all(written(r) for r in replies):
-                self._check_replicated(waits, [str(o) for o in outcomes])
+                self._durable.check(waits, [str(o) for o in outcomes])
             return outcomes
         # raise_on_error=False: each job's own reply, so one refused XADD does not
         # hide which of the others were written.
         replies = pipeline(self.client, commands)
-        return [_as_str(r) if written(r) else r for r in replies]
+        return [as_str(r) if written(r) else r for r in replies]
 
     def _send_scheduled_chunk(self, chunk: list[Job], when: tuple[str, int]) -> list[Any]:
         """Scheduled bulk: one ENQUEUE_MANY call per stream and batch, pipelined; each
@@ -311,7 +309,7 @@ class Producer:
         if self.replicas:
             script = sched.ENQUEUE_MANY
             commands = [["EVAL", script.source, len(k), *k, *a] for _, k, a, _ in calls]
-            replies, waits = self._durable_replies(commands, [stream for stream, *_ in calls])
+            replies, waits = self._durable.replies(commands, [stream for stream, *_ in calls])
         else:
             try:
                 replies = sched.ENQUEUE_MANY.pipelined(
@@ -328,9 +326,9 @@ class Producer:
                     outcomes[index] = reply
                 continue
             for index, msg_id in zip(indexes, reply, strict=True):
-                outcomes[index] = _as_str(msg_id)
+                outcomes[index] = as_str(msg_id)
         if all(written(o) for o in outcomes):
-            self._check_replicated(waits, [str(o) for o in outcomes])
+            self._durable.check(waits, [str(o) for o in outcomes])
         return outcomes
 
     def _bulk_calls(
@@ -361,76 +359,6 @@ class Producer:
             call[2].extend((sched.new_scheduled_id(), len(fields), *fields))
             call[3].append(index)
         return calls
-
-    def _send_durable(
-        self,
-        commands: list[list[Any]],
-        streams: list[str] | None = None,
-        ids_of: Callable[[Any], list[str]] | None = None,
-    ) -> Any:
-        """Commands then WAIT (see :meth:`_durable_replies`); replies (ids for XADDs)
-        in the order of ``commands``; the first error is raised.
-
-        :param ids_of: the job ids in a script's reply (for ReplicationError.ids).
-        """
-        replies, waits = self._durable_replies(commands, streams)
-        for reply in replies:
-            if isinstance(reply, Unknown):
-                raise reply.error
-            if isinstance(reply, BaseException):
-                raise reply
-        if streams is None:
-            replies = [_as_str(reply) for reply in replies]
-        written = [
-            msg_id
-            for reply in replies
-            for msg_id in (ids_of(reply) if ids_of is not None else [reply])
-        ]
-        self._check_replicated(waits, written)
-        return replies
-
-    def _durable_replies(
-        self, commands: list[list[Any]], streams: list[str] | None = None
-    ) -> tuple[list[Any], list[tuple[list[int], Any]]]:
-        """Send the commands, then WAIT, on one connection per stream (WAIT covers that
-        connection's writes).
-
-        :param streams: the stream of each command; by default its second word (XADD's key).
-        :returns: each command's reply, error reply or Unknown (its connection broke),
-            in the order of ``commands``; and per stream, its commands' indexes and
-            WAIT's reply (or Unknown).
-        """
-        by_stream: dict[str, list[int]] = {}
-        for index, command in enumerate(commands):
-            stream = command[1] if streams is None else streams[index]
-            by_stream.setdefault(stream, []).append(index)
-        replies: list[Any] = [None] * len(commands)
-        waits: list[tuple[list[int], Any]] = []
-        for stream, indexes in by_stream.items():
-            node_client = (
-                self.client.get_node_from_key(stream).redis_connection
-                if is_cluster(self.client)
-                else self.client
-            )
-            wait = ["WAIT", self.replicas, to_ms(self.replica_timeout)]
-            got = pipeline(node_client, [*(commands[i] for i in indexes), wait])
-            for index, reply in zip(indexes, got[:-1], strict=True):
-                replies[index] = reply
-            waits.append((indexes, got[-1]))
-        return replies, waits
-
-    def _check_replicated(self, waits: list[tuple[list[int], Any]], written: list[str]) -> None:
-        """Raise ReplicationError if a WAIT saw fewer replicas than asked (or WAIT's error)."""
-        short: list[int] = []
-        for _, wait in waits:
-            if isinstance(wait, Unknown):
-                raise wait.error
-            if isinstance(wait, BaseException):
-                raise wait
-            if int(wait) < self.replicas:
-                short.append(int(wait))
-        if short:
-            raise ReplicationError(self.replicas, min(short), self.replica_timeout, written)
 
 
 def _tracing(stream: str) -> ProducerTracing:
