@@ -17,6 +17,7 @@ is acked unrun: this group has run that job already.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -207,6 +208,18 @@ class Dispatcher:
         assert self.mover is not None  # only queued for the mover when there is one
         return self.mover.handle(task)
 
+    def _expired_record(self, task: Task[Any]) -> str:
+        """The record of an expired job acked without a dead-letter move (no claimer)."""
+        record = {
+            "status": "failed",
+            "error": task.error,
+            "deliveries": task.deliveries,
+            "consumer": self.consumer,
+            "group": self.group,
+            "finished": int(time.time() * 1000),
+        }
+        return json.dumps(record, ensure_ascii=False)
+
     def expire(self, task: Task[Any]) -> Task[Any] | None:
         """A job not to run (``task.error``: "expired", or an unreadable deadline):
         dead-letter it (the dead task back), or ack it. On a queue without a claimer
@@ -221,7 +234,8 @@ class Dispatcher:
             # Acked with its record (failed, "expired"), so Results says what happened.
             acked = self.mover.handle(task, dead_letter=False) is not None
         else:
-            self.acker.add(task.id)
+            record = None if self.acker.result_ttl_ms is None else self._expired_record(task)
+            self.acker.add(task.id, task.deliveries > 1, record)
             acked = True
         if acked:
             logger.log(
