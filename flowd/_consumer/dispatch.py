@@ -218,6 +218,9 @@ class Dispatcher:
             "group": self.group,
             "finished": int(time.time() * 1000),
         }
+        traceparent = traceparent_of(task.fields)
+        if traceparent is not None:
+            record["traceparent"] = traceparent
         return json.dumps(record, ensure_ascii=False)
 
     def expire(self, task: Task[Any]) -> Task[Any] | None:
