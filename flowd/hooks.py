@@ -51,6 +51,11 @@ class Hooks:
     def on_dead_letter(self, task: Task[Any]) -> None:
         """A message went down the dead-letter path (``task.error`` says why)."""
 
+    def on_expired(self, task: Task[Any]) -> None:
+        """A job's deadline (``enqueue(expires=...)``) passed before it started: it was
+        not run (``task.error`` is ``"expired"``). It was dead-lettered, and
+        :meth:`on_dead_letter` follows, or acked (``Queue(dead_letter_expired=False)``)."""
+
     def on_claim(self, task: Task[Any]) -> None:
         """A message was reclaimed from an idle consumer and is about to run again."""
 
@@ -80,6 +85,7 @@ _EVENTS = (
     "after_retry",
     "after_give_up",
     "on_dead_letter",
+    "on_expired",
     "on_claim",
 )
 
@@ -100,6 +106,7 @@ class HookSet:
     after_retry: tuple[Callable[[Task[Any], Retry, float], None], ...]
     after_give_up: tuple[Callable[[Task[Any], GiveUp, float], None], ...]
     on_dead_letter: tuple[Callable[[Task[Any]], None], ...]
+    on_expired: tuple[Callable[[Task[Any]], None], ...]
     on_claim: tuple[Callable[[Task[Any]], None], ...]
 
 

@@ -13,10 +13,12 @@ import redis.exceptions
 from ._codec.plan import FieldAppender, field_appender
 from ._redis import scheduling as sched
 from ._redis.bulk import BulkAccount, Unknown, chunks, pipeline, written
+from ._redis.durable import Durable, as_str
 from ._redis.keys import partition_streams
-from ._redis.session import check_client, is_cluster
-from ._redis.timeutil import Seconds, to_ms, to_seconds
-from .errors import ConfigurationError, EncodeError, ReplicationError
+from ._redis.session import check_client
+from ._redis.timeutil import Seconds, to_seconds
+from .errors import ConfigurationError, EncodeError
+from .flow.expiry import expiry_fields
 from .job import Job
 
 if TYPE_CHECKING:
@@ -30,10 +32,8 @@ EMPTY_JOB_FIELD = ("flowd:empty", "1")
 
 #: Picks the partition of a job: related jobs with the same key keep their order.
 PartitionKey = Callable[[Any], str | bytes | int]
-
-
-def _as_str(reply: bytes | str) -> str:
-    return reply.decode("ascii") if isinstance(reply, bytes) else reply
+#: flowd's own fields appended to each job of one call (its deadline).
+Extra = tuple[str, ...]
 
 
 def _key_bytes(value: str | bytes | int) -> bytes:
@@ -117,6 +117,7 @@ class Producer:
         self._last: tuple[type[Any] | None, FieldAppender] = (None, _no_fields)
         self._trim: tuple[Any, ...] = ("MAXLEN", "~", maxlen) if maxlen else ()
         self._tracing = _tracing(stream) if tracing else None
+        self._durable = Durable(self.client, replicas, self.replica_timeout)
 
     def __repr__(self) -> str:
         return f"Producer(stream={self.stream!r}, partitions={len(self.streams)})"
@@ -129,7 +130,7 @@ class Producer:
             return streams[zlib.crc32(_key_bytes(self.key(job))) % len(streams)]
         return streams[next(self._round_robin) % len(streams)]
 
-    def _append_fields(self, job: Job, args: list[Any]) -> None:
+    def _append_fields(self, job: Job, args: list[Any], extra: Extra = ()) -> None:
         if not isinstance(job, Job):
             raise EncodeError(
                 f"enqueue takes a flowd.Job dataclass instance, not {type(job).__name__}"
@@ -145,14 +146,15 @@ class Producer:
             args += EMPTY_JOB_FIELD
         if self._tracing is not None:
             args += self._tracing.fields()
+        args += extra
 
-    def _command(self, job: Job) -> list[Any]:
+    def _command(self, job: Job, extra: Extra = ()) -> list[Any]:
         args: list[Any] = ["XADD", self._stream_for(job), *self._trim, "*"]
-        self._append_fields(job, args)
+        self._append_fields(job, args, extra)
         return args
 
     def _script_call(
-        self, job: Job, when: tuple[str, int] | None, unique: str | None
+        self, job: Job, when: tuple[str, int] | None, unique: str | None, extra: Extra
     ) -> tuple[str, list[str], list[Any]]:
         """(stream, keys, args) of the enqueue script for one delayed or unique job."""
         if unique is not None and self.key is None and len(self.streams) > 1:
@@ -163,7 +165,7 @@ class Producer:
         job_id = sched.new_scheduled_id()
         mode, ms = when if when is not None else ("now", 0)
         args: list[Any] = [mode, ms, job_id, self.maxlen or ""]
-        self._append_fields(job, args)
+        self._append_fields(job, args, extra)
         keys = [stream, sched.scheduled_key(stream), sched.job_key(stream, job_id)]
         if unique is not None:
             args += (sched.UNIQUE_FIELD, unique)
@@ -182,6 +184,7 @@ class Producer:
         delay: Seconds | None = None,
         at: datetime | None = None,
         unique_key: str | None = None,
+        expires: Seconds | datetime | None = None,
     ) -> str:
         """Add one job; returns its id.
 
@@ -196,34 +199,45 @@ class Producer:
         waiting in the stream or running, nothing is written and that job's
         id is returned.
 
-        :raises ConfigurationError: bad ``delay``, ``at`` or ``unique_key``, or
-            both ``delay`` and ``at`` (nothing is sent).
+        With ``expires`` (seconds or a timedelta from this call, or a
+        timezone-aware datetime), a run that has not started by then is not
+        started: the job is dead-lettered with the reason ``"expired"`` (or
+        acked, with ``Queue(dead_letter_expired=False)``). Retries keep it.
+
+        :raises ConfigurationError: bad ``delay``, ``at``, ``unique_key`` or ``expires``,
+            both ``delay`` and ``at``, or ``expires`` not after them (nothing is sent).
         :raises EncodeError: a field's value does not fit its annotation (nothing is sent).
         :raises ReplicationError: with ``replicas``, too few replicas confirmed in time
             (the job was added on the master).
         """
         if self._tracing is not None:
-            return self._tracing.enqueue(self._enqueue, job, delay, at, unique_key)
-        return self._enqueue(job, delay, at, unique_key)
+            return self._tracing.enqueue(self._enqueue, job, delay, at, unique_key, expires)
+        return self._enqueue(job, delay, at, unique_key, expires)
 
     def _enqueue(
-        self, job: Job, delay: Seconds | None, at: datetime | None, unique_key: str | None
+        self,
+        job: Job,
+        delay: Seconds | None,
+        at: datetime | None,
+        unique_key: str | None,
+        expires: Seconds | datetime | None,
     ) -> str:
         when = sched.enqueue_time(delay, at)
         unique = sched.check_unique_key(unique_key)
+        extra = expiry_fields(expires, when)
         if when is None and unique is None:
-            command = self._command(job)
+            command = self._command(job, extra)
             if not self.replicas:
-                return _as_str(self.client.execute_command(*command))
-            return str(self._send_durable([command])[0])
-        stream, keys, args = self._script_call(job, when, unique)
+                return as_str(self.client.execute_command(*command))
+            return str(self._durable.send([command])[0])
+        stream, keys, args = self._script_call(job, when, unique, extra)
         if not self.replicas:
-            return _as_str(sched.ENQUEUE(self.client, keys, args)[1])
+            return as_str(sched.ENQUEUE(self.client, keys, args)[1])
         command = ["EVAL", sched.ENQUEUE.source, len(keys), *keys, *args]
-        reply: list[Any] = self._send_durable(
-            [command], [stream], lambda reply: [_as_str(reply[1])]
+        reply: list[Any] = self._durable.send(
+            [command], [stream], lambda reply: [as_str(reply[1])]
         )[0]
-        return _as_str(reply[1])
+        return as_str(reply[1])
 
     def cancel(self, job_id: str) -> bool:
         """Remove a job that is still scheduled; False once it has been moved to the
@@ -236,13 +250,19 @@ class Producer:
         return any(sched.cancel(self.client, stream, job_id) for stream in self.streams)
 
     def enqueue_bulk(
-        self, jobs: Iterable[Job], *, delay: Seconds | None = None, at: datetime | None = None
+        self,
+        jobs: Iterable[Job],
+        *,
+        delay: Seconds | None = None,
+        at: datetime | None = None,
+        expires: Seconds | datetime | None = None,
     ) -> list[str]:
         """Add many jobs in pipelined round trips (``transaction=False``); ids in input order.
 
         Jobs are encoded and sent ``chunk_size`` at a time, so a generator of
         any length is fine. An empty input makes no call. ``delay`` or ``at``
-        schedule every job as :meth:`enqueue` does.
+        schedule every job as :meth:`enqueue` does; ``expires`` gives every job the
+        same deadline (a relative one counts from this call).
 
         When a chunk is not written in full (Redis refuses some jobs, OOM say, or
         the connection breaks), no further chunk is sent: the rest of the input
@@ -250,28 +270,33 @@ class Producer:
         which jobs were written (``enqueued``, their ids), which certainly were
         not (``failed``: send these again) and which may have been (``unknown``).
 
-        :raises ConfigurationError: bad ``delay`` or ``at`` (nothing is sent).
+        :raises ConfigurationError: bad ``delay``, ``at`` or ``expires`` (nothing is sent).
         :raises EncodeError: a job does not fit its class; the jobs of earlier chunks
             were already added, and their ids are on the error's ``enqueued`` attribute.
         :raises EnqueueError: some jobs were not written, or may not have been.
         :raises ReplicationError: with ``replicas``, too few replicas confirmed a chunk.
         """
         if self._tracing is not None:
-            return self._tracing.enqueue_bulk(self._enqueue_bulk, jobs, delay, at)
-        return self._enqueue_bulk(jobs, delay, at)
+            return self._tracing.enqueue_bulk(self._enqueue_bulk, jobs, delay, at, expires)
+        return self._enqueue_bulk(jobs, delay, at, expires)
 
     def _enqueue_bulk(
-        self, jobs: Iterable[Job], delay: Seconds | None, at: datetime | None
+        self,
+        jobs: Iterable[Job],
+        delay: Seconds | None,
+        at: datetime | None,
+        expires: Seconds | datetime | None,
     ) -> list[str]:
         when = sched.enqueue_time(delay, at)
+        extra = expiry_fields(expires, when)
         pending = iter(jobs)
         bulk = BulkAccount()
         for chunk in chunks(pending, self.chunk_size):
             try:
                 if when is None:
-                    outcomes = self._send_bulk_chunk(chunk)
+                    outcomes = self._send_bulk_chunk(chunk, extra)
                 else:
-                    outcomes = self._send_scheduled_chunk(chunk, when)
+                    outcomes = self._send_scheduled_chunk(chunk, when, extra)
             except EncodeError as exc:
                 exc.enqueued = bulk.ids  # type: ignore[attr-defined]
                 if bulk.ids:
@@ -286,32 +311,34 @@ class Producer:
                 raise error from error.cause
         return bulk.ids
 
-    def _send_bulk_chunk(self, chunk: list[Job]) -> list[Any]:
+    def _send_bulk_chunk(self, chunk: list[Job], extra: Extra) -> list[Any]:
         """Each job's outcome: its id, the error Redis refused it with, or Unknown.
 
         Encodes the whole chunk before sending any of it (EncodeError sends nothing).
         """
-        commands = [self._command(job) for job in chunk]
+        commands = [self._command(job, extra) for job in chunk]
         if self.replicas:
-            replies, waits = self._durable_replies(commands)
-            outcomes = [_as_str(r) if written(r) else r for r in replies]
+            replies, waits = self._durable.replies(commands)
+            outcomes = [as_str(r) if written(r) else r for r in replies]
             if all(written(r) for r in replies):
-                self._check_replicated(waits, [str(o) for o in outcomes])
+                self._durable.check(waits, [str(o) for o in outcomes])
             return outcomes
         # raise_on_error=False: each job's own reply, so one refused XADD does not
         # hide which of the others were written.
         replies = pipeline(self.client, commands)
-        return [_as_str(r) if written(r) else r for r in replies]
+        return [as_str(r) if written(r) else r for r in replies]
 
-    def _send_scheduled_chunk(self, chunk: list[Job], when: tuple[str, int]) -> list[Any]:
+    def _send_scheduled_chunk(
+        self, chunk: list[Job], when: tuple[str, int], extra: Extra
+    ) -> list[Any]:
         """Scheduled bulk: one ENQUEUE_MANY call per stream and batch, pipelined; each
         job's outcome as in :meth:`_send_bulk_chunk`."""
-        calls = self._bulk_calls(chunk, when)
+        calls = self._bulk_calls(chunk, when, extra)
         waits: list[tuple[list[int], Any]] = []
         if self.replicas:
             script = sched.ENQUEUE_MANY
             commands = [["EVAL", script.source, len(k), *k, *a] for _, k, a, _ in calls]
-            replies, waits = self._durable_replies(commands, [stream for stream, *_ in calls])
+            replies, waits = self._durable.replies(commands, [stream for stream, *_ in calls])
         else:
             try:
                 replies = sched.ENQUEUE_MANY.pipelined(
@@ -328,13 +355,13 @@ class Producer:
                     outcomes[index] = reply
                 continue
             for index, msg_id in zip(indexes, reply, strict=True):
-                outcomes[index] = _as_str(msg_id)
+                outcomes[index] = as_str(msg_id)
         if all(written(o) for o in outcomes):
-            self._check_replicated(waits, [str(o) for o in outcomes])
+            self._durable.check(waits, [str(o) for o in outcomes])
         return outcomes
 
     def _bulk_calls(
-        self, chunk: list[Job], when: tuple[str, int]
+        self, chunk: list[Job], when: tuple[str, int], extra: Extra
     ) -> list[tuple[str, list[str], list[Any], list[int]]]:
         """(stream, keys, args, indexes in chunk) of each ENQUEUE_MANY call for a chunk."""
         open_calls: dict[str, tuple[str, list[str], list[Any], list[int]]] = {}
@@ -342,7 +369,7 @@ class Producer:
         for index, job in enumerate(chunk):
             stream = self._stream_for(job)
             fields: list[Any] = []
-            self._append_fields(job, fields)
+            self._append_fields(job, fields, extra)
             if len(fields) > sched.MAX_FIELD_VALUES:
                 raise EncodeError(
                     f"{type(job).__name__} has {len(fields) // 2} fields: a delayed job "
@@ -361,76 +388,6 @@ class Producer:
             call[2].extend((sched.new_scheduled_id(), len(fields), *fields))
             call[3].append(index)
         return calls
-
-    def _send_durable(
-        self,
-        commands: list[list[Any]],
-        streams: list[str] | None = None,
-        ids_of: Callable[[Any], list[str]] | None = None,
-    ) -> Any:
-        """Commands then WAIT (see :meth:`_durable_replies`); replies (ids for XADDs)
-        in the order of ``commands``; the first error is raised.
-
-        :param ids_of: the job ids in a script's reply (for ReplicationError.ids).
-        """
-        replies, waits = self._durable_replies(commands, streams)
-        for reply in replies:
-            if isinstance(reply, Unknown):
-                raise reply.error
-            if isinstance(reply, BaseException):
-                raise reply
-        if streams is None:
-            replies = [_as_str(reply) for reply in replies]
-        written = [
-            msg_id
-            for reply in replies
-            for msg_id in (ids_of(reply) if ids_of is not None else [reply])
-        ]
-        self._check_replicated(waits, written)
-        return replies
-
-    def _durable_replies(
-        self, commands: list[list[Any]], streams: list[str] | None = None
-    ) -> tuple[list[Any], list[tuple[list[int], Any]]]:
-        """Send the commands, then WAIT, on one connection per stream (WAIT covers that
-        connection's writes).
-
-        :param streams: the stream of each command; by default its second word (XADD's key).
-        :returns: each command's reply, error reply or Unknown (its connection broke),
-            in the order of ``commands``; and per stream, its commands' indexes and
-            WAIT's reply (or Unknown).
-        """
-        by_stream: dict[str, list[int]] = {}
-        for index, command in enumerate(commands):
-            stream = command[1] if streams is None else streams[index]
-            by_stream.setdefault(stream, []).append(index)
-        replies: list[Any] = [None] * len(commands)
-        waits: list[tuple[list[int], Any]] = []
-        for stream, indexes in by_stream.items():
-            node_client = (
-                self.client.get_node_from_key(stream).redis_connection
-                if is_cluster(self.client)
-                else self.client
-            )
-            wait = ["WAIT", self.replicas, to_ms(self.replica_timeout)]
-            got = pipeline(node_client, [*(commands[i] for i in indexes), wait])
-            for index, reply in zip(indexes, got[:-1], strict=True):
-                replies[index] = reply
-            waits.append((indexes, got[-1]))
-        return replies, waits
-
-    def _check_replicated(self, waits: list[tuple[list[int], Any]], written: list[str]) -> None:
-        """Raise ReplicationError if a WAIT saw fewer replicas than asked (or WAIT's error)."""
-        short: list[int] = []
-        for _, wait in waits:
-            if isinstance(wait, Unknown):
-                raise wait.error
-            if isinstance(wait, BaseException):
-                raise wait
-            if int(wait) < self.replicas:
-                short.append(int(wait))
-        if short:
-            raise ReplicationError(self.replicas, min(short), self.replica_timeout, written)
 
 
 def _tracing(stream: str) -> ProducerTracing:

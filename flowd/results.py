@@ -50,9 +50,11 @@ class JobStatus(enum.Enum):
     #: The worker returned (without ``result_ttl``: acked, and no failure record says
     #: otherwise).
     SUCCEEDED = "succeeded"
-    #: It used up its retries (or gave up) and the queue keeps no dead letters.
+    #: It used up its retries (or gave up) and the queue keeps no dead letters; or it
+    #: expired on a queue with ``dead_letter_expired=False`` (``error`` is "expired").
     FAILED = "failed"
-    #: It used up its retries (or gave up, or could not be decoded): in the dead letters.
+    #: It used up its retries (or gave up, could not be decoded, or expired: ``error``
+    #: says): in the dead letters.
     DEAD = "dead"
     #: Cancelled while it was scheduled.
     CANCELLED = "cancelled"

@@ -228,7 +228,9 @@ class DeadLetterMover:
                 raise reply
         return 1
 
-    def handle(self, task: Task[Any], traceback: str | None = None) -> Task[Any] | None:
+    def handle(
+        self, task: Task[Any], traceback: str | None = None, *, dead_letter: bool = True
+    ) -> Task[Any] | None:
         """Call dlq_worker, then move (or drop) the message.
 
         A task without ``error`` is an exhausted one: its reason is its last
@@ -237,13 +239,18 @@ class DeadLetterMover:
         Returns the task, with its reason, that was dead-lettered; None if it
         was already acked. Raises whatever dlq_worker or Redis raised: the
         message then stays pending.
+
+        :param dead_letter: False acks the message with its failed record, and
+            nothing else: no dlq_worker, no dead letter, no log (an expired job
+            on a queue with ``dead_letter_expired=False``).
         """
         if task.error is None:
             last = self.last_failure(task.id)
             reason = last or f"max_retries={self.claimer.max_retries} used up"
             task = dataclasses.replace(task, error=reason)
-        if self.claimer.dlq_worker is not None:
+        if self.claimer.dlq_worker is not None and dead_letter:
             self.claimer.dlq_worker(task)
+        dlq_stream = self.dlq_stream if dead_letter else None
         reason = task.error or "unknown"
         keys = [
             self.stream,
@@ -256,7 +263,7 @@ class DeadLetterMover:
         if traceback is None and task.job is not None:
             traceback = self.last_traceback(task.id)
         record = {
-            "status": "failed" if self.dlq_stream is None else "dead",
+            "status": "failed" if dlq_stream is None else "dead",
             "error": reason,
             "traceback": traceback,
             "deliveries": task.deliveries,
@@ -275,8 +282,8 @@ class DeadLetterMover:
             waiters_key(self.stream),
             done_key(self.stream, ""),
         ]
-        if self.dlq_stream is not None:
-            keys.append(self.dlq_stream)
+        if dlq_stream is not None:
+            keys.append(dlq_stream)
             meta = {
                 "flowd:id": task.id,
                 "flowd:stream": self.stream,
@@ -298,7 +305,9 @@ class DeadLetterMover:
                 self.group,
             )
             return None
-        if self.dlq_stream is None:
+        if not dead_letter:
+            return task
+        if dlq_stream is None:
             logger.warning(
                 "dropped dead message %s on %s/%s after %d deliveries (the "
                 "dead-letter stream is off): %s",
@@ -314,7 +323,7 @@ class DeadLetterMover:
                 task.id,
                 self.stream,
                 self.group,
-                self.dlq_stream,
+                dlq_stream,
                 task.deliveries,
                 reason,
             )

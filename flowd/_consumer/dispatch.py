@@ -17,6 +17,7 @@ is acked unrun: this group has run that job already.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .._redis.fields import other_group, prior_runs, traceparent_of
 from .._redis.records import SuccessRecords
 from .._redis.replies import Fields
 from ..errors import DecodeError
+from ..flow import expiry
 from ..hooks import call_hooks
 from ..task import Task
 from .acker import Acker
@@ -57,6 +59,7 @@ class Dispatcher:
         unique: UniqueRelease,
         runs: RunRecords,
         consumer: str = "",
+        dead_letter_expired: bool = True,
     ) -> None:
         self.pool = pool
         self.stream = stream
@@ -69,6 +72,7 @@ class Dispatcher:
         self._runs = runs
         self._group_bytes = group.encode("utf-8")
         self.consumer = consumer
+        self.dead_letter_expired = dead_letter_expired
         self._records = SuccessRecords(consumer, group)
         #: The pool calls it for each success when the queue keeps results.
         self.keep: Callable[[Task[Any], object, float], str] | None = (
@@ -203,3 +207,50 @@ class Dispatcher:
     def move_dead(self, task: Task[Any]) -> Task[Any] | None:
         assert self.mover is not None  # only queued for the mover when there is one
         return self.mover.handle(task)
+
+    def _expired_record(self, task: Task[Any]) -> str:
+        """The record of an expired job acked without a dead-letter move (no claimer)."""
+        record = {
+            "status": "failed",
+            "error": task.error,
+            "deliveries": task.deliveries,
+            "consumer": self.consumer,
+            "group": self.group,
+            "finished": int(time.time() * 1000),
+        }
+        traceparent = traceparent_of(task.fields)
+        if traceparent is not None:
+            record["traceparent"] = traceparent
+        return json.dumps(record, ensure_ascii=False)
+
+    def expire(self, task: Task[Any]) -> Task[Any] | None:
+        """A job not to run (``task.error``: "expired", or an unreadable deadline):
+        dead-letter it (the dead task back), or ack it. On a queue without a claimer
+        (no dead-letter path) an expired job is acked and an unreadable one stays pending."""
+        expired = task.error == expiry.EXPIRED
+        if not expired or (self.dead_letter_expired and self.mover is not None):
+            if self.mover is not None:
+                return self.mover.handle(task)
+            self._dead_letter(task)  # logs that it stays pending
+            return None
+        if self.mover is not None:
+            # Acked with its record (failed, "expired"), so Results says what happened.
+            acked = self.mover.handle(task, dead_letter=False) is not None
+        else:
+            record = None if self.acker.result_ttl_ms is None else self._expired_record(task)
+            self.acker.add(task.id, task.deliveries > 1, record)
+            acked = True
+        if acked:
+            logger.log(
+                logging.WARNING if self.dead_letter_expired else logging.INFO,
+                "job %s on %s/%s expired before it started; acked without running it (%s)",
+                task.id,
+                self.stream,
+                self.group,
+                "the queue has no claimer, so no dead-letter path"
+                if self.dead_letter_expired
+                else "dead_letter_expired=False",
+            )
+        if UniqueRelease.holds_key(task.fields):
+            self._unique.release(task)
+        return None

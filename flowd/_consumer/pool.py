@@ -15,6 +15,7 @@ back when the job, or its dead-letter handling, is done.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import queue as queue_module
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._codec.failure import safe_str, traceback_of
+from .._redis.fields import EXPIRES_FIELD
 from ..errors import GiveUp, Retry, TimeLimitExceeded
+from ..flow import expiry
 from ..hooks import Hooks, HookSet, LogHooks, call_hooks
 from ..task import Task, current_task_var
 from .dead_letter_move import reason_of
@@ -50,7 +53,10 @@ class QueueStats:
     deleted): data was lost. ``buffered``: messages read ahead, waiting for a
     worker (pending under this consumer, leased, handed back on stop).
     ``retry_requested``: runs that raised :class:`flowd.Retry`. ``gave_up``:
-    runs that raised :class:`flowd.GiveUp`.
+    runs that raised :class:`flowd.GiveUp`. ``expired``: jobs not run because
+    their deadline (``enqueue(expires=...)``) passed before they started
+    (dead-lettered, so also in ``dead_lettered``, or acked with
+    ``Queue(dead_letter_expired=False)``).
     """
 
     processed: int = 0
@@ -63,6 +69,7 @@ class QueueStats:
     buffered: int = 0
     retry_requested: int = 0
     gave_up: int = 0
+    expired: int = 0
 
 
 class _Counts:
@@ -71,6 +78,7 @@ class _Counts:
     __slots__ = (
         "dead_lettered",
         "deleted",
+        "expired",
         "failed",
         "gave_up",
         "groups_lost",
@@ -81,7 +89,7 @@ class _Counts:
 
     def __init__(self) -> None:
         self.processed = self.failed = self.retried = self.dead_lettered = self.deleted = 0
-        self.groups_lost = self.retry_requested = self.gave_up = 0
+        self.groups_lost = self.retry_requested = self.gave_up = self.expired = 0
 
 
 class DeadLetterWork:
@@ -107,6 +115,8 @@ class StreamRoute(Protocol):
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str) -> None: ...
 
     def move_dead(self, task: Task[Any]) -> Task[Any] | None: ...
+
+    def expire(self, task: Task[Any]) -> Task[Any] | None: ...
 
     @property
     def retry(self) -> RetryControl: ...
@@ -211,6 +221,7 @@ class WorkerPool:
         readahead, limiter = self.readahead, self.limiter
         set_current, reset_current = current_task_var.set, current_task_var.reset
         run = worker if limiter is None else functools.partial(_run_limited, limiter, worker)
+        expires_field = EXPIRES_FIELD
         item: Task[Any] | DeadLetterWork | None
         while (item := get()) is not None:
             # With read-ahead, go on with buffered items under the same permit.
@@ -223,8 +234,9 @@ class WorkerPool:
                 msg_id = task.id
                 key = (task.stream, msg_id)
                 retried = task.deliveries > 1
-                # A claimed run counts once it starts (flowd._runs); unrecorded, it must not.
-                if retried and not routes[task.stream].record_start(task):
+                if (retried or expires_field in task.fields) and not self._may_start(
+                    task, retried, counts
+                ):
                     item = next_or_release()
                     continue
                 started = monotonic()
@@ -325,6 +337,43 @@ class WorkerPool:
         finally:
             self.running.pop((task.stream, task.id), None)
 
+    def _may_start(self, task: Task[Any], retried: bool, counts: _Counts) -> bool:
+        """Whether a claimed job, or one with a deadline, may start now; one that may not
+        was handled here (expired) or stays pending (its start could not be recorded)."""
+        # Checked right before the run: the job may have waited in the read-ahead buffer
+        # or for a permit since it was read.
+        deadline = task.fields.get(EXPIRES_FIELD)
+        if deadline is not None and (why := expiry.why_not_run(deadline, time.time())):
+            self._expire(task, why, counts)
+            return False
+        # A claimed run counts once it starts (flowd._runs); unrecorded, it must not.
+        return not retried or self.routes[task.stream].record_start(task)
+
+    def _expire(self, task: Task[Any], reason: str, counts: _Counts) -> None:
+        """Do not run a job whose deadline passed (or is unreadable): its route
+        dead-letters or acks it."""
+        task = dataclasses.replace(task, error=reason)
+        key = (task.stream, task.id)
+        self.running[key] = (task, time.monotonic())  # leased while it is handled
+        try:
+            dead = self.routes[task.stream].expire(task)
+        except BaseException:
+            logger.exception(
+                "handling of expired job %s on %s failed; it stays pending and is "
+                "handled again when it is claimed",
+                task.id,
+                task.stream,
+            )
+            return
+        finally:
+            self.running.pop(key, None)
+        if reason == expiry.EXPIRED:
+            counts.expired += 1
+            call_hooks(self.hooks.on_expired, task)
+        if dead is not None:
+            counts.dead_lettered += 1
+            call_hooks(self.hooks.on_dead_letter, dead)
+
     def shutdown(self, *, wait: bool) -> None:
         """End the worker loops once their current job is done; wait for them if asked."""
         left = self.permits.take_buffer()  # none may start after stop() returned
@@ -352,6 +401,7 @@ class WorkerPool:
             totals.groups_lost += counts.groups_lost
             totals.retry_requested += counts.retry_requested
             totals.gave_up += counts.gave_up
+            totals.expired += counts.expired
         return QueueStats(
             processed=totals.processed,
             failed=totals.failed,
@@ -363,6 +413,7 @@ class WorkerPool:
             buffered=self.permits.buffered,
             retry_requested=totals.retry_requested,
             gave_up=totals.gave_up,
+            expired=totals.expired,
         )
 
     def running_report(self) -> str:

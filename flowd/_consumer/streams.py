@@ -73,6 +73,8 @@ class RunSettings:
     schedules: Sequence[Schedule] = ()
     #: Milliseconds a job's result is kept (None: results are not kept).
     result_ttl_ms: int | None = None
+    #: An expired job goes down the dead-letter path (False: it is acked).
+    dead_letter_expired: bool = True
 
 
 @dataclass(slots=True)
@@ -117,7 +119,18 @@ def stream_parts(
     unique = UniqueRelease(s.client)
     runs = RunRecords(s.client, stream, s.group)
     dispatcher = Dispatcher(
-        pool, stream, s.group, s.job, acker, mover, max_retries, retry, unique, runs, s.consumer
+        pool,
+        stream,
+        s.group,
+        s.job,
+        acker,
+        mover,
+        max_retries,
+        retry,
+        unique,
+        runs,
+        s.consumer,
+        dead_letter_expired=s.dead_letter_expired,
     )
     pool.routes[stream] = dispatcher
     ctx = StreamContext(

@@ -16,6 +16,9 @@ RETRY_OF_FIELD = b"flowd:retry-of"
 #: span continues that trace. Retries and the scheduled set copy them with the rest.
 TRACEPARENT_FIELD = b"flowd:traceparent"
 TRACESTATE_FIELD = b"flowd:tracestate"
+#: The job's deadline (``enqueue(expires=...)``), in ms since the epoch: a run that has
+#: not started by then is not started. Retries and the scheduled set copy it too.
+EXPIRES_FIELD = b"flowd:expires"
 
 
 def traceparent_of(fields: Mapping[bytes, bytes]) -> str | None:

@@ -20,6 +20,9 @@ cost a few counter increments per job:
   ``QueueStats.retried``); ``flowd_messages_claimed_total``: messages
   reclaimed from an idle consumer (a failed job or a crashed consumer);
 - ``flowd_jobs_dead_lettered_total``: messages sent down the dead-letter path;
+  ``flowd_jobs_expired_total``: jobs not run because their deadline
+  (``enqueue(expires=...)``) passed first (as ``QueueStats.expired``; those
+  dead-lettered count as dead-lettered too);
 - ``flowd_job_duration_seconds`` (histogram, also labelled ``outcome``:
   ``success``, ``failure``, ``retry`` or ``give_up``) and
   ``flowd_jobs_in_flight`` (gauge).
@@ -64,6 +67,7 @@ class _JobMetrics:
     retried: Counter
     claimed: Counter
     dead_lettered: Counter
+    expired: Counter
     duration: Histogram
     in_flight: Gauge
     buckets: tuple[float, ...]
@@ -105,6 +109,9 @@ def _job_metrics(
                 "messages_claimed", "Messages reclaimed from an idle consumer, to run again."
             ),
             dead_lettered=counter("jobs_dead_lettered", "Messages sent down the dead-letter path."),
+            expired=counter(
+                "jobs_expired", "Jobs not run because their deadline passed before they started."
+            ),
             duration=Histogram(
                 "job_duration_seconds",
                 "Time the worker function took.",
@@ -131,6 +138,7 @@ class _StreamChildren:
     __slots__ = (
         "claimed",
         "dead",
+        "expired",
         "fail_time",
         "failed",
         "gave_up",
@@ -151,6 +159,7 @@ class _StreamChildren:
         self.retried = metrics.retried.labels(stream)
         self.claimed = metrics.claimed.labels(stream)
         self.dead = metrics.dead_lettered.labels(stream)
+        self.expired = metrics.expired.labels(stream)
         self.ok_time = metrics.duration.labels(stream, "success")
         self.fail_time = metrics.duration.labels(stream, "failure")
         self.retry_time = metrics.duration.labels(stream, "retry")
@@ -218,6 +227,9 @@ class PrometheusHooks(Hooks):
 
     def on_dead_letter(self, task: Task[Any]) -> None:
         self._children(task.stream).dead.inc()
+
+    def on_expired(self, task: Task[Any]) -> None:
+        self._children(task.stream).expired.inc()
 
     def on_claim(self, task: Task[Any]) -> None:
         self._children(task.stream).claimed.inc()
