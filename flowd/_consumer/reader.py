@@ -13,6 +13,7 @@ import time
 from .._redis.replies import Entry, parse_xpending_range, parse_xreadgroup
 from .._redis.session import READ_MARGIN
 from .._redis.timeutil import to_ms
+from ..flow.pause import CHECK_EVERY, MAX_BLOCK, PauseWatch
 from .context import StreamContext
 from .group_loss import LossWatch
 from .readahead import NUDGE, STALE, Link, hand_back, item_id
@@ -95,6 +96,10 @@ class Reader:
 
     A drain calls :meth:`read_backlog` instead, in its own thread, until it
     returns 0: first this consumer's own pending entries, then new ones.
+
+    With ``pause``, it reads nothing while the group is paused, and hands back
+    what it read ahead; its block is then at most MAX_BLOCK, so a read that
+    began before a pause cannot go on taking new messages for long.
     """
 
     def __init__(
@@ -103,9 +108,13 @@ class Reader:
         block: float,
         ahead: Link | None = None,
         loss: LossWatch | None = None,
+        pause: PauseWatch | None = None,
     ) -> None:
         self.ctx = ctx
         self.loss = loss
+        self.pause = pause
+        if pause is not None:
+            block = min(block, MAX_BLOCK)
         self.block_ms = to_ms(block_seconds(block, ctx.redis.socket_timeout))
         self._poll = block
         self._own_after: str | None = "0"  # where re-reading own pending entries goes on
@@ -117,6 +126,8 @@ class Reader:
     def step(self) -> bool:
         ctx = self.ctx
         ahead = self.ahead
+        if self.pause is not None and self.pause.paused():
+            return self._paused(ahead)
         if ahead is None:  # no read-ahead: never more than the free permits
             free = ctx.permits.wait_free(self._poll)
             if free <= 0 or ctx.stop.is_set():
@@ -150,6 +161,25 @@ class Reader:
             for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
                 submit(item)
         return True
+
+    def _paused(self, ahead: Link | None) -> bool:
+        """While paused: hand back what waits in the buffer (a claimer takes it once the
+        group is resumed), then wait a little; True if it talked to Redis."""
+        ctx = self.ctx
+        handed = 0
+        if ahead is not None and ahead.hand_back_stalled and ctx.permits.buffered:
+            stream = ctx.stream
+            items = ctx.permits.take_buffer(lambda item: item_id(item)[0] == stream)
+            handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
+            if handed:
+                logger.info(
+                    "handed back %d messages read ahead on %s/%s: the group is paused",
+                    handed,
+                    stream,
+                    ctx.group,
+                )
+        ctx.stop.wait(CHECK_EVERY)
+        return bool(handed)
 
     def _watch(self, entries: list[Entry]) -> None:
         """Note how far this run has read; when idle, look for a group made anew."""
