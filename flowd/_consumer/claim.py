@@ -59,7 +59,7 @@ class ClaimLoop:
     for its next sweep. A drain's one sweep has none.
 
     With ``pause``, it claims nothing while the group is paused (the lease loop
-    goes on renewing what runs).
+    goes on renewing what runs), and sweeps from the start once it is resumed.
     """
 
     def __init__(
@@ -89,6 +89,9 @@ class ClaimLoop:
         as fast as the workers can run it, not one batch per interval.
         """
         if self.pause is not None and self.pause.paused():
+            # Once resumed, sweep from the start: messages handed back while paused are
+            # claimable at once, wherever they lie before the cursor.
+            self.cursor = "0-0"
             self.ctx.stop.wait(CHECK_EVERY)
             return False
         timer = self.timer

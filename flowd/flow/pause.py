@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 ALL_GROUPS = "*"
 #: Seconds a consumer trusts the pause state it last read.
 CHECK_EVERY = 0.25
-#: Longest XREADGROUP block of a consumer that watches the pause state: a read that
-#: began just before a pause ends within CHECK_EVERY + MAX_BLOCK (< 1 s).
+#: Longest XREADGROUP block of a consumer without a claimer (which cannot hand back
+#: what a read returns after a pause): such a read ends within CHECK_EVERY + MAX_BLOCK.
 MAX_BLOCK = 0.5
 
 
@@ -94,7 +94,7 @@ def resume(client: Any, stream: str, group: str | None = None) -> bool:
     if field == ALL_GROUPS:
         return bool(client.delete(key))
     lifted = bool(client.hdel(key, field))
-    if client.hexists(key, ALL_GROUPS):
+    if client.hget(key, ALL_GROUPS) is not None:
         logger.warning(
             "group %s of %s stays paused: the whole stream is paused (resume it without a group)",
             group,
@@ -106,7 +106,7 @@ def resume(client: Any, stream: str, group: str | None = None) -> bool:
 def paused_groups(client: Any, stream: str) -> frozenset[str]:
     """The groups of ``stream`` paused by name, with ``*`` when every group is."""
     check_client(client)
-    reply = client.hkeys(pause_key(stream))
+    reply = client.hgetall(pause_key(stream))
     return frozenset(name.decode() if isinstance(name, bytes) else str(name) for name in reply)
 
 
