@@ -254,13 +254,14 @@ def stream_info(
     if base_stream is not None:
         _check_name(base_stream, "base_stream")
     dlq = dead_letter_stream(stream) if dlq_stream is None else dlq_stream
-    # Read on its own: a partition's base stream may live on another cluster node.
-    paused = paused_groups(client, stream if base_stream is None else base_stream)
     session = Session(client, stream)
     try:
         info = _read(session, stream, group, dlq, lag_scan_limit)
     finally:
         session.close()
+    # Read through the client: a partition's base stream may live on another cluster node.
+    base = stream if base_stream is None else base_stream
+    paused = paused_groups(client, base, [g.name for g in info.groups])
     if not paused:
         return info
     every = ALL_GROUPS in paused

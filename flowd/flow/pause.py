@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .._redis.keys import derived_key
@@ -103,11 +104,13 @@ def resume(client: Any, stream: str, group: str | None = None) -> bool:
     return lifted
 
 
-def paused_groups(client: Any, stream: str) -> frozenset[str]:
-    """The groups of ``stream`` paused by name, with ``*`` when every group is."""
+def paused_groups(client: Any, stream: str, groups: Sequence[str]) -> frozenset[str]:
+    """Which of ``groups`` of ``stream`` are paused by name, with ``*`` when every group is
+    (one HMGET, bounded by the groups asked about)."""
     check_client(client)
-    reply = client.hgetall(pause_key(stream))
-    return frozenset(name.decode() if isinstance(name, bytes) else str(name) for name in reply)
+    names = [ALL_GROUPS, *groups]
+    reply = client.hmget(pause_key(stream), names)
+    return frozenset(name for name, value in zip(names, reply, strict=True) if value is not None)
 
 
 def is_paused(client: Any, stream: str, group: str | None = None) -> bool:
