@@ -19,6 +19,7 @@ from flowd.flow.pause import pause_key
 from tests.cli.cli_app import Numbered as AppJob
 from tests.cli.cli_app import key
 from tests.cli.test_cli import TARGET, app_env, flowd_process
+from tests.consumer.test_readahead import FAST, SLOW, SlowAfterFast, pending_rows, wait_for_buffered
 from tests.helpers import (
     GROUP,
     QueueFactory,
@@ -197,6 +198,38 @@ def test_a_read_blocked_since_before_the_pause_starts_nothing(
     flowd.resume(client, stream)
     wait_until(lambda: recorder.count == 3, 5)
     assert [d for _, d, _ in recorder.runs] == [1, 1, 1]
+
+
+def test_read_ahead_messages_are_handed_back_on_a_pause(
+    client: redis.Redis, stream: str, make_queue: QueueFactory
+) -> None:
+    # Given a consumer with messages read ahead, waiting behind two slow jobs
+    enqueue_numbers(client, stream, FAST + SLOW)
+    recorder = Recorder(lambda task: body(task.job.n))
+    body = SlowAfterFast(0.3)
+    claimer = flowd.Claimer(min_idle_time=60.0, interval=3.0)
+    queue = make_queue(recorder, concurrency=2, consumer="A", claimer=claimer)
+    handle = make_queue.run(queue)
+    wait_for_buffered(handle, body, 5)
+    # When the stream is paused
+    flowd.pause(client, stream)
+    # Then the buffer is handed back, unstarted and idle for years (any claimer's to take)
+    wait_until(lambda: handle.stats().buffered == 0, 5)
+    time.sleep(BOUND)
+    ran = set(recorder.ids())
+    handed = {m: row for m, row in pending_rows(client, stream, "A").items() if m not in ran}
+    assert handed
+    assert all(idle > 3600_000 and deliveries <= 1 for idle, deliveries in handed.values())
+    # And nothing more starts while it is paused
+    time.sleep(WATCH)
+    assert set(recorder.ids()) == ran
+    body.seconds = 0.0  # the rest need not be slow
+    # When resumed, Then the claimer runs the handed-back ones first thing, as first
+    # deliveries, and every job runs exactly once
+    flowd.resume(client, stream)
+    wait_until(lambda: recorder.count == FAST + SLOW, 30)
+    assert all(d == 1 for _, d, _ in recorder.runs)
+    assert len(set(recorder.numbers())) == FAST + SLOW
 
 
 def test_drain_of_a_paused_queue_returns_0_at_once_with_a_warning(
