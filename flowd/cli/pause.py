@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from .._redis.connect import EXIT_OK, connect, resolve_url
+from .._redis.keys import partition_base
 from .._redis.replies import _text
 from ..flow.pause import pause, resume
 
@@ -21,9 +22,16 @@ def _groups(client: Any, stream: str) -> list[str] | None:
     return [_text(group["name"]) for group in client.xinfo_groups(stream)]
 
 
-def _note(client: Any, stream: str, group: str | None) -> None:
+def _note(client: Any, command: str, stream: str, group: str | None) -> None:
     """Say on stderr when the pause names nothing there yet: it still holds, for consumers
     that come later, but a typo would otherwise pass unseen."""
+    base = partition_base(stream)
+    if base is not None:
+        print(
+            f"flowd: note: {stream!r} is named like a partition of the queue {base!r}, whose "
+            f"consumers follow the queue's state: for them, use `flowd {command} {base}`",
+            file=sys.stderr,
+        )
     groups = _groups(client, stream)
     if groups is None:
         print(
@@ -50,5 +58,5 @@ def cmd_pause(args: argparse.Namespace) -> int:
     else:
         changed = resume(client, args.stream, args.group)
         print(f"resumed {what}" if changed else f"{what}: was not paused")
-    _note(client, args.stream, args.group)
+    _note(client, args.command, args.stream, args.group)
     return EXIT_OK

@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 import redis.exceptions
 
-from .._redis.keys import dead_letter_stream
+from .._redis.keys import dead_letter_stream, partition_base
 from .._redis.session import check_client
 from ..deadletters import DeadLetters
 from ..errors import ConfigurationError
@@ -196,7 +196,9 @@ class Dashboard:
 
     def _stream_page(self, request: Request, token: str, stream: str) -> Response:
         q = request.query
-        info = stream_info(self.client, stream, lag_scan_limit=LAG_SCAN_LIMIT)
+        # A partition's pause is its queue's: shown, and set, by the queue's name.
+        queue = partition_base(stream) or stream
+        info = stream_info(self.client, stream, lag_scan_limit=LAG_SCAN_LIMIT, base_stream=queue)
         groups = [g.name for g in info.groups]
         group = q.get("group") if q.get("group") in groups else (groups[0] if groups else None)
         pending = (
@@ -215,6 +217,7 @@ class Dashboard:
             token,
             request=request,
             stream=stream,
+            queue=queue,
             info=info,
             group=group,
             pending=pending,
@@ -286,7 +289,8 @@ class Dashboard:
         if action in ("pause", "resume"):
             # No group: every group of the stream.
             change = pause if action == "pause" else resume
-            return int(change(self.client, stream, form.get("group") or None))
+            queue = partition_base(stream) or stream  # one pause for all its partitions
+            return int(change(self.client, queue, form.get("group") or None))
         dead = DeadLetters(self.client, stream)
         if action == "requeue":
             return len(dead.requeue([form.get("id", "")]))

@@ -3,6 +3,7 @@ actions, refused cross-site and when read-only; the stream page shows what is pa
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,3 +106,25 @@ def test_an_unknown_group_can_be_paused_ahead(client: redis.Redis, stream: str, 
     form: dict[str, Any] = {"csrf": token, "stream": stream, "group": "later"}
     assert site.post("/pause", form, Cookie=cookie)[0] == 303
     assert flowd.is_paused(client, stream, "later") and not flowd.is_paused(client, stream, "g")
+
+
+def test_a_partition_page_pauses_its_whole_queue(client: redis.Redis, stream: str) -> None:
+    # Given the dashboard of a queue of 3 partitions, as `flowd dashboard --partitions 3` shows
+    names = flowd.partition_streams(stream, 3)
+    for name in names:
+        with_group(client, name)
+    app = Dashboard(client, names)
+    with serving(app) as base:
+        site = Site(base, app)
+        cookie, token = site.session()
+        # When Pause is posted from one partition's page
+        form = {"csrf": token, "stream": names[1], "group": "g"}
+        assert site.post("/pause", form, Cookie=cookie)[0] == 303
+        # Then the queue is paused by its name, and every partition's page shows it
+        assert flowd.is_paused(client, stream, "g")
+        for name in names:
+            page = site.get(f"/stream?name={urllib.parse.quote(name)}", Cookie=cookie)[2]
+            assert '<td class="state paused">paused' in page
+            assert f"{stream} (a partition of it" in page
+        assert site.post("/resume", form, Cookie=cookie)[0] == 303
+        assert not flowd.is_paused(client, stream, "g")

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 import flowd
+from flowd._redis.keys import partition_base
 from flowd.flow.pause import pause_key
 from tests.cli.cli_app import Numbered as AppJob
 from tests.cli.cli_app import key
@@ -91,6 +92,15 @@ def test_bad_names_are_refused(client: redis.Redis, args: tuple[Any, Any], messa
             call(client, *args)
     with pytest.raises(flowd.ConfigurationError, match="client"):
         flowd.pause("redis://x", "s")  # type: ignore[arg-type]
+
+
+def test_a_partition_name_leads_back_to_its_queue() -> None:
+    # What the dashboard uses to pause a partitioned queue from one partition's page
+    for partitions in (2, 3, 17, 64):
+        for name in flowd.partition_streams("orders", partitions):
+            assert partition_base(name) == "orders"
+    assert partition_base("a:b") is None and partition_base("{emails}") is None
+    assert partition_base(flowd.partition_streams("a:b", 5)[4]) == "a:b"
 
 
 # ---------------------------------------------------------------------------
@@ -361,14 +371,18 @@ def test_flowd_pause_and_resume_and_info_shows_it(
     assert not client.exists(pause_key(stream))
 
 
-def test_flowd_resume_of_a_stream_not_there_says_so(
+def test_flowd_resume_of_a_partition_not_there_says_so(
     client: redis.Redis, redis_url: str, stream: str
 ) -> None:
-    result = run_flowd(["resume", stream, "--url", redis_url])
+    # A partition's name, of a queue that has no stream yet: both are said, not guessed
+    partition = flowd.partition_streams(stream, 2)[1]
+    result = run_flowd(["resume", partition, "--url", redis_url])
     assert result.returncode == 0
     assert "was not paused" in result.stdout
-    assert f"no stream {stream!r}" in result.stderr
-    assert not client.exists(pause_key(stream))
+    assert f"a partition of the queue {stream!r}" in result.stderr
+    assert f"flowd resume {stream}" in result.stderr
+    assert f"no stream {partition!r}" in result.stderr
+    assert not client.exists(pause_key(partition))
 
 
 # ---------------------------------------------------------------------------
