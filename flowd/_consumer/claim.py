@@ -59,7 +59,8 @@ class ClaimLoop:
     for its next sweep. A drain's one sweep has none.
 
     With ``pause``, it claims nothing while the group is paused (the lease loop
-    goes on renewing what runs), and sweeps from the start once it is resumed.
+    goes on renewing what runs); a resume wakes it (through ``timer``), to sweep
+    from the start at once.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class ClaimLoop:
     ):
         self.ctx = ctx
         self.pause = pause
+        self._resumes = 0 if pause is None else pause.resumes
         self.min_idle_ms = to_ms(min_idle_time)
         self.interval = interval
         self.batch = batch
@@ -88,12 +90,16 @@ class ClaimLoop:
         with the same sweep, so a large backlog of stuck messages is recovered
         as fast as the workers can run it, not one batch per interval.
         """
-        if self.pause is not None and self.pause.paused():
-            # Once resumed, sweep from the start: messages handed back while paused are
-            # claimable at once, wherever they lie before the cursor.
-            self.cursor = "0-0"
-            self.ctx.stop.wait(CHECK_EVERY)
-            return False
+        pause = self.pause
+        if pause is not None:
+            if pause.paused():
+                self.ctx.stop.wait(CHECK_EVERY)
+                return False
+            if pause.resumes != self._resumes:
+                # Sweep from the start: messages handed back while it was paused are
+                # claimable at once, wherever they lie before the cursor.
+                self._resumes = pause.resumes
+                self.cursor = "0-0"
         timer = self.timer
         if timer is not None:
             self.claim_due(timer)

@@ -150,6 +150,9 @@ class Engine:
         """Start every stream's acker, then its loops."""
         for part in self.streams:
             add_loops(part, self.settings, self.lease_stop, self._fatal, pause=self.pause)
+            if self.settings.claimer is not None:
+                # On a resume the claimer sweeps at once: what was handed back runs now.
+                self.pause.on_resume(part.dispatcher.retry.timer.wake)
         for part in self.streams:
             part.acker.start()
         for part in self.streams:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._redis.keys import derived_key
@@ -144,6 +144,13 @@ class PauseWatch:
         self._lock = threading.Lock()
         self._state: bool | None = None  # None until first read
         self._checked = float("-inf")
+        #: How many times this consumer saw the group resumed.
+        self.resumes = 0
+        self._on_resume: list[Callable[[], None]] = []
+
+    def on_resume(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (quick, on whichever loop saw it) each time a resume is seen."""
+        self._on_resume.append(callback)
 
     def paused(self) -> bool:
         """The group's pause state, at most ``every`` seconds old."""
@@ -179,6 +186,9 @@ class PauseWatch:
                 self.group,
                 self.consumer,
             )
+            self.resumes += 1
+            for callback in self._on_resume:
+                callback()
 
     def close(self) -> None:
         """Close the session (a later call opens a new one)."""

@@ -190,9 +190,11 @@ def test_running_jobs_finish_and_are_acked_after_a_pause(
 def test_a_read_blocked_since_before_the_pause_starts_nothing(
     client: redis.Redis, stream: str, make_queue: QueueFactory
 ) -> None:
-    # Given a consumer blocked in a 10 s XREADGROUP on an empty stream
+    # Given a consumer blocked in a 10 s XREADGROUP on an empty stream, whose claimer
+    # sweeps every 30 s
     recorder = Recorder()
-    make_queue.run(make_queue(recorder, block=10, claimer=flowd.Claimer()))
+    claimer = flowd.Claimer(interval=30)
+    make_queue.run(make_queue(recorder, block=10, claimer=claimer))
     wait_until(lambda: client.info("clients")["blocked_clients"] >= 1)
     # When the stream is paused, and jobs arrive while that read still blocks
     flowd.pause(client, stream)
@@ -204,9 +206,10 @@ def test_a_read_blocked_since_before_the_pause_starts_nothing(
     assert recorder.count == 0
     rows: Any = client.xpending_range(stream, GROUP, min="-", max="+", count=10)
     assert rows and all(row["time_since_delivered"] > 10**9 for row in rows)
-    # When resumed, Then the claimer runs them, each as its first delivery
+    # When resumed, Then the claimer runs them at once (the resume wakes it, long before
+    # its next sweep), each as its first delivery
     flowd.resume(client, stream)
-    wait_until(lambda: recorder.count == 3, 5)
+    wait_until(lambda: recorder.count == 3, 10)
     assert [d for _, d, _ in recorder.runs] == [1, 1, 1]
 
 
@@ -217,7 +220,7 @@ def test_read_ahead_messages_are_handed_back_on_a_pause(
     enqueue_numbers(client, stream, FAST + SLOW)
     recorder = Recorder(lambda task: body(task.job.n))
     body = SlowAfterFast(0.3)
-    claimer = flowd.Claimer(min_idle_time=60.0, interval=3.0)
+    claimer = flowd.Claimer(min_idle_time=60.0, interval=60.0)
     queue = make_queue(recorder, concurrency=2, consumer="A", claimer=claimer)
     handle = make_queue.run(queue)
     wait_for_buffered(handle, body, 5)
@@ -234,10 +237,10 @@ def test_read_ahead_messages_are_handed_back_on_a_pause(
     time.sleep(WATCH)
     assert set(recorder.ids()) == ran
     body.seconds = 0.0  # the rest need not be slow
-    # When resumed, Then the claimer runs the handed-back ones first thing, as first
-    # deliveries, and every job runs exactly once
+    # When resumed, Then the claimer runs the handed-back ones at once (not at its next
+    # sweep, a minute away), as first deliveries, and every job runs exactly once
     flowd.resume(client, stream)
-    wait_until(lambda: recorder.count == FAST + SLOW, 30)
+    wait_until(lambda: recorder.count == FAST + SLOW, 15)
     assert all(d == 1 for _, d, _ in recorder.runs)
     assert len(set(recorder.numbers())) == FAST + SLOW
 
