@@ -49,6 +49,7 @@ from .errors import (
     Retry,
     TimeLimitExceeded,
 )
+from .flow.pause import is_paused, pause, resume
 from .handle import QueueHandle, QueueStats
 from .hooks import Hooks, LogHooks
 from .housekeeping import Housekeeping, TrimResult, remove_idle_consumers, trim_stream
@@ -106,9 +107,12 @@ __all__ = [
     "__version__",
     "current_task",
     "field",
+    "is_paused",
     "migrate_keys",
     "partition_streams",
+    "pause",
     "remove_idle_consumers",
+    "resume",
     "stream_info",
     "trim_stream",
 ]

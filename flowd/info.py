@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from ._redis.session import (
     is_nogroup,
 )
 from .errors import ConfigurationError
+from .flow.pause import ALL_GROUPS, paused_groups
 from .scheduled import ScheduleState, schedule_state
 
 __all__ = ["ConsumerInfo", "GroupInfo", "StreamInfo", "stream_info"]
@@ -59,6 +61,8 @@ class GroupInfo:
         (the server's time minus the time in its id).
     :ivar oldest_pending_idle_ms: milliseconds since it was last delivered.
     :ivar oldest_pending_deliveries: how often it was delivered.
+    :ivar paused: True while the group is paused (its own pause or the stream's,
+        see :func:`flowd.pause`): its consumers read and claim no new jobs.
     """
 
     name: str
@@ -71,6 +75,7 @@ class GroupInfo:
     oldest_pending_age_ms: int | None
     oldest_pending_idle_ms: int | None
     oldest_pending_deliveries: int | None
+    paused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, ready for ``json.dumps``."""
@@ -85,6 +90,7 @@ class GroupInfo:
             "oldest_pending_age_ms": self.oldest_pending_age_ms,
             "oldest_pending_idle_ms": self.oldest_pending_idle_ms,
             "oldest_pending_deliveries": self.oldest_pending_deliveries,
+            "paused": self.paused,
         }
 
 
@@ -102,6 +108,8 @@ class StreamInfo:
         last and next run.
     :ivar eviction_policy: the server's ``maxmemory-policy`` (None if it cannot
         be read); any ``allkeys-*`` policy can evict the stream and lose jobs.
+    :ivar paused: True while every group of the stream is paused (``flowd.pause``
+        without a group); a group paused alone shows on its :class:`GroupInfo`.
     """
 
     stream: str
@@ -114,6 +122,7 @@ class StreamInfo:
     scheduled: int = 0
     schedules: tuple[ScheduleState, ...] = ()
     eviction_policy: str | None = None
+    paused: bool = False
 
     @property
     def eviction_unsafe(self) -> bool:
@@ -135,6 +144,7 @@ class StreamInfo:
             "scheduled": self.scheduled,
             "schedules": [schedule.to_dict() for schedule in self.schedules],
             "eviction_policy": self.eviction_policy,
+            "paused": self.paused,
         }
 
     def to_text(self) -> str:
@@ -144,6 +154,8 @@ class StreamInfo:
             f"stream {self.stream}: {self.length} entries{span}; "
             f"dead letters: {self.dlq_length} in {self.dlq_stream}"
         ]
+        if self.paused:
+            lines.append(f"paused: every group (flowd resume {self.stream})")
         if self.scheduled or self.schedules:
             lines.append(f"scheduled: {self.scheduled} jobs waiting for their time")
         for schedule in self.schedules:
@@ -169,6 +181,8 @@ class StreamInfo:
                     f"(age {group.oldest_pending_age_ms} ms, idle {group.oldest_pending_idle_ms} "
                     f"ms, {group.oldest_pending_deliveries} deliveries)"
                 )
+            if group.paused:
+                line += "; paused"
             lines.append(line)
             lines.extend(
                 f"  consumer {c.name}: pending {c.pending}, idle {c.idle_ms} ms"
@@ -200,6 +214,7 @@ def stream_info(
     group: str | None = None,
     dlq_stream: str | None = None,
     lag_scan_limit: int = 10_000,
+    base_stream: str | None = None,
 ) -> StreamInfo:
     """Read the state of a queue's stream: its length, groups, consumers, lag and DLQ.
 
@@ -219,6 +234,8 @@ def stream_info(
         exist); default: every group.
     :param dlq_stream: the dead-letter stream; defaults to ``{stream}:dead``.
     :param lag_scan_limit: most entries read to count one group's lag.
+    :param base_stream: the queue's stream when ``stream`` is one of its partitions:
+        its pause state is the queue's (default: ``stream``'s own).
     :raises ConfigurationError: for an empty name or a bad ``lag_scan_limit``.
     :raises RedisVersionError: the server is older than 6.2.
     """
@@ -234,12 +251,25 @@ def stream_info(
         or lag_scan_limit < 1
     ):
         raise ConfigurationError(f"lag_scan_limit must be a positive int, not {lag_scan_limit!r}")
+    if base_stream is not None:
+        _check_name(base_stream, "base_stream")
     dlq = dead_letter_stream(stream) if dlq_stream is None else dlq_stream
     session = Session(client, stream)
     try:
-        return _read(session, stream, group, dlq, lag_scan_limit)
+        info = _read(session, stream, group, dlq, lag_scan_limit)
     finally:
         session.close()
+    # Read through the client: a partition's base stream may live on another cluster node.
+    base = stream if base_stream is None else base_stream
+    paused = paused_groups(client, base, [g.name for g in info.groups])
+    if not paused:
+        return info
+    every = ALL_GROUPS in paused
+    return dataclasses.replace(
+        info,
+        paused=every,
+        groups=tuple(dataclasses.replace(g, paused=every or g.name in paused) for g in info.groups),
+    )
 
 
 def _read(

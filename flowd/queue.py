@@ -36,6 +36,7 @@ from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
 from .flow.expiry import check_dead_letter_expired
+from .flow.pause import is_paused
 from .handle import QueueHandle
 from .hooks import Hooks, call_hooks
 from .housekeeping import Housekeeping
@@ -378,6 +379,9 @@ class Queue(Generic[J]):
         has none, then, with a claimer, one sweep of messages idle longer than
         ``min_idle_time``. Jobs run on ``concurrency`` worker threads, as in
         ``run()``. Failed jobs stay pending and are not retried within the call.
+        A paused queue (:func:`flowd.pause`) is not drained: the call returns 0
+        at once, with a WARNING; a pause that begins during the drain ends its
+        reading, and running jobs finish.
 
         :param timeout: seconds for the whole call; once past, no more messages
             are read, running jobs get no extra time, and the count so far is
@@ -391,6 +395,14 @@ class Queue(Generic[J]):
                 raise HandleStateError(f"{self!r} is running; stop its handle before drain()")
             limit = None if timeout is None else to_seconds(timeout, "timeout", allow_zero=True)
             self._preflight(must_connect=True)
+            if is_paused(self.client, self.stream, self.group):
+                logger.warning(
+                    "drain of %s/%s: the queue is paused, so nothing was read (flowd resume %s)",
+                    self.stream,
+                    self.group,
+                    self.stream,
+                )
+                return 0
             self._claim_check()
             call_hooks([hook.on_start for hook in self.hooks], self)
             return self._drain(limit, stop or threading.Event())

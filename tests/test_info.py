@@ -111,6 +111,7 @@ def test_missing_stream_reads_as_empty(info_client: redis.Redis, stream: str) ->
         "scheduled": 0,
         "schedules": [],
         "eviction_policy": "noeviction",
+        "paused": False,
     }
 
 
@@ -206,6 +207,7 @@ def test_two_groups_one_caught_up_one_lagging(
         "oldest_pending_age_ms",
         "oldest_pending_idle_ms",
         "oldest_pending_deliveries",
+        "paused",
     }
 
     # And the text form has one line for the stream, then each group and its consumers

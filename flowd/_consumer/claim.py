@@ -16,6 +16,7 @@ from .._redis.replies import (
     unnamed_deleted,
 )
 from .._redis.timeutil import to_ms
+from ..flow.pause import CHECK_EVERY, PauseWatch
 from .context import StreamContext
 from .readahead import ids_of
 from .retry import RetryTimer
@@ -56,6 +57,10 @@ class ClaimLoop:
     ``timer`` holds this process's short retries (kept in the PEL until due):
     the claimer wakes when one is due and claims it by id, instead of waiting
     for its next sweep. A drain's one sweep has none.
+
+    With ``pause``, it claims nothing while the group is paused (the lease loop
+    goes on renewing what runs); a resume wakes it (through ``timer``), to sweep
+    from the start at once.
     """
 
     def __init__(
@@ -65,8 +70,11 @@ class ClaimLoop:
         interval: float,
         batch: int,
         timer: RetryTimer | None = None,
+        pause: PauseWatch | None = None,
     ):
         self.ctx = ctx
+        self.pause = pause
+        self._resumes = 0 if pause is None else pause.resumes
         self.min_idle_ms = to_ms(min_idle_time)
         self.interval = interval
         self.batch = batch
@@ -82,6 +90,16 @@ class ClaimLoop:
         with the same sweep, so a large backlog of stuck messages is recovered
         as fast as the workers can run it, not one batch per interval.
         """
+        pause = self.pause
+        if pause is not None:
+            if pause.paused():
+                self.ctx.stop.wait(CHECK_EVERY)
+                return False
+            if pause.resumes != self._resumes:
+                # Sweep from the start: messages handed back while it was paused are
+                # claimable at once, wherever they lie before the cursor.
+                self._resumes = pause.resumes
+                self.cursor = "0-0"
         timer = self.timer
         if timer is not None:
             self.claim_due(timer)

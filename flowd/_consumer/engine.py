@@ -66,6 +66,7 @@ from .. import _lifecycle
 from .._redis.records import alias_ttl_ms
 from .._redis.session import COMMAND_TIMEOUT, Session
 from .._redis.timeutil import remaining
+from ..flow.pause import PauseWatch
 from .claim import ClaimLoop, ClaimOutcome
 from .context import StopSignal
 from .pool import QueueStats, WorkerPool
@@ -128,6 +129,8 @@ class Engine:
             stream_parts(settings, self.pool, self.stop_signal, stream)
             for stream in settings.streams
         ]
+        #: The pause state of the queue (its base stream), shared by every stream's loops.
+        self.pause = PauseWatch(settings.client, settings.name, settings.group, settings.consumer)
         self.state = State.RUNNING
         self._state_lock = threading.Lock()
         self._stopper: threading.Thread | None = None
@@ -146,7 +149,10 @@ class Engine:
     def start(self) -> None:
         """Start every stream's acker, then its loops."""
         for part in self.streams:
-            add_loops(part, self.settings, self.lease_stop, self._fatal)
+            add_loops(part, self.settings, self.lease_stop, self._fatal, pause=self.pause)
+            if self.settings.claimer is not None:
+                # On a resume the claimer sweeps at once: what was handed back runs now.
+                self.pause.on_resume(part.dispatcher.retry.timer.wake)
         for part in self.streams:
             part.acker.start()
         for part in self.streams:
@@ -347,6 +353,7 @@ class Engine:
         Per stream: due scheduled jobs and schedule ticks into the stream, then
         this consumer's own pending entries, then new ones until
         none are left, then (with a claimer) one sweep of idle entries.
+        A pause that begins meanwhile ends the reading, as a stop does.
         """
         claimer = self.settings.claimer
         for part in self.streams:
@@ -383,9 +390,9 @@ class Engine:
         return finished
 
     def _drain_permits(self, deadline: float | None, stop: threading.Event) -> int:
-        """Wait for a free permit; 0 once the drain must stop reading."""
+        """Wait for a free permit; 0 once the drain must stop reading (or is paused)."""
         permits = self.pool.permits
-        while not stop.is_set() and not self.stop_signal.is_set():
+        while not stop.is_set() and not self.stop_signal.is_set() and not self.pause.paused():
             left = remaining(deadline)
             if left == 0.0:
                 return 0
@@ -411,6 +418,7 @@ class Engine:
         self.pool.shutdown(wait=finished)
         for part in self.streams:
             part.dispatcher.close()
+        self.pause.close()
 
     def abort(self) -> None:
         """End every loop at once (a stop that failed): nothing may keep running."""
@@ -419,3 +427,4 @@ class Engine:
         for part in self.streams:
             part.acker.close(time.monotonic())
         self.pool.shutdown(wait=False)
+        self.pause.close()

@@ -109,6 +109,14 @@ def hand_back(session: Session, stream: str, group: str, consumer: str, items: l
         task = getattr(item, "task", item)
         if task.stream == stream:
             by_count.setdefault(max(0, task.deliveries - 1), []).append(task.id)
+    return claim_back(session, stream, group, consumer, by_count)
+
+
+def claim_back(
+    session: Session, stream: str, group: str, consumer: str, by_count: dict[int, list[str]]
+) -> int:
+    """XCLAIM ... IDLE <long ago> RETRYCOUNT <count> JUSTID for each delivery count's ids
+    (see :func:`hand_back`); returns how many ids."""
     commands: list[tuple[Any, ...]] = []
     for count, ids in by_count.items():
         for i in range(0, len(ids), 500):

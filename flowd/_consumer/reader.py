@@ -13,9 +13,10 @@ import time
 from .._redis.replies import Entry, parse_xpending_range, parse_xreadgroup
 from .._redis.session import READ_MARGIN
 from .._redis.timeutil import to_ms
+from ..flow.pause import CHECK_EVERY, MAX_BLOCK, PauseWatch
 from .context import StreamContext
 from .group_loss import LossWatch
-from .readahead import NUDGE, STALE, Link, hand_back, item_id
+from .readahead import NUDGE, STALE, Link, claim_back, hand_back, item_id
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,12 @@ class Reader:
 
     A drain calls :meth:`read_backlog` instead, in its own thread, until it
     returns 0: first this consumer's own pending entries, then new ones.
+
+    With ``pause``, it reads nothing while the group is paused, and hands back
+    what it read ahead. A read that blocked since before the pause and returns
+    messages after it starts none of them: they are handed back too. Without a
+    claimer nothing would take them back, so the block is then at most
+    MAX_BLOCK instead: such a read ends soon after the pause.
     """
 
     def __init__(
@@ -103,9 +110,13 @@ class Reader:
         block: float,
         ahead: Link | None = None,
         loss: LossWatch | None = None,
+        pause: PauseWatch | None = None,
     ) -> None:
         self.ctx = ctx
         self.loss = loss
+        self.pause = pause
+        if pause is not None and (ahead is None or not ahead.hand_back_stalled):
+            block = min(block, MAX_BLOCK)
         self.block_ms = to_ms(block_seconds(block, ctx.redis.socket_timeout))
         self._poll = block
         self._own_after: str | None = "0"  # where re-reading own pending entries goes on
@@ -117,10 +128,15 @@ class Reader:
     def step(self) -> bool:
         ctx = self.ctx
         ahead = self.ahead
+        pause = self.pause
+        if pause is not None and pause.paused():
+            return self._paused(ahead)
         if ahead is None:  # no read-ahead: never more than the free permits
             free = ctx.permits.wait_free(self._poll)
             if free <= 0 or ctx.stop.is_set():
                 return False
+            if pause is not None and pause.paused():  # again: the wait may have been long
+                return self._paused(ahead)
             entries = xreadgroup(ctx, free, block_ms=self.block_ms)
             self._watch(entries)
             start_entries(ctx, entries, None)
@@ -135,8 +151,12 @@ class Reader:
         count = spare + max(0, target - buffered)
         if count <= 0 or (spare <= 0 and buffered > target // 2) or ctx.stop.is_set():
             return False
+        if pause is not None and pause.paused():  # again: the wait may have been long
+            return self._paused(ahead)
         entries = xreadgroup(ctx, count, block_ms=self.block_ms)
         self._watch(entries)
+        if entries and ahead.hand_back_stalled and self._paused_meanwhile(entries):
+            return True
         if entries:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("read %d messages from %s/%s", len(entries), ctx.stream, ctx.group)
@@ -149,6 +169,38 @@ class Reader:
             submit = ahead.submit
             for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
                 submit(item)
+        return True
+
+    def _paused(self, ahead: Link | None) -> bool:
+        """While paused: hand back what waits in the buffer (a claimer takes it once the
+        group is resumed), then wait a little; True if it talked to Redis."""
+        ctx = self.ctx
+        handed = 0
+        if ahead is not None and ahead.hand_back_stalled and ctx.permits.buffered:
+            stream = ctx.stream
+            items = ctx.permits.take_buffer(lambda item: item_id(item)[0] == stream)
+            handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
+            if handed:
+                logger.info(
+                    "handed back %d messages read ahead on %s/%s: the group is paused",
+                    handed,
+                    stream,
+                    ctx.group,
+                )
+        ctx.stop.wait(CHECK_EVERY)
+        return bool(handed)
+
+    def _paused_meanwhile(self, entries: list[Entry]) -> bool:
+        """If the group was paused while the read blocked, hand its entries back
+        unstarted, as first deliveries (a claimer runs them once it is resumed)."""
+        if self.pause is None or not self.pause.paused():
+            return False
+        ctx = self.ctx
+        ids = [msg_id for msg_id, fields in entries if fields is not None]
+        handed = claim_back(ctx.redis, ctx.stream, ctx.group, ctx.consumer, {0: ids})
+        logger.info(
+            "handed back %d messages read on %s/%s as it was paused", handed, ctx.stream, ctx.group
+        )
         return True
 
     def _watch(self, entries: list[Entry]) -> None:

@@ -112,6 +112,7 @@ class RetryTimer:
         self._lock = threading.Lock()
         self._due: list[tuple[float, str]] = []
         self._changed = threading.Event()
+        self._woken = False
 
     def add(self, msg_id: str, due: float) -> None:
         with self._lock:
@@ -134,10 +135,19 @@ class RetryTimer:
                 return None
             return max(0.0, self._due[0][0] - time.monotonic())
 
+    def wake(self) -> None:
+        """End the claimer's wait now (e.g. its group was resumed: claim what waits)."""
+        self._woken = True
+        self._changed.set()
+
     def wait(self, stop: threading.Event, timeout: float) -> None:
-        """Wait ``timeout`` seconds, less if a retry falls due first or ``stop`` is set."""
+        """Wait ``timeout`` seconds, less if a retry falls due first, ``stop`` is set or
+        :meth:`wake` is called."""
         end = time.monotonic() + timeout
         while not stop.is_set():
+            if self._woken:
+                self._woken = False
+                return
             self._changed.clear()  # before the look: an add() after it ends the wait
             next_due = self.until_next()
             left = end - time.monotonic()

@@ -18,6 +18,7 @@ from .._redis.keys import derived_key
 from .._redis.records import alias_ttl_ms
 from .._redis.session import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
 from ..claimer import Claimer
+from ..flow.pause import PauseWatch
 from ..hooks import Hooks
 from ..housekeeping import Housekeeping
 from ..schedule import Schedule
@@ -180,8 +181,12 @@ def add_loops(
     on_fatal: Callable[[BaseException], None],
     *,
     lease_only: bool = False,
+    pause: PauseWatch | None = None,
 ) -> None:
     """Add the loops of one stream (not started); a drain runs only the lease as a thread.
+
+    ``pause`` is the run's watch of its pause state: the reader and the claimer
+    ask it before they read or claim.
 
     Each loop gets the stream's context with a session of its own. A new loop
     is one ``loop(role, make_step)`` line below; if it ends with the stop
@@ -233,7 +238,7 @@ def add_loops(
         ahead = Link(pool.readahead, part.dispatcher.prepare, pool.submit, claimer is not None)
         loop(
             "reader",
-            lambda ctx: Reader(ctx, s.block, ahead, part.loss).step,
+            lambda ctx: Reader(ctx, s.block, ahead, part.loss, pause).step,
             s.read_client,
             timeout=s.block + READ_MARGIN,
         )
@@ -241,7 +246,9 @@ def add_loops(
         loop(
             "claimer",
             lambda ctx: (
-                ClaimLoop(ctx, claimer.min_idle_time, claimer.interval, claimer.batch, timer).step
+                ClaimLoop(
+                    ctx, claimer.min_idle_time, claimer.interval, claimer.batch, timer, pause
+                ).step
             ),
         )
     if claimer is not None:

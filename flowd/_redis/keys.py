@@ -15,6 +15,8 @@ names that layout for ``flowd migrate``.
 
 from __future__ import annotations
 
+import re
+
 from ..errors import ConfigurationError
 
 
@@ -134,6 +136,39 @@ MAX_PARTITIONS = 64
 _SLOTS = 16384
 
 
+def _partition_name(stream: str, i: int, partitions: int) -> str:
+    """Partition ``i`` of ``partitions`` of ``stream`` (see :func:`partition_streams`)."""
+    low, high = i * _SLOTS // partitions, (i + 1) * _SLOTS // partitions
+    k = 0
+    name = f"{{{stream}:{i}}}"
+    while not low <= key_slot(name) < high:
+        k += 1
+        name = f"{{{stream}:{i}:{k}}}"
+    return name
+
+
+#: ``{stream:i:k}`` and ``{stream:i}``: the two shapes of a partition's name (the first
+#: tried first: ``{orders:0:1}`` is partition 0 of ``orders`` rather than 1 of ``orders:0``).
+_PARTITION_SHAPES = (
+    re.compile(r"\{([^{}]+):(\d+):\d+\}"),
+    re.compile(r"\{([^{}]+):(\d+)\}"),
+)
+
+
+def partition_base(name: str) -> str | None:
+    """The queue's stream if ``name`` is one of its partitions (``{orders:1}`` ->
+    ``orders``, for a queue of any number of partitions), else None."""
+    for shape in _PARTITION_SHAPES:
+        match = shape.fullmatch(name)
+        if match is None:
+            continue
+        base, i = match[1], int(match[2])
+        for partitions in range(max(2, i + 1), MAX_PARTITIONS + 1):
+            if _partition_name(base, i, partitions) == name:
+                return base
+    return None
+
+
 def partition_streams(stream: str, partitions: int) -> list[str]:
     """The streams of a queue spread over ``partitions`` (just ``[stream]`` for 1).
 
@@ -158,13 +193,4 @@ def partition_streams(stream: str, partitions: int) -> list[str]:
             f"a partitioned stream name cannot contain braces: {stream!r} (each partition "
             "gets a hash tag of its own)"
         )
-    names = []
-    for i in range(partitions):
-        low, high = i * _SLOTS // partitions, (i + 1) * _SLOTS // partitions
-        k = 0
-        name = f"{{{stream}:{i}}}"
-        while not low <= key_slot(name) < high:
-            k += 1
-            name = f"{{{stream}:{i}:{k}}}"
-        names.append(name)
-    return names
+    return [_partition_name(stream, i, partitions) for i in range(partitions)]

@@ -121,7 +121,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     client = _client(args)
     infos: list[StreamInfo] = []
     for stream in partition_streams(args.stream, args.partitions):
-        info = stream_info(client, stream)
+        info = stream_info(client, stream, base_stream=args.stream)
         if not client.exists(stream) and not (info.dlq_length or info.scheduled or info.schedules):
             raise _missing_stream(client, stream)
         if args.group is not None:
@@ -131,7 +131,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 raise CommandError(
                     f"stream {stream!r} has no group {args.group!r}; {has}", EXIT_USAGE
                 )
-            info = stream_info(client, stream, group=args.group)
+            info = stream_info(client, stream, group=args.group, base_stream=args.stream)
         infos.append(info)
     if args.json:
         data = [info.to_dict() for info in infos]

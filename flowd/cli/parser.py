@@ -26,6 +26,7 @@ from .._version import __version__ as _source_version
 from ..dashboard.cli import add_dashboard_parser
 from . import commands as _commands
 from . import job as _cli_job
+from . import pause as _cli_pause
 from . import runner as _runner
 from . import scheduled as _cli_scheduled
 from .supervisor import report_usage, take_usage_file
@@ -200,6 +201,22 @@ def _scheduled(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         parser.set_defaults(func=_cli_scheduled.cmd_scheduled)
 
 
+def _pause(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for command, text in (
+        ("pause", "stop a queue's consumers reading new jobs; running jobs finish"),
+        ("resume", "let a paused queue's consumers read again"),
+    ):
+        parser = sub.add_parser(command, help=text, description=text[0].upper() + text[1:] + ".")
+        parser.add_argument(
+            "stream", help="the queue's stream (a partitioned queue's base name: all partitions)"
+        )
+        parser.add_argument(
+            "--group", help=f"{command} only this consumer group (default: every group)"
+        )
+        _url_option(parser)
+        parser.set_defaults(func=_cli_pause.cmd_pause)
+
+
 def _migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = (
         "move keys of streams with a hash tag (e.g. {shop}:emails) from the layout "
@@ -244,6 +261,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _dlq,
     _job,
     _scheduled,
+    _pause,
     _migrate,
     _demo,
     add_dashboard_parser,

@@ -12,10 +12,11 @@ from typing import Any
 import jinja2
 import redis.exceptions
 
-from .._redis.keys import dead_letter_stream
+from .._redis.keys import dead_letter_stream, partition_base
 from .._redis.session import check_client
 from ..deadletters import DeadLetters
 from ..errors import ConfigurationError
+from ..flow.pause import pause, resume
 from ..info import stream_info
 from . import chart, data, jobs, security
 from .overview import LAG_SCAN_LIMIT, overview, unsafe_eviction_policy
@@ -34,7 +35,12 @@ DONE = {
     "requeued-all": "Requeued {n} dead letter(s).",
     "purged": "Purged {n} dead letter(s).",
     "cancelled": "Cancelled {n} scheduled job(s).",
+    "paused": "Paused: its consumers read no new jobs within a second; running jobs finish.",
+    "resumed": "Resumed: its consumers read again.",
+    "unchanged": "Nothing changed: it was so already.",
 }
+#: Actions that are undone as easily as done: no confirmation page.
+_NO_CONFIRM = ("requeue", "pause", "resume")
 
 
 class Dashboard:
@@ -190,7 +196,9 @@ class Dashboard:
 
     def _stream_page(self, request: Request, token: str, stream: str) -> Response:
         q = request.query
-        info = stream_info(self.client, stream, lag_scan_limit=LAG_SCAN_LIMIT)
+        # A partition's pause is its queue's: shown, and set, by the queue's name.
+        queue = partition_base(stream) or stream
+        info = stream_info(self.client, stream, lag_scan_limit=LAG_SCAN_LIMIT, base_stream=queue)
         groups = [g.name for g in info.groups]
         group = q.get("group") if q.get("group") in groups else (groups[0] if groups else None)
         pending = (
@@ -209,6 +217,7 @@ class Dashboard:
             token,
             request=request,
             stream=stream,
+            queue=queue,
             info=info,
             group=group,
             pending=pending,
@@ -258,9 +267,9 @@ class Dashboard:
         if stream not in self.known_streams():
             return plain(404, f"no stream {stream!r} here")
         action = request.path.strip("/")
-        if action not in ("requeue", "requeue-all", "purge", "cancel"):
+        if action not in ("requeue", "requeue-all", "purge", "cancel", "pause", "resume"):
             return plain(404, "no such action")
-        if action != "requeue" and form.get("confirm") != "yes":
+        if action not in _NO_CONFIRM and form.get("confirm") != "yes":
             return self._confirm(request, form, action, stream)
         try:
             count = self._act(action, stream, form)
@@ -268,11 +277,20 @@ class Dashboard:
             return plain(400, str(exc))
         logger.info("dashboard: %s on %s: %d", action, stream, count)
         done = {"requeue": "requeued", "requeue-all": "requeued-all", "purge": "purged"}
+        if action in ("pause", "resume"):
+            code = ("paused" if action == "pause" else "resumed") if count else "unchanged"
+            group = form.get("group") or None
+            return redirect(request.url("/stream", name=stream, group=group, done=code, n=count))
         return redirect(
             request.url("/stream", name=stream, done=done.get(action, "cancelled"), n=count)
         )
 
     def _act(self, action: str, stream: str, form: dict[str, str]) -> int:
+        if action in ("pause", "resume"):
+            # No group: every group of the stream.
+            change = pause if action == "pause" else resume
+            queue = partition_base(stream) or stream  # one pause for all its partitions
+            return int(change(self.client, queue, form.get("group") or None))
         dead = DeadLetters(self.client, stream)
         if action == "requeue":
             return len(dead.requeue([form.get("id", "")]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,5 +238,39 @@ def test_search_a_job_id_and_see_its_status_and_value(
         assert answer.value.status == 404
         assert page.locator("h1").inner_text() == "No job with this id"
 
+    assert all(url.startswith(base) for url in page.requests), page.requests
+    assert page.dialogs == []
+
+
+def test_pause_a_running_group_and_resume_it(client: redis.Redis, stream: str, page: Any) -> None:
+    # Given a running queue
+    ran: list[int] = []
+    queue = numbered_queue(client, stream, lambda task: ran.append(task.job.n), group="workers")
+    producer = flowd.Producer(client, stream)
+    handle = queue.run()
+    try:
+        producer.enqueue(Numbered(n=0))
+        wait_until(lambda: ran == [0], timeout=10)
+        with serving(Dashboard(client, [stream])) as base:
+            page.goto(f"{base}/stream?name={stream}")
+            row = page.locator("#groups tr", has=page.locator("a:text-is('workers')"))
+            assert row.locator("td.state").inner_text().startswith("active")
+            # When its group's "Pause" is clicked
+            row.locator("button:text-is('Pause')").click()
+            # Then the page says so, the group shows paused, and a job enqueued now waits
+            assert page.locator("p.done").inner_text().startswith("Paused")
+            assert row.locator("td.state").inner_text().startswith("paused")
+            assert flowd.is_paused(client, stream, "workers")
+            time.sleep(1.0)
+            producer.enqueue(Numbered(n=1))
+            time.sleep(1.0)
+            assert ran == [0]
+            # When "Resume" is clicked, Then the group reads again and runs the job
+            row.locator("button:text-is('Resume')").click()
+            assert page.locator("p.done").inner_text().startswith("Resumed")
+            assert row.locator("td.state").inner_text().startswith("active")
+            wait_until(lambda: ran == [0, 1], timeout=10)
+    finally:
+        assert handle.stop(timeout=10)
     assert all(url.startswith(base) for url in page.requests), page.requests
     assert page.dialogs == []
