@@ -49,6 +49,7 @@ from .errors import (
     Retry,
     TimeLimitExceeded,
 )
+from .flow.ratelimit import RateLimit
 from .handle import QueueHandle, QueueStats
 from .hooks import Hooks, LogHooks
 from .housekeeping import Housekeeping, TrimResult, remove_idle_consumers, trim_stream
@@ -89,6 +90,7 @@ __all__ = [
     "Queue",
     "QueueHandle",
     "QueueStats",
+    "RateLimit",
     "RedisVersionError",
     "ReplicationError",
     "ResultTimeout",

@@ -35,6 +35,7 @@ from ._redis.session import (
 from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
+from .flow.ratelimit import RateLimit, check_rate_limit
 from .handle import QueueHandle
 from .hooks import Hooks, call_hooks
 from .housekeeping import Housekeeping
@@ -151,6 +152,10 @@ class Queue(Generic[J]):
         A success's result is written in the same atomic step as its XACK; a
         returned value with no JSON form fails the run (``EncodeError``). None
         (the default) keeps no results; ``Results.get`` still says where a job is.
+    :param rate_limit: a :class:`flowd.RateLimit`: at most that many job starts
+        (claimed retries included) per window across every consumer of the
+        group, in every process and partition, counted in Redis; jobs over it
+        wait in the stream, unread. None (the default): no limit.
     """
 
     def __init__(
@@ -173,6 +178,7 @@ class Queue(Generic[J]):
         stop_timeout: Seconds = 30.0,
         time_limit: Seconds | None = None,
         result_ttl: Seconds | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -225,6 +231,7 @@ class Queue(Generic[J]):
         self.time_limit = None if time_limit is None else to_seconds(time_limit, "time_limit")
         if self.time_limit is not None:
             check_supported()
+        self.rate_limit = check_rate_limit(rate_limit)
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
         #: Streams whose group this queue has seen exist: one missing later means lost data.
@@ -330,6 +337,7 @@ class Queue(Generic[J]):
             after_fork=self.forget_after_fork,
             schedules=self.schedules,
             result_ttl_ms=None if self.result_ttl is None else to_ms(self.result_ttl),
+            rate_limit=self.rate_limit,
         )
 
     def run(self) -> QueueHandle:
