@@ -36,7 +36,7 @@ MIN_WAIT = 0.005
 
 @dataclass(frozen=True, slots=True, init=False)
 class RateLimit:
-    """At most ``limit`` job starts per ``per`` seconds, across every consumer of the group.
+    """``limit`` job starts per ``per`` seconds, for every consumer of the group together.
 
     For ``Queue(rate_limit=...)``. Enforced in Redis by one token bucket per
     queue and group, on Redis's clock: every process, thread and partition of
