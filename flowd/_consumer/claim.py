@@ -114,9 +114,10 @@ class ClaimLoop:
         taken = ctx.permits.try_acquire(len(due))
         gate = ctx.rate
         if taken and gate is not None:
-            allowed, _ = gate.take(taken)
-            for msg_id in due[allowed:taken]:  # due again once tokens are free
-                timer.add(msg_id, time.monotonic())
+            allowed, wait = gate.take(taken)
+            again = time.monotonic() + wait
+            for msg_id in due[allowed:taken]:  # due again when a token should be free
+                timer.add(msg_id, again)
             ctx.permits.release(taken - allowed)
             taken = allowed
         handed = 0

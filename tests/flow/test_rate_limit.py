@@ -278,3 +278,33 @@ def test_a_drain_starts_jobs_at_the_rate(client: redis.Redis, stream: str) -> No
     # Then all ran, the last ten at no more than 20 a second after the first five
     assert recorder.ns() == set(range(15))
     assert time.monotonic() - start >= 10 / 20 - 0.05
+
+
+class RetryingSoon(Recorder):
+    """Records each run, then asks for a retry 0.1 s later (a short retry, kept pending)."""
+
+    def __call__(self, task: flowd.Task[Any]) -> None:
+        self.record(task)
+        raise flowd.Retry(delay=0.1)
+
+
+def test_short_retries_wait_for_tokens_too(
+    client: redis.Redis, stream: str, make_queue: QueueFactory
+) -> None:
+    # Given a job that asks to run again 0.1 s after each run, and 2 starts for the hour
+    recorder = RetryingSoon()
+    claimer = flowd.Claimer(min_idle_time=30.0, max_retries=10, interval=0.2)
+    make_queue.run(
+        make_queue(recorder, claimer=claimer, rate_limit=flowd.RateLimit(1, per=3600, burst=2))
+    )
+    flowd.Producer(client, stream).enqueue(Numbered(0))
+    # When its retry falls due with the budget spent
+    wait_until(lambda: recorder.count >= 2, WAIT)
+    time.sleep(1.0)
+    # Then it ran twice only, and its pending entry was not claimed a third time
+    assert recorder.count == 2
+    assert pending_deliveries(client, [stream]) == [2]
+    # And once tokens are free, the retry runs
+    client.delete(bucket_key(stream, GROUP))
+    wait_until(lambda: recorder.count >= 4, WAIT)
+    assert [t.deliveries for t in recorder.tasks] == [1, 2, 3, 4]
