@@ -50,6 +50,7 @@ from .errors import (
     TimeLimitExceeded,
 )
 from .flow.pause import is_paused, pause, resume
+from .flow.ratelimit import RateLimit
 from .handle import QueueHandle, QueueStats
 from .hooks import Hooks, LogHooks
 from .housekeeping import Housekeeping, TrimResult, remove_idle_consumers, trim_stream
@@ -90,6 +91,7 @@ __all__ = [
     "Queue",
     "QueueHandle",
     "QueueStats",
+    "RateLimit",
     "RedisVersionError",
     "ReplicationError",
     "ResultTimeout",

@@ -37,6 +37,7 @@ from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
 from .flow.expiry import check_dead_letter_expired
 from .flow.pause import is_paused
+from .flow.ratelimit import RateLimit, check_rate_limit
 from .handle import QueueHandle
 from .hooks import Hooks, call_hooks
 from .housekeeping import Housekeeping
@@ -157,6 +158,10 @@ class Queue(Generic[J]):
         passed before it started is dead-lettered with the reason ``"expired"``
         (the default); False acks it unrun instead. Either way it is counted in
         ``QueueStats.expired``.
+    :param rate_limit: a :class:`flowd.RateLimit`: at most that many job starts
+        (claimed retries included) per window across every consumer of the
+        group, in every process and partition, counted in Redis; jobs over it
+        wait in the stream, unread. None (the default): no limit.
     """
 
     def __init__(
@@ -180,6 +185,7 @@ class Queue(Generic[J]):
         time_limit: Seconds | None = None,
         result_ttl: Seconds | None = None,
         dead_letter_expired: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -233,6 +239,7 @@ class Queue(Generic[J]):
         if self.time_limit is not None:
             check_supported()
         self.dead_letter_expired = check_dead_letter_expired(dead_letter_expired)
+        self.rate_limit = check_rate_limit(rate_limit)
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
         #: Streams whose group this queue has seen exist: one missing later means lost data.
@@ -339,6 +346,7 @@ class Queue(Generic[J]):
             schedules=self.schedules,
             result_ttl_ms=None if self.result_ttl is None else to_ms(self.result_ttl),
             dead_letter_expired=self.dead_letter_expired,
+            rate_limit=self.rate_limit,
         )
 
     def run(self) -> QueueHandle:

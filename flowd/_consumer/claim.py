@@ -43,6 +43,7 @@ class ClaimOutcome(enum.Enum):
     DONE = "done"  #: a sweep of the whole PEL ended
     MORE = "more"  #: entries may be left to claim in this sweep
     BUSY = "busy"  #: no permit was free: nothing was asked of Redis
+    LIMITED = "limited"  #: the rate limit had no token free (the claimer waited for one)
 
 
 class ClaimLoop:
@@ -104,6 +105,8 @@ class ClaimLoop:
         if timer is not None:
             self.claim_due(timer)
         outcome = self.claim_batch()
+        if outcome is ClaimOutcome.LIMITED:
+            return True
         if outcome is ClaimOutcome.BUSY:
             due = None if timer is None else timer.until_next()
             self.ctx.permits.wait_free(self.interval if due is None else min(self.interval, due))
@@ -127,6 +130,14 @@ class ClaimLoop:
         if not due:
             return
         taken = ctx.permits.try_acquire(len(due))
+        gate = ctx.rate
+        if taken and gate is not None:
+            allowed, wait = gate.take(taken)
+            again = time.monotonic() + wait
+            for msg_id in due[allowed:taken]:  # due again when a token should be free
+                timer.add(msg_id, again)
+            ctx.permits.release(taken - allowed)
+            taken = allowed
         handed = 0
         try:
             if taken:
@@ -138,14 +149,32 @@ class ClaimLoop:
                 handed = self._hand_out([(i, f) for i, f in claimed if f is not None])
         finally:
             ctx.permits.release(taken - handed)
+            if gate is not None:
+                gate.give_back(taken - handed)
 
     def claim_batch(self) -> ClaimOutcome:
-        """Claim up to the free permits' worth of idle entries and dispatch them."""
+        """Claim up to the free permits' worth of idle entries and dispatch them.
+
+        With a rate limit, as many as it has tokens for: the others stay idle in
+        the PEL, their delivery count untouched. A claim the dispatcher sends to
+        the dead-letter path spends its token too.
+        """
         ctx = self.ctx
         permits = ctx.permits
         taken = permits.try_acquire(self.batch)
         if taken == 0:
             return ClaimOutcome.BUSY  # claimed work could not start anyway
+        gate = ctx.rate
+        if gate is not None:
+            if not self._any_idle():  # no token taken (from the reader) for nothing
+                permits.release(taken)
+                return ClaimOutcome.DONE
+            allowed, wait = gate.take(taken)
+            permits.release(taken - allowed)
+            taken = allowed
+            if not taken:  # wait holding no permit: the reader may get tokens first
+                ctx.stop.wait(min(wait, self.interval))
+                return ClaimOutcome.LIMITED
         handed = 0  # permits passed on with an entry; the rest go back, whatever fails
         try:
             # Taken before the claim: an id that finishes meanwhile is acked before
@@ -175,7 +204,17 @@ class ClaimLoop:
             )
         finally:
             permits.release(taken - handed)
+            if gate is not None:
+                gate.give_back(taken - handed)
         return ClaimOutcome.DONE if cursor in ("0-0", "0") else ClaimOutcome.MORE
+
+    def _any_idle(self) -> bool:
+        """Whether any pending entry has been idle for ``min_idle_time`` (XPENDING IDLE)."""
+        ctx = self.ctx
+        reply = ctx.redis.call(
+            "XPENDING", ctx.stream, ctx.group, "IDLE", self.min_idle_ms, "-", "+", 1
+        )
+        return bool(reply)
 
     def _hand_out(self, claimed: list[Entry]) -> int:
         """Dispatch claimed entries with their delivery counts; returns how many (one

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from .._redis.replies import Fields
 from .._redis.session import Session
+from ..flow.ratelimit import RateGate
 from .permits import Permits
 
 __all__ = ["Dispatch", "StopSignal", "StreamContext"]
@@ -70,12 +71,18 @@ class StreamContext:
     held: Callable[[], set[str]]
     #: Ids of this stream whose job started before the given monotonic time.
     running_since: Callable[[float], list[str]]
+    #: The queue's rate limit, as this loop takes its tokens (None: no limit).
+    rate: RateGate | None = None
 
     def for_loop(
-        self, session: Session | None, stop: threading.Event | None = None
+        self,
+        session: Session | None,
+        stop: threading.Event | None = None,
+        rate: RateGate | None = None,
     ) -> StreamContext:
-        """This context with a loop's own session (and, if given, its own stop event)."""
-        return dataclasses.replace(self, session=session, stop=stop or self.stop)
+        """This context with a loop's own session (and, if given, its own stop event and
+        rate gate)."""
+        return dataclasses.replace(self, session=session, stop=stop or self.stop, rate=rate)
 
     @property
     def redis(self) -> Session:

@@ -361,12 +361,16 @@ class Engine:
             part.acker.start()
             for thread in part.loops.values():
                 thread.start()
-        sessions = [Session(self.settings.client, part.ctx.stream) for part in self.streams]
+        s = self.settings
+        sessions = [Session(s.client, part.ctx.stream) for part in self.streams]
+        gates = [
+            s.rate_gate(part.ctx.stream, session)
+            for part, session in zip(self.streams, sessions, strict=True)
+        ]
         finished = False
         try:
-            for part, session in zip(self.streams, sessions, strict=True):
-                ctx = part.ctx.for_loop(session)
-                s = self.settings
+            for part, session, gate in zip(self.streams, sessions, gates, strict=True):
+                ctx = part.ctx.for_loop(session, rate=gate)
                 move_due_before_drain(
                     session, ctx.stream, s.schedules, s.streams, alias_ttl_ms(s.result_ttl_ms)
                 )
@@ -385,6 +389,9 @@ class Engine:
             self.wind_down(deadline, finished=finished, ack_deadline=ack_deadline)
             for session in sessions:
                 session.close()
+            for gate in gates:
+                if gate is not None:
+                    gate.close()
             self.state = State.STOPPED
             self._done.set()
         return finished

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import time
 
+import redis.exceptions
+
 from .._redis.replies import Entry, parse_xpending_range, parse_xreadgroup
 from .._redis.session import READ_MARGIN
 from .._redis.timeutil import to_ms
 from ..flow.pause import CHECK_EVERY, MAX_BLOCK, PauseWatch
 from .context import StreamContext
-from .group_loss import LossWatch
+from .group_loss import LossWatch, last_delivered
 from .readahead import NUDGE, STALE, Link, claim_back, hand_back, item_id
 
 logger = logging.getLogger(__name__)
@@ -131,16 +133,8 @@ class Reader:
         pause = self.pause
         if pause is not None and pause.paused():
             return self._paused(ahead)
-        if ahead is None:  # no read-ahead: never more than the free permits
-            free = ctx.permits.wait_free(self._poll)
-            if free <= 0 or ctx.stop.is_set():
-                return False
-            if pause is not None and pause.paused():  # again: the wait may have been long
-                return self._paused(ahead)
-            entries = xreadgroup(ctx, free, block_ms=self.block_ms)
-            self._watch(entries)
-            start_entries(ctx, entries, None)
-            return True
+        if ahead is None:
+            return self._step_without_read_ahead()
         permits = ctx.permits
         target = ahead.policy.target()
         # Read when a permit is spare, or (reading ahead) once half the buffer is gone.
@@ -153,9 +147,14 @@ class Reader:
             return False
         if pause is not None and pause.paused():  # again: the wait may have been long
             return self._paused(ahead)
-        entries = xreadgroup(ctx, count, block_ms=self.block_ms)
+        read = self._read(count)
+        if read is None:
+            return True
+        entries, granted = read
         self._watch(entries)
         if entries and ahead.hand_back_stalled and self._paused_meanwhile(entries):
+            if ctx.rate is not None:  # none of them started
+                ctx.rate.give_back(granted)
             return True
         if entries:
             if logger.isEnabledFor(logging.DEBUG):
@@ -169,6 +168,24 @@ class Reader:
             submit = ahead.submit
             for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
                 submit(item)
+        self._settle(granted, len(entries))
+        return True
+
+    def _step_without_read_ahead(self) -> bool:
+        """Read never more than the free permits, and start what was read."""
+        ctx, pause = self.ctx, self.pause
+        free = ctx.permits.wait_free(self._poll)
+        if free <= 0 or ctx.stop.is_set():
+            return False
+        if pause is not None and pause.paused():  # again: the wait may have been long
+            return self._paused(None)
+        read = self._read(free)
+        if read is None:
+            return True
+        entries, granted = read
+        self._watch(entries)
+        start_entries(ctx, entries, None)
+        self._settle(granted, len(entries))
         return True
 
     def _paused(self, ahead: Link | None) -> bool:
@@ -202,6 +219,34 @@ class Reader:
             "handed back %d messages read on %s/%s as it was paused", handed, ctx.stream, ctx.group
         )
         return True
+
+    def _read(self, count: int) -> tuple[list[Entry], int] | None:
+        """Read up to ``count`` new entries: (entries, rate tokens taken for them).
+
+        Without a rate limit: one blocking XREADGROUP. With one: first the
+        tokens, then a read of at most that many that does not block (tokens
+        are never held through a wait); None if no token was free (the gate
+        waited already).
+        """
+        ctx = self.ctx
+        gate = ctx.rate
+        if gate is None:
+            return xreadgroup(ctx, count, block_ms=self.block_ms), 0
+        granted, wait = gate.take(count)
+        if not granted:
+            ctx.stop.wait(min(wait, self._poll))
+            return None
+        return xreadgroup(ctx, granted), granted
+
+    def _settle(self, granted: int, read: int) -> None:
+        """After a rate-limited read (its entries handed on): give back the tokens it did
+        not use; when it found nothing, wait for new entries without taking any."""
+        gate = self.ctx.rate
+        if gate is None:
+            return
+        gate.give_back(granted - read)
+        if not read:
+            wait_for_new(self.ctx, self.block_ms)
 
     def _watch(self, entries: list[Entry]) -> None:
         """Note how far this run has read; when idle, look for a group made anew."""
@@ -239,17 +284,47 @@ class Reader:
         return True
 
     def read_backlog(self, count: int) -> int:
-        """Start up to ``count`` entries of the backlog without blocking; 0 once it is empty."""
+        """Start up to ``count`` entries of the backlog without blocking; 0 once it is empty.
+
+        With a rate limit it takes tokens first; while none is free it waits a
+        moment (``_PERMIT_POLL`` at most) and returns -1: not empty, call again.
+        """
+        ctx = self.ctx
+        gate = ctx.rate
+        granted = count
+        if gate is not None:
+            granted, wait = gate.take(count)
+            if not granted:
+                ctx.stop.wait(min(wait, _PERMIT_POLL))
+                return -1
+        started = self._read_backlog(granted)
+        if gate is not None:
+            gate.give_back(granted - started)
+        return started
+
+    def _read_backlog(self, count: int) -> int:
         if self._own_after is not None:
             entries, deliveries = read_own_pending(self.ctx, count, self._own_after)
             if entries:
                 self._own_after = entries[-1][0]
-                start_entries(self.ctx, entries, deliveries)
-                return len(entries)
+                return start_entries(self.ctx, entries, deliveries)
             self._own_after = None
         entries = xreadgroup(self.ctx, count)
-        start_entries(self.ctx, entries, None)
-        return len(entries)
+        return start_entries(self.ctx, entries, None)
+
+
+def wait_for_new(ctx: StreamContext, block_ms: int) -> None:
+    """Block until ``ctx``'s stream has an entry its group has not delivered (or for
+    ``block_ms``), reading nothing for the group: XREAD after the group's
+    last-delivered id, which every undelivered entry is above."""
+    try:
+        delivered = last_delivered(ctx.redis.call("XINFO", "GROUPS", ctx.stream), ctx.group)
+    except redis.exceptions.ResponseError:
+        return  # no stream: the next read meets NOGROUP and recreates the group
+    if delivered is None:
+        return  # no group: likewise
+    after = f"{delivered[0]}-{delivered[1]}"
+    ctx.redis.call("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", ctx.stream, after)
 
 
 def read_own_pending(

@@ -19,6 +19,7 @@ from .._redis.records import alias_ttl_ms
 from .._redis.session import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
 from ..claimer import Claimer
 from ..flow.pause import PauseWatch
+from ..flow.ratelimit import RateGate, RateLimit
 from ..hooks import Hooks
 from ..housekeeping import Housekeeping
 from ..schedule import Schedule
@@ -40,6 +41,8 @@ from .threads import LoopThread
 
 logger = logging.getLogger(__name__)
 
+#: Loops that start jobs: they take the rate limit's tokens before reading or claiming.
+STARTERS = ("reader", "claimer")
 #: Loops that end with the run's stop signal, after the reader (the lease ends after the jobs).
 BACKGROUND = ("claimer", "housekeeping", "scheduler")
 
@@ -76,6 +79,17 @@ class RunSettings:
     result_ttl_ms: int | None = None
     #: An expired job goes down the dead-letter path (False: it is acked).
     dead_letter_expired: bool = True
+    #: Job starts allowed across the group (None: no limit); its bucket is the queue's
+    #: (``name``'s), shared by every partition.
+    rate_limit: RateLimit | None = None
+
+    def rate_gate(self, stream: str, session: Session) -> RateGate | None:
+        """The rate gate of a loop of ``stream`` that talks through ``session``."""
+        if self.rate_limit is None:
+            return None
+        return RateGate.for_loop(
+            self.rate_limit, self.client, self.name, self.group, stream, session
+        )
 
 
 @dataclass(slots=True)
@@ -174,6 +188,16 @@ def report_group_not_created(stream: str, group: str, exc: BaseException) -> Non
     )
 
 
+def _closing(session: Session, gate: RateGate) -> Callable[[], None]:
+    """What a loop with a rate gate closes on exit: its session and the gate's own."""
+
+    def close() -> None:
+        session.close()
+        gate.close()
+
+    return close
+
+
 def add_loops(
     part: StreamParts,
     settings: RunSettings,
@@ -204,7 +228,8 @@ def add_loops(
     ) -> None:
         stream = part.ctx.stream
         session = Session(client or s.client, stream, timeout=timeout)
-        ctx = part.ctx.for_loop(session, stop)
+        gate = s.rate_gate(stream, session) if role in STARTERS else None
+        ctx = part.ctx.for_loop(session, stop, gate)
         if role == "reader":
             part.reader_session = session
 
@@ -228,7 +253,7 @@ def add_loops(
             ctx.stop,
             on_nogroup=recreate_group,
             on_fatal=on_fatal,
-            on_exit=session.close,
+            on_exit=session.close if gate is None else _closing(session, gate),
         )
 
     claimer, housekeeping = s.claimer, s.housekeeping
