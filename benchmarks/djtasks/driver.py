@@ -38,6 +38,8 @@ except ImportError:
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL = 0.005
+#: Seconds a worker gets to exit after SIGTERM, once every task is done.
+STOP_WAIT = 15.0
 
 #: Each contender's worker as its documentation runs it, long-running (the benchmark
 #: stops it with SIGTERM once the clock stopped): flowd's ``--burst`` reads only as many
@@ -137,7 +139,13 @@ def run(contender: str, body: str, count: int, logdir: Path) -> dict[str, Any]:
             time.sleep(POLL)
         run_s = time.perf_counter() - start
         worker.send_signal(signal.SIGTERM)  # a warm shutdown for all three
-        worker.wait(60)
+        try:
+            worker.wait(STOP_WAIT)
+            stopped = "exited"
+        except subprocess.TimeoutExpired:
+            # Seen with rq 3.0: its worker can hang unsubscribing from its pubsub
+            # channel after a warm shutdown. The tasks are done; it is killed.
+            stopped = "killed"
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -150,6 +158,7 @@ def run(contender: str, body: str, count: int, logdir: Path) -> dict[str, Any]:
         "enqueue_s": enqueue_s,
         "run_s": run_s,
         "startup_s": start - spawned,
+        "stopped": stopped,
         "log": str(log),
     }
 
