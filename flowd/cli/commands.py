@@ -17,6 +17,7 @@ import sys
 import textwrap
 from typing import Any
 
+from .._codec.display import task_rows
 from .._redis.connect import (
     EXIT_FAILED,
     EXIT_OK,
@@ -161,17 +162,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 def _dlq_action(client: Any, dead: Any, args: argparse.Namespace) -> int:
     if args.action == "list":
-        entries = dead.list(limit=args.limit)
-        if not entries:
-            print(f"no dead letters in {dead.dlq_stream}")
-        for entry in entries:
-            print(
-                f"{entry.dlq_id}  original={entry.original_id}  deliveries={entry.deliveries}"
-                f"  at={entry.time.isoformat()}  reason={entry.reason}"
-            )
-            print(f"    fields: {json.dumps(_printable(entry.fields))}")
-            if args.traceback and entry.traceback:
-                print(textwrap.indent(entry.traceback, "    "))
+        _print_dead_letters(dead, args)
         return EXIT_OK
     if not args.all and not args.ids:
         raise CommandError(f"{args.action} needs message ids or --all", EXIT_USAGE)
@@ -195,6 +186,25 @@ def _dlq_action(client: Any, dead: Any, args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _print_dead_letters(dead: Any, args: argparse.Namespace) -> None:
+    entries = dead.list(limit=args.limit)
+    if not entries:
+        print(f"no dead letters in {dead.dlq_stream}")
+    for entry in entries:
+        print(
+            f"{entry.dlq_id}  original={entry.original_id}  deliveries={entry.deliveries}"
+            f"  at={entry.time.isoformat()}  reason={entry.reason}"
+        )
+        rows = task_rows(entry.fields)
+        if rows is None:
+            print(f"    fields: {json.dumps(_printable(entry.fields))}")
+        else:  # a Django task's message: its task, called with its arguments
+            for name, value in rows:
+                print(f"    {name}: {_printable({name: value})[name]}")
+        if args.traceback and entry.traceback:
+            print(textwrap.indent(entry.traceback, "    "))
 
 
 #: Characters of one field that `flowd dlq list` prints; the rest is summarised.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .._codec.display import task_rows
 from .._redis import throughput as _throughput
 from .._redis.keys import dead_letter_stream, derived_key
 from ..deadletters import DeadLetter
@@ -51,23 +52,12 @@ def shown(value: str | bytes) -> str:
     return out if len(out) <= MAX_VALUE else out[:MAX_VALUE] + f"... ({len(out)} characters)"
 
 
-#: The fields of a Django task's message (flowd.contrib.django.tasks): shown as the task.
-_TASK_FIELDS = frozenset({"task", "result_id", "args", "kwargs"})
-
-
 def shown_fields(fields: dict[str, str | bytes]) -> list[tuple[str, str]]:
     """A message's fields for display; a Django task's message shows as its task's module
     path called with its arguments, and its result id, instead of its raw fields."""
-    if _TASK_FIELDS <= set(fields) and all(isinstance(fields[k], str) for k in _TASK_FIELDS):
-        args = str(fields["args"]).removeprefix("[").removesuffix("]")
-        kwargs = str(fields["kwargs"]).removeprefix("{").removesuffix("}")
-        call = ", ".join(part for part in (args, f"**{{{kwargs}}}" if kwargs else "") if part)
-        rows = [
-            ("task", shown(f"{text(fields['task'])}({call})")),
-            ("result id", shown(fields["result_id"])),
-        ]
-        rows += [(k, shown(fields[k])) for k in ("queue", "enqueued_at") if k in fields]
-        return rows
+    rows = task_rows(fields)
+    if rows is not None:
+        return [(name, shown(value)) for name, value in rows]
     return [(name, shown(value)) for name, value in fields.items()]
 
 

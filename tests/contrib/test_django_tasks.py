@@ -8,6 +8,7 @@ Django sets up once per process: the scenarios of ``task_scenarios.py`` and
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import redis
 
 import flowd
 from flowd.contrib.django.tasks.records import TaskMessage
+from flowd.dashboard import Dashboard
 from tests.contrib.django_harness import REPO, recorded, scenario
+from tests.dashboard.dashboard_server import http, serving
 from tests.helpers import run_python, wait_until
 
 #: `manage.py flowd_worker --burst --queue default`.
@@ -114,6 +117,80 @@ def test_retries_dead_letters_and_run_after_with_a_running_worker(
     assert proc.wait(20) == 0, err.read_text()
 
 
+def test_a_dead_task_shows_its_name_and_runs_again_once_requeued(
+    start_worker: Any, django_env: dict[str, str], client: redis.Redis, redis_url: str, stream: str
+) -> None:
+    # Given a running worker (MAX_RETRIES 2) and two tasks that fail on every run
+    proc, err = start_worker("--queue", "default", "--log-level", "INFO")
+    wait_until(lambda: f"queue {stream}-tasks:default/" in err.read_text(), timeout=20)
+    ids = task_scenario("enqueue_heals", django_env, ["cli", "dashboard"])
+    default = f"{stream}-tasks:default"
+    dead = flowd.DeadLetters(client, default)
+
+    # Then each ends FAILED after MAX_RETRIES + 1 runs and sits in the dead letters
+    failed = task_scenario("outcomes", django_env, {"ids": ids, "status": "FAILED"})
+    for flag in ids:
+        assert failed[flag] == {
+            "status": "FAILED",
+            "attempts": 3,
+            "errors": ["builtins.RuntimeError"] * 3,
+            "value": None,
+        }, failed
+    wait_until(lambda: len(dead.list()) == 2, timeout=10)
+    path = "tests.contrib.django_project.testapp.tasks.heals"
+
+    # And `flowd dlq list` names each task, called with its argument, not raw fields
+    listed = run_python(["-m", "flowd", "dlq", "list", default, "--url", redis_url])
+    assert listed.returncode == 0, listed.stderr
+    assert f'    task: {path}("cli")\n    result id: {ids["cli"]}\n' in listed.stdout
+    assert f'    task: {path}("dashboard")' in listed.stdout
+    assert "fields:" not in listed.stdout and '"kwargs"' not in listed.stdout, listed.stdout
+    by_flag = {letter.fields["args"]: letter.dlq_id for letter in dead.list()}
+
+    # And so does the dashboard's stream page
+    with serving(Dashboard(client, [default])) as base:
+        status, headers, page = http(f"{base}/stream?name={default}")
+        assert status == 200, page
+        assert f"<dt>task</dt><dd>{path}(&#34;dashboard&#34;)</dd>" in page, page
+        assert f"<dt>result id</dt><dd>{ids['dashboard']}</dd>" in page
+        assert "<dt>kwargs</dt>" not in page
+
+        # When both are healed, then requeued: one by `flowd dlq requeue`, the other
+        # with the dashboard's Requeue button
+        for flag in ids:
+            client.set(f"{stream}:healed:{flag}", 1)
+        requeued = run_python(
+            ["-m", "flowd", "dlq", "requeue", default, by_flag['["cli"]'], "--url", redis_url]
+        )
+        assert requeued.returncode == 0, requeued.stderr
+        assert f"requeued 1 messages from {{{default}}}:dead" in requeued.stdout, requeued.stdout
+        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        form = {
+            "csrf": token[1] if token else cookie.split("=", 1)[1],
+            "stream": default,
+            "id": by_flag['["dashboard"]'],
+        }
+        status, _, answer = http(
+            f"{base}/requeue", data=form, headers={"Cookie": cookie, "Origin": base}
+        )
+        assert status == 303, answer
+
+    # Then each runs again and ends SUCCESSFUL, its earlier attempts kept
+    done = task_scenario("outcomes", django_env, {"ids": ids, "status": "SUCCESSFUL"})
+    for flag in ids:
+        assert done[flag] == {
+            "status": "SUCCESSFUL",
+            "attempts": 4,
+            "errors": ["builtins.RuntimeError"] * 3,
+            "value": flag,
+        }, done
+    assert dead.list() == []
+    assert sorted(recorded(client, stream, "heals")) == ["cli"] * 4 + ["dashboard"] * 4
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, err.read_text()
+
+
 @pytest.mark.parametrize(
     ("path", "reason"),
     [
@@ -173,6 +250,39 @@ def test_manage_py_check_and_the_worker_report_bad_task_settings(
     worker = run_python(["-m", "django", "flowd_worker", "--queue", "default"], env=env)
     assert worker.returncode == 2, worker.stderr
     assert "flowd.E002" in worker.stderr
+
+
+def test_a_project_on_flowd_through_tasks_only_needs_no_flowd_setting(
+    django_env: dict[str, str], client: redis.Redis, stream: str, tmp_path: Path
+) -> None:
+    # Given settings with flowd's app and a FlowdBackend in TASKS, but no FLOWD
+    (tmp_path / "tasks_only_settings.py").write_text(
+        "from tests.contrib.django_project.settings import *  # noqa: F403\n"
+        "del FLOWD  # noqa: F821\n"
+        # The test app and the project's URLs use FLOWD's client: leave them out
+        "INSTALLED_APPS = [a for a in INSTALLED_APPS if 'testapp' not in a]  # noqa: F405\n"
+        "ROOT_URLCONF = 'tasks_only_urls'\n"
+    )
+    (tmp_path / "tasks_only_urls.py").write_text("urlpatterns = []\n")
+    env = {
+        **django_env,
+        "DJANGO_SETTINGS_MODULE": "tasks_only_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+    }
+    # When `manage.py check` runs, then it passes (no flowd.E001 for the missing FLOWD)
+    checked = run_python(["-m", "django", "check"], env=env)
+    assert checked.returncode == 0, checked.stderr
+    # And the worker runs the task queues (echo: a task that needs no FLOWD client)
+    default = f"{stream}-tasks:default"
+    path = "tests.contrib.django_project.testapp.tasks.echo"
+    message = TaskMessage(task=path, result_id="1" * 32, args="[5]")
+    job_id = client.xadd(default, message.to_fields())  # type: ignore[arg-type]
+    done = run_python(BURST_DEFAULT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "burst done: 1 jobs processed" in done.stderr, done.stderr
+    result = flowd.Results(client, default, group="django-tasks").get(job_id.decode())
+    assert result is not None and result.status is flowd.JobStatus.SUCCEEDED, result
+    assert result.value == {"args": [5], "kwargs": {}}
 
 
 def test_worker_processes_run_one_task_queue_as_separate_consumers(

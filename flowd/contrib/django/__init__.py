@@ -68,6 +68,7 @@ T = TypeVar("T")
 QUEUE_ENV = "FLOWD_DJANGO_QUEUE"
 _SETTING = "FLOWD"
 _TOP_KEYS = frozenset({"URL", "OPTIONS", "QUEUES"})
+_TASK_BACKEND = "flowd.contrib.django.tasks.FlowdBackend"
 
 _lock = threading.Lock()
 _registry: QueueRegistry | None = None
@@ -238,14 +239,32 @@ def enqueue_bulk(
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """System check ``flowd.E001``: ``settings.FLOWD`` is valid and every path imports."""
+    """System check ``flowd.E001``: ``settings.FLOWD`` is valid and every path imports.
+
+    A project that uses flowd only through ``TASKS`` (a FlowdBackend) needs no
+    ``FLOWD``; the backend's own check covers its settings.
+    """
+    from django.conf import settings
     from django.core.checks import Error
 
+    if getattr(settings, _SETTING, None) is None and _uses_task_backend(settings):
+        return []
     try:
         found = _load().check()
     except ImproperlyConfigured as exc:
         found = [str(exc)]
     return [Error(message, id="flowd.E001") for message in found]
+
+
+def _uses_task_backend(settings: Any) -> bool:
+    """Whether a ``TASKS`` backend is flowd's (by its path: nothing is imported)."""
+    tasks = getattr(settings, "TASKS", None)
+    if not isinstance(tasks, Mapping):
+        return False
+    return any(
+        isinstance(entry, Mapping) and entry.get("BACKEND") == _TASK_BACKEND
+        for entry in tasks.values()
+    )
 
 
 def queue_from_environ() -> Queue[Any]:

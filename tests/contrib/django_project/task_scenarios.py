@@ -219,6 +219,29 @@ def validate(_: Any) -> dict[str, Any]:
     return {}
 
 
+def enqueue_heals(flags: list[str]) -> dict[str, Any]:
+    return {flag: tasks.heals.enqueue(flag).id for flag in flags}
+
+
+def outcomes(wanted: dict[str, Any]) -> dict[str, Any]:
+    """Each task of ``wanted["ids"]`` once its status is ``wanted["status"]`` (or after
+    30 s): status, attempts, errors' class paths, return value."""
+    found = {}
+    for name, result_id in wanted["ids"].items():
+        deadline = time.monotonic() + 30
+        result = backend().get_result(result_id)
+        while result.status.name != wanted["status"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+            result = backend().get_result(result_id)
+        found[name] = {
+            "status": result.status.name,
+            "attempts": result.attempts,
+            "errors": [error.exception_class_path for error in result.errors],
+            "value": result.return_value if result.status == TaskResultStatus.SUCCESSFUL else None,
+        }
+    return found
+
+
 def many_on_other(count: int) -> dict[str, Any]:
     return {"ids": [tasks.on_other.enqueue(n).id for n in range(count)]}
 
@@ -238,6 +261,8 @@ SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "results": results,
     "retries": retries,
     "validate": validate,
+    "enqueue_heals": enqueue_heals,
+    "outcomes": outcomes,
     "many_on_other": many_on_other,
     "workers_of": workers_of,
 }

@@ -129,21 +129,32 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def start_commands(
-    stream: str, job_id: str, result_id: str, worker: str, ttl_ms: int
-) -> list[tuple[Any, ...]]:
-    """An attempt starts: point the alias at the job's current id (one hop, however
-    often it moved), keep the keys as long as a result, append a ``start`` record, and
-    read every record back (the last command's reply)."""
+# KEYS: alias key, task key, attempts key. ARGV: the job's flowd id, keys' ttl ms, record.
+# An attempt starts: the alias points at the job's current id (one hop, however often it
+# moved), the keys live as long as a result, and the start record is appended.
+_START = Script(
+    """
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ttl)
+return redis.call('LRANGE', KEYS[3], 0, -1)
+"""
+)
+
+
+def start(
+    client: Any, stream: str, job_id: str, result_id: str, worker: str, ttl_ms: int
+) -> Attempts:
+    """Record an attempt's start (one script, one round trip); every record so far."""
     record = json.dumps({"start": now_ms(), "worker": worker}, separators=(",", ":"))
-    attempts = attempts_key(stream, result_id)
-    return [
-        ("SET", alias_key(stream, result_id), job_id, "PX", ttl_ms),
-        ("PEXPIRE", task_key(stream, result_id), ttl_ms),
-        ("RPUSH", attempts, record),
-        ("PEXPIRE", attempts, ttl_ms),
-        ("LRANGE", attempts, 0, -1),
+    keys = [
+        alias_key(stream, result_id),
+        task_key(stream, result_id),
+        attempts_key(stream, result_id),
     ]
+    return Attempts.parse(_START(client, keys, [job_id, ttl_ms, record]))
 
 
 def error_record(class_path: str, traceback: str) -> str:

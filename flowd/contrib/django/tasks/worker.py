@@ -48,17 +48,16 @@ class TaskRunner:
         return f"<TaskRunner {self.stream}>"
 
     def _start(self, job: FlowdTask[records.TaskMessage]) -> records.Attempts:
-        """Record the attempt's start (see records.start_commands); every record so far."""
+        """Record the attempt's start (see records.start); every record so far."""
         worker = self.queue.consumer if self.queue is not None else "unknown"
-        message = job.job
-        commands = records.start_commands(
-            self.stream, job.id, message.result_id, worker, self.backend.key_ttl_ms
+        return records.start(
+            self.backend.client,
+            self.stream,
+            job.id,
+            job.job.result_id,
+            worker,
+            self.backend.key_ttl_ms,
         )
-        with self.backend.client.pipeline(transaction=True) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            replies = pipe.execute()
-        return records.Attempts.parse(replies[-1])
 
     def _record_error(self, message: records.TaskMessage, exc: BaseException) -> tuple[str, str]:
         error = (module_path(type(exc)), exception_traceback(exc))

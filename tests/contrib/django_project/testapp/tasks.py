@@ -54,6 +54,16 @@ def always_fails() -> None:
 
 
 @task()
+def heals(flag: str) -> str:
+    """Fails until the key ``<prefix>:healed:<flag>`` exists (the test sets it once the
+    task is dead), then returns ``flag``."""
+    record("heals", flag)
+    if not get_client().exists(f"{PREFIX}:healed:{flag}"):
+        raise RuntimeError(f"{flag} is not healed yet")
+    return flag
+
+
+@task()
 def stamp() -> int:
     """Records (and returns) Redis's clock when it ran, in ms."""
     seconds, micros = get_client().time()
