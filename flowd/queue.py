@@ -35,6 +35,7 @@ from ._redis.session import (
 from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
+from .flow.keylimit import check_concurrency_key
 from .handle import QueueHandle
 from .hooks import Hooks, call_hooks
 from .housekeeping import Housekeeping
@@ -151,6 +152,14 @@ class Queue(Generic[J]):
         A success's result is written in the same atomic step as its XACK; a
         returned value with no JSON form fails the run (``EncodeError``). None
         (the default) keeps no results; ``Results.get`` still says where a job is.
+    :param concurrency_key: a function of the job giving its key (str, int or
+        bytes): at most ``max_per_key`` jobs with one key run at once, across every
+        consumer of the group, through leases in Redis that expire with the job's
+        own (``min_idle_time``). A job whose key is busy waits, holding no worker
+        and no delivery; a function that raises, or returns no key, dead-letters
+        the job with the reason.
+    :param max_per_key: most jobs of one key running at once (default 1); only
+        with ``concurrency_key``.
     """
 
     def __init__(
@@ -173,6 +182,8 @@ class Queue(Generic[J]):
         stop_timeout: Seconds = 30.0,
         time_limit: Seconds | None = None,
         result_ttl: Seconds | None = None,
+        concurrency_key: Callable[[J], object] | None = None,
+        max_per_key: int | None = None,
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -225,6 +236,7 @@ class Queue(Generic[J]):
         self.time_limit = None if time_limit is None else to_seconds(time_limit, "time_limit")
         if self.time_limit is not None:
             check_supported()
+        self.concurrency_key, self.max_per_key = check_concurrency_key(concurrency_key, max_per_key)
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
         #: Streams whose group this queue has seen exist: one missing later means lost data.
@@ -330,6 +342,8 @@ class Queue(Generic[J]):
             after_fork=self.forget_after_fork,
             schedules=self.schedules,
             result_ttl_ms=None if self.result_ttl is None else to_ms(self.result_ttl),
+            concurrency_key=self.concurrency_key,
+            max_per_key=self.max_per_key,
         )
 
     def run(self) -> QueueHandle:

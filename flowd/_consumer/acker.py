@@ -6,15 +6,19 @@ import collections
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from .._redis import throughput as _throughput
 from .._redis.keys import derived_key, runs_key
 from .._redis.records import ACK_WITH_RECORDS, RECORDS_PER_CALL, ack_call
 from .._redis.session import Session, is_noscript
+from ..flow.keylimit import RELEASE, KeyLeases
 from .threads import Backoff
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: ids per XACK command; several commands go in one pipelined round trip.
 ACK_CHUNK = 1000
@@ -53,6 +57,10 @@ class Acker:
         self._flushing: list[str] = []
         self._lock = threading.Lock()
         self._retried: collections.deque[str] = collections.deque()
+        #: Per-key concurrency leases to end (key set, message id), sent with the XACKs.
+        self._releases: collections.deque[tuple[bytes, str]] = collections.deque()
+        #: Told which key sets' leases a flush ended (flowd.flow.keygate wakes their waiters).
+        self.on_released: Callable[[list[bytes]], None] | None = None
         # Held while the thread sleeps on it; add() releases it to wake the thread. A
         # bare lock, not an Event: Event.set() runs a Condition in Python on every
         # wake-up, the costliest step of acking tiny jobs.
@@ -78,6 +86,13 @@ class Acker:
             self._retried.append(msg_id)
         self._ids.append(msg_id)
         # Under load the thread is busy flushing and needs no wake-up.
+        if self._sleeping:
+            self._sleeping = False
+            self._wake_up()
+
+    def release(self, key: bytes, msg_id: str) -> None:
+        """Queue the end of one per-key concurrency lease (flowd.flow.keylimit)."""
+        self._releases.append((key, msg_id))
         if self._sleeping:
             self._sleeping = False
             self._wake_up()
@@ -111,8 +126,8 @@ class Acker:
                     self._records.pop(msg_id, None)
             self._flushing = []
 
-    def _take(self, queue: collections.deque[str]) -> list[str]:
-        out: list[str] = []
+    def _take(self, queue: collections.deque[T]) -> list[T]:
+        out: list[T] = []
         try:
             while True:
                 out.append(queue.popleft())
@@ -122,20 +137,23 @@ class Acker:
     def _run(self) -> None:
         backoff = Backoff(f"acker for {self.stream}/{self.group}")
         retried: list[str] = []
+        releases: list[tuple[bytes, str]] = []
         try:
             while True:
-                if not self._ids and not self._closing:
+                if not self._ids and not self._releases and not self._closing:
                     self._sleeping = True
                     # Re-check: an add() or close() may have come before the flag. A
                     # wake-up left from earlier only makes one extra round.
-                    if not self._ids and not self._closing:
+                    if not self._ids and not self._releases and not self._closing:
                         self._wake.acquire()
                     self._sleeping = False
+                # Releases first: a job's release is queued before its id.
+                releases += self._take(self._releases)
                 self._take_ids()
                 retried += self._take(self._retried)
-                while self._flushing or retried:
+                while self._flushing or retried or releases:
                     try:
-                        self._flush(self._flushing, retried)
+                        self._flush(self._flushing, retried, releases)
                     except Exception as exc:
                         if self._past_deadline():
                             break
@@ -145,6 +163,10 @@ class Acker:
                     backoff.succeeded()
                     self._written()
                     retried.clear()
+                    if releases:
+                        self._released(releases)
+                        releases = []
+                    releases += self._take(self._releases)
                     self._take_ids()
                     retried += self._take(self._retried)
                 if self._closing and (not self._ids or self._past_deadline()):
@@ -162,6 +184,14 @@ class Acker:
                     self.group,
                 )
             self._session.close()
+
+    def _released(self, releases: list[tuple[bytes, str]]) -> None:
+        on_released = self.on_released
+        if on_released is not None:
+            try:
+                on_released(list({key for key, _ in releases}))
+            except Exception:  # waiters are asked again on their timer anyway
+                logger.exception("acker: waking the jobs waiting for a key failed")
 
     def _remaining(self) -> float:
         if self._deadline is None:
@@ -194,13 +224,17 @@ class Acker:
         ]
         return plain, calls
 
-    def _flush(self, ids: list[str], retried: list[str]) -> None:
+    def _flush(
+        self, ids: list[str], retried: list[str], releases: Sequence[tuple[bytes, str]] = ()
+    ) -> None:
         plain, scripts = self._split(ids)
         commands: list[tuple[Any, ...]] = [
             ("XACK", self.stream, self.group, *plain[i : i + ACK_CHUNK])
             for i in range(0, len(plain), ACK_CHUNK)
         ]
         commands += scripts
+        if releases:
+            commands += KeyLeases.release_commands(releases)
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
             commands.append(("HDEL", self.tracebacks_key, *retried))
@@ -234,6 +268,11 @@ class Acker:
             logger.debug("acked %d messages on %s/%s", len(ids), self.stream, self.group)
 
 
+#: The scripts a flush sends, by sha.
+_SCRIPTS = {script.sha: script.source for script in (ACK_WITH_RECORDS, RELEASE)}
+
+
 def as_eval(command: tuple[Any, ...]) -> tuple[Any, ...]:
-    """An ACK_WITH_RECORDS EVALSHA as EVAL (which also caches the script)."""
-    return ("EVAL", ACK_WITH_RECORDS.source, *command[2:])
+    """An EVALSHA of a flush (records' acks, key releases) as EVAL (which also caches
+    the script)."""
+    return ("EVAL", _SCRIPTS[command[1]], *command[2:])

@@ -146,6 +146,8 @@ class Reader:
                 for msg_id, fields in entries
                 if (item := prepare(msg_id, fields, 1)) is not None
             ]
+            if ahead.gate is not None:  # per-key concurrency: busy keys' tasks wait there
+                items = ahead.gate(items)
             submit = ahead.submit
             for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
                 submit(item)
@@ -177,6 +179,8 @@ class Reader:
         self._since = now
         stream = ctx.stream
         items = permits.take_buffer(lambda item: item_id(item)[0] == stream)
+        if ahead.handed_back is not None:  # they will not start here: free their keys
+            ahead.handed_back(items)
         handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
         logger.info(
             "handed back %d messages read ahead on %s/%s: the jobs ahead of them are slow",
