@@ -13,7 +13,7 @@ from .._redis import throughput as _throughput
 from .._redis.keys import derived_key, runs_key
 from .._redis.records import ACK_WITH_RECORDS, RECORDS_PER_CALL, ack_call
 from .._redis.session import Session, is_noscript
-from ..flow.keylimit import RELEASE, KeyLeases
+from ..flow.keylimit import RELEASE, RELEASE_ONE, KeyLeases, Name
 from .threads import Backoff
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,14 @@ class Acker:
         self._lock = threading.Lock()
         self._retried: collections.deque[str] = collections.deque()
         #: Per-key concurrency leases to end (key set, message id), sent with the XACKs.
-        self._releases: collections.deque[tuple[bytes, str]] = collections.deque()
-        #: Told which key sets' leases a flush ended (flowd.flow.keygate wakes their waiters).
-        self.on_released: Callable[[list[bytes]], None] | None = None
+        self._releases: collections.deque[tuple[Name, str]] = collections.deque()
+        #: Keys to pass to ``on_flushed`` once what was queued before them is written
+        #: (flowd.flow.keygate: keys whose lease an XACK or release ends, jobs wait for).
+        self._wakes: collections.deque[Name] = collections.deque()
+        self._waking: list[Name] = []  # taken with the ids being flushed
+        self.on_flushed: Callable[[list[Name]], None] | None = None
+        #: The per-key leases whose releases it sends (set with ``on_flushed``).
+        self.leases: KeyLeases | None = None
         # Held while the thread sleeps on it; add() releases it to wake the thread. A
         # bare lock, not an Event: Event.set() runs a Condition in Python on every
         # wake-up, the costliest step of acking tiny jobs.
@@ -90,9 +95,16 @@ class Acker:
             self._sleeping = False
             self._wake_up()
 
-    def release(self, key: bytes, msg_id: str) -> None:
+    def release(self, key: Name, msg_id: str) -> None:
         """Queue the end of one per-key concurrency lease (flowd.flow.keylimit)."""
         self._releases.append((key, msg_id))
+        if self._sleeping:
+            self._sleeping = False
+            self._wake_up()
+
+    def notify(self, key: Name) -> None:
+        """Pass ``key`` to ``on_flushed`` once everything queued before it is written."""
+        self._wakes.append(key)
         if self._sleeping:
             self._sleeping = False
             self._wake_up()
@@ -118,6 +130,8 @@ class Acker:
         """Move the queued ids to the flush list (under the lock: unwritten_ids sees all)."""
         with self._lock:
             self._flushing += self._take(self._ids)
+            if self._wakes:  # after the ids: those queued before each key are taken too
+                self._waking += self._take(self._wakes)
 
     def _written(self) -> None:
         with self._lock:
@@ -125,6 +139,9 @@ class Acker:
                 for msg_id in self._flushing:
                     self._records.pop(msg_id, None)
             self._flushing = []
+
+    def _queued(self) -> bool:
+        return bool(self._ids or self._releases or self._wakes)
 
     def _take(self, queue: collections.deque[T]) -> list[T]:
         out: list[T] = []
@@ -137,14 +154,14 @@ class Acker:
     def _run(self) -> None:
         backoff = Backoff(f"acker for {self.stream}/{self.group}")
         retried: list[str] = []
-        releases: list[tuple[bytes, str]] = []
+        releases: list[tuple[Name, str]] = []
         try:
             while True:
-                if not self._ids and not self._releases and not self._closing:
+                if not self._queued() and not self._closing:
                     self._sleeping = True
                     # Re-check: an add() or close() may have come before the flag. A
                     # wake-up left from earlier only makes one extra round.
-                    if not self._ids and not self._releases and not self._closing:
+                    if not self._queued() and not self._closing:
                         self._wake.acquire()
                     self._sleeping = False
                 # Releases first: a job's release is queued before its id.
@@ -163,12 +180,12 @@ class Acker:
                     backoff.succeeded()
                     self._written()
                     retried.clear()
-                    if releases:
-                        self._released(releases)
-                        releases = []
+                    releases = []
+                    self._flushed()
                     releases += self._take(self._releases)
                     self._take_ids()
                     retried += self._take(self._retried)
+                self._flushed()  # keys taken with nothing to write: written before
                 if self._closing and (not self._ids or self._past_deadline()):
                     break
         finally:
@@ -185,13 +202,18 @@ class Acker:
                 )
             self._session.close()
 
-    def _released(self, releases: list[tuple[bytes, str]]) -> None:
-        on_released = self.on_released
-        if on_released is not None:
-            try:
-                on_released(list({key for key, _ in releases}))
-            except Exception:  # waiters are asked again on their timer anyway
-                logger.exception("acker: waking the jobs waiting for a key failed")
+    def _flushed(self) -> None:
+        """What was taken is written: pass on the keys taken with it."""
+        if not self._waking:
+            return
+        with self._lock:
+            keys, self._waking = self._waking, []
+        if self.on_flushed is None:
+            return
+        try:
+            self.on_flushed(keys)
+        except Exception:  # waiters are asked again on their timer anyway
+            logger.exception("acker: waking the jobs waiting for a key failed")
 
     def _remaining(self) -> float:
         if self._deadline is None:
@@ -225,7 +247,7 @@ class Acker:
         return plain, calls
 
     def _flush(
-        self, ids: list[str], retried: list[str], releases: Sequence[tuple[bytes, str]] = ()
+        self, ids: list[str], retried: list[str], releases: Sequence[tuple[Name, str]] = ()
     ) -> None:
         plain, scripts = self._split(ids)
         commands: list[tuple[Any, ...]] = [
@@ -233,8 +255,8 @@ class Acker:
             for i in range(0, len(plain), ACK_CHUNK)
         ]
         commands += scripts
-        if releases:
-            commands += KeyLeases.release_commands(releases)
+        if releases and self.leases is not None:
+            commands += self.leases.release_commands(releases)
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
             commands.append(("HDEL", self.tracebacks_key, *retried))
@@ -269,7 +291,7 @@ class Acker:
 
 
 #: The scripts a flush sends, by sha.
-_SCRIPTS = {script.sha: script.source for script in (ACK_WITH_RECORDS, RELEASE)}
+_SCRIPTS = {script.sha: script.source for script in (ACK_WITH_RECORDS, RELEASE, RELEASE_ONE)}
 
 
 def as_eval(command: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -30,7 +30,7 @@ from .._redis.records import SuccessRecords
 from .._redis.replies import Fields
 from ..errors import DecodeError
 from ..flow.keygate import KeyGate
-from ..flow.keylimit import KeyFn, bad_key, key_bytes
+from ..flow.keylimit import KeyFn, Name, bad_key
 from ..hooks import call_hooks
 from ..task import Task
 from .acker import Acker
@@ -135,8 +135,9 @@ class Dispatcher:
         key sends its task to the dead-letter path."""
         keys, key_of = self.keys, self.concurrency_key
         assert keys is not None and key_of is not None
+        name = keys.leases.name
         ready: list[Any] = []
-        asks: list[tuple[Any, str, bytes]] = []
+        asks: list[tuple[Any, str, Name]] = []
         for item in items:
             if type(item) is not Task:
                 ready.append(item)
@@ -146,7 +147,7 @@ class Dispatcher:
             except Exception as exc:
                 reason = f"concurrency_key raised {reason_of(exc)}"
             else:
-                key = key_bytes(value)
+                key = name(value)
                 if key is not None:
                     asks.append((item, item.id, key))
                     continue
@@ -266,9 +267,9 @@ class Dispatcher:
         )
 
     def ack(self, task: Task[Any], retried: bool, record: str | None = None) -> None:
-        if self.keys is not None:
-            self.keys.let_go(task.id)  # queued before the id: released with its XACK
         self.acker.add(task.id, retried, record)
+        if self.keys is not None:
+            self.keys.finished(task.id)  # its XACK ends its key's lease
         if UniqueRelease.holds_key(task.fields):
             self._unique.release(task)
 

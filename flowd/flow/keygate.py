@@ -5,8 +5,9 @@ parked because their key was busy.
 A parked entry holds no permit and no worker thread: it waits here, pending under
 this consumer with its message lease kept fresh by the lease loop (so no claimer
 takes it, and its delivery count does not grow), until :class:`KeyRetryLoop` gets its
-lease: at once when this consumer releases a lease of its key, else on a short timer
-(another consumer's release). Per key, entries start in the order they were read.
+lease: at once when a lease of its key held here ends (the acker wrote the job's
+XACK or release), else on a short timer (another consumer's jobs). Per key, this
+consumer starts its entries in the order it read them (across consumers, no order).
 The lot is bounded; past :data:`PARK_CAP` the caller hands entries back to the group
 (claimable at once by any consumer, their delivery count unchanged).
 
@@ -20,12 +21,12 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from .._redis.session import Session
 from .._redis.thread_sessions import ThreadSessions
-from .keylimit import KeyLeases
+from .keylimit import KeyLeases, Name
 
 __all__ = ["PARK_CAP", "RETRY_POLL", "KeyGate", "KeyRetryLoop"]
 
@@ -40,8 +41,8 @@ _IDLE_WAIT = 0.25
 #: Most keys asked again in one retry (the rest in the next ones, round robin).
 _KEYS_PER_RETRY = 500
 
-#: One entry asking for a lease: (work item, message id, concurrency key).
-Ask = tuple[Any, str, bytes]
+#: One entry asking for a lease: (work item, message id, its key's set).
+Ask = tuple[Any, str, Name]
 
 
 class KeyGate:
@@ -50,8 +51,11 @@ class KeyGate:
     Thread-safe: the reader, the claimer, the retry loop, the lease loop and the
     worker threads call it. Its Redis calls use a session per calling thread.
 
-    :param release: ends one lease (its key's set, message id) soon; the acker
-        sends it with its next batch of XACKs and then calls :meth:`released`.
+    :param release: ends one lease (its key's set, message id) soon: the acker
+        sends it with its next batch of XACKs. A success needs none (its XACK
+        ends its lease).
+    :param notify: passes a key to :meth:`flushed` once the acker wrote what was
+        queued before it.
     """
 
     def __init__(
@@ -59,22 +63,24 @@ class KeyGate:
         leases: KeyLeases,
         client: Any,
         stream: str,
-        release: Callable[[bytes, str], None],
+        release: Callable[[Name, str], None],
+        notify: Callable[[Name], None],
         capacity: int = PARK_CAP,
     ) -> None:
         self.leases = leases
         self.stream = stream
         self.capacity = capacity
         self.release = release
+        self.notify = notify
         self._sessions = ThreadSessions(client, stream)
         self._lock = threading.Lock()
         #: message id -> the set of the key whose lease it holds.
-        self._held: dict[str, bytes] = {}
+        self._held: dict[str, Name] = {}
         #: key set -> its parked (item, message id), oldest first.
-        self._parked: dict[bytes, collections.deque[tuple[Any, str]]] = {}
+        self._parked: dict[Name, collections.deque[tuple[Any, str]]] = {}
         self._count = 0
-        #: Keys this consumer released since the last retry, that have entries parked.
-        self._woken: set[bytes] = set()
+        #: Parked keys whose lease here ended and was written: asked again first.
+        self._woken: set[Name] = set()
         self._wake = threading.Event()
 
     def session(self) -> Session:
@@ -95,61 +101,74 @@ class KeyGate:
         """Lease each entry's key (one script call for all): returns (the items that got
         their lease, to start; the items to hand back, the lot being full). The others
         are parked. An entry whose key has entries parked here parks behind them."""
-        leases = self.leases
-        with self._lock:
-            ask: list[tuple[Any, str, bytes]] = []
-            behind: list[tuple[Any, str, bytes]] = []
-            for item, msg_id, key in asks:
-                k = leases.key(key)
-                (behind if k in self._parked else ask).append((item, msg_id, k))
-        flags = self._acquire([(k, msg_id) for _, msg_id, k in ask])
+        behind: list[Ask] = []
+        if self._parked:
+            with self._lock:
+                parked = self._parked
+                behind = [a for a in asks if a[2] in parked]
+                if behind:
+                    asks = [a for a in asks if a[2] not in parked]
+        busy = self._acquire(asks)
+        held = self._held
+        if not busy and not behind:  # the common case: every key was free
+            for _, msg_id, k in asks:
+                held[msg_id] = k
+            return [a[0] for a in asks], []
         granted: list[Any] = []
         overflow: list[Any] = []
         with self._lock:
-            busy = behind
-            for (item, msg_id, k), got in zip(ask, flags, strict=True):
-                if got:
-                    self._held[msg_id] = k
-                    granted.append(item)
+            waiting = behind
+            for index, (item, msg_id, k) in enumerate(asks):
+                if index in busy:
+                    waiting.append((item, msg_id, k))
                 else:
-                    busy.append((item, msg_id, k))
-            parked = False
-            for item, msg_id, k in busy:
+                    held[msg_id] = k
+                    granted.append(item)
+            for item, msg_id, k in waiting:
                 if self._count >= self.capacity:
                     overflow.append(item)
                     continue
                 self._parked.setdefault(k, collections.deque()).append((item, msg_id))
                 self._count += 1
-                parked = True
-        if parked:
+        if waiting:
             self._wake.set()  # the retry loop starts its timer
         return granted, overflow
 
-    def _acquire(self, pairs: list[tuple[bytes, str]]) -> list[bool]:
-        """The script's answer; on a failed call every entry counts as busy (it parks, and
-        the retry loop asks again)."""
-        if not pairs:
-            return []
+    def _acquire(self, asks: list[Ask]) -> set[int]:
+        """The script's busy positions; on a failed call every entry counts as busy (it
+        parks, and the retry loop asks again)."""
+        if not asks:
+            return set()
         try:
-            return self.leases.acquire(self.session(), pairs)
+            return self.leases.acquire(self.session(), [a[2] for a in asks], [a[1] for a in asks])
         except Exception as exc:
             logger.warning(
                 "could not lease the concurrency keys of %d messages on %s (%s); they wait "
                 "and are tried again",
-                len(pairs),
+                len(asks),
                 self.stream,
                 exc,
             )
-            return [False] * len(pairs)
+            return set(range(len(asks)))
+
+    def finished(self, msg_id: str) -> None:
+        """The job of ``msg_id`` succeeded, its XACK queued: that ends its lease."""
+        k = self._held.pop(msg_id, None)
+        if k is not None and k in self._parked:
+            self.notify(k)
 
     def let_go(self, msg_id: str) -> None:
-        """The job of ``msg_id`` ended (or will not start here): end its lease."""
+        """The job of ``msg_id`` failed (its message stays pending), or will not start
+        here: end its lease."""
         k = self._held.pop(msg_id, None)
         if k is not None:
             self.release(k, msg_id)
+            if k in self._parked:
+                self.notify(k)
 
-    def released(self, keys: Iterable[bytes]) -> None:
-        """The acker wrote these releases: retry the entries parked on those keys now."""
+    def flushed(self, keys: list[Name]) -> None:
+        """The acker wrote what was queued before these keys (their jobs' XACKs or
+        releases): retry the entries parked on them now."""
         with self._lock:
             parked = self._parked
             hit = [k for k in keys if k in parked]
@@ -157,7 +176,7 @@ class KeyGate:
         if hit:
             self._wake.set()
 
-    def held_pairs(self) -> list[tuple[bytes, str]]:
+    def held_pairs(self) -> list[tuple[Name, str]]:
         """(key set, message id) of every lease held (the lease loop extends them)."""
         return [(k, msg_id) for msg_id, k in list(self._held.items())]
 
@@ -185,15 +204,15 @@ class KeyGate:
         return items
 
     def wait(self, stop: threading.Event, timeout: float) -> bool:
-        """Wait up to ``timeout`` for a release of a parked key (True), else False."""
+        """Wait up to ``timeout`` for a written end of a parked key's lease (True)."""
         if not self._woken:
             self._wake.wait(timeout if self._count else min(timeout, _IDLE_WAIT))
         self._wake.clear()
         return bool(self._woken) and not stop.is_set()
 
     def retry(self, *, woken_only: bool) -> list[Any]:
-        """Ask again for the oldest parked entries of each key (only keys released here,
-        if ``woken_only``); returns the items that got their lease, now unparked."""
+        """Ask again for the oldest parked entries of each key (only keys whose lease
+        here ended, if ``woken_only``); returns the items that got their lease, unparked."""
         per_key = self.leases.max_per_key
         with self._lock:
             parked = self._parked
@@ -206,12 +225,12 @@ class KeyGate:
         if not asks:
             return []
         # A failed call raises: nothing changed here, the loop backs off and asks again.
-        flags = self.leases.acquire(self.session(), [(k, msg_id) for _, msg_id, k in asks])
+        busy = self.leases.acquire(self.session(), [a[2] for a in asks], [a[1] for a in asks])
         granted: list[Any] = []
-        lost: list[tuple[bytes, str]] = []
+        lost: list[tuple[Name, str]] = []
         with self._lock:
-            for (item, msg_id, k), got in zip(asks, flags, strict=True):
-                if not got:
+            for index, (item, msg_id, k) in enumerate(asks):
+                if index in busy:
                     continue
                 queue = parked.get(k)
                 try:

@@ -1,16 +1,20 @@
 """Per-key concurrency in Redis: at most ``max_per_key`` jobs with one key run at once,
 across every consumer of a group.
 
-Each key of a group is a sorted set in the stream's slot,
-``{stream}:concurrency:<group>:<key>``: one member per running job (its message id),
-scored with the lease's deadline in ms on Redis's clock. A lease lasts the job's own
-lease (the claimer's ``min_idle_time``) and is extended with it, so a killed worker's
-keys are free again once its messages could be claimed. Acquiring drops expired
-members first, then adds the id while fewer than ``max_per_key`` are left; the set
-expires with its last lease (PEXPIRE), so keys nobody uses vanish.
+A lease lasts the job's own lease (the claimer's ``min_idle_time``) and is extended
+with it, so a killed worker's keys are free again once its messages could be
+claimed. It ends at its deadline, or once its message is no longer pending: a
+success's XACK ends it with no command of its own (acquiring a busy key first drops
+the leases whose messages were acked). A failed run's lease, whose message stays
+pending, is released explicitly (the acker sends that with its XACKs). One script call
+acquires the leases of a whole read batch, another extends those of running jobs.
 
-One script call acquires the leases of a whole read batch, another releases a batch
-(the acker sends it with its XACKs), a third extends the leases of running jobs.
+With ``max_per_key=1`` (the common case) a key is a string in the stream's slot,
+``{stream}:concurrency:<group>:<key>``, holding the id of the message that holds it and
+expiring at the lease's deadline (SET NX PX: one command for a free key). With more, a
+key is a sorted set, ``{stream}:concurrency-set:<group>:<key>``: one member per
+running job (its message id), scored with the lease's deadline in ms on Redis's clock,
+the set expiring with its newest lease.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ from ..errors import ConfigurationError
 
 __all__ = [
     "ACQUIRE",
+    "ACQUIRE_ONE",
     "RELEASE",
+    "RELEASE_ONE",
     "RENEW",
+    "RENEW_ONE",
     "KeyFn",
     "KeyLeases",
     "bad_key",
     "check_concurrency_key",
-    "key_bytes",
 ]
 
 #: The application's function from a job to its concurrency key (str, int or bytes).
@@ -40,70 +46,116 @@ KeyFn = Callable[[Any], object]
 #: Most (key, id) pairs one script call carries (Lua's unpack() takes ~8,000 values).
 PAIRS_PER_CALL = 1000
 
-#: Lua: Redis's clock in ms.
-_NOW = """
+#: Lua: Redis's clock in ms, and how a set outlives its newest lease (``ttl`` ms from now).
+_PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-#: Lua: make set ``k`` outlive its newest lease (``ttl`` ms from now).
-_KEEP = """
 local function keep(k, ttl)
   if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
 end
 """
 
-# KEYS: the distinct key sets. ARGV: max per key, lease ms, then pairs of key index and
-# message id. Returns 1 (leased) or 0 (key busy) per pair, in order. An id that holds
-# its lease already (a claim of a message whose last run died) keeps it.
-ACQUIRE = Script(
-    _NOW
-    + _KEEP
-    + """
-local max, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local deadline = string.format('%.0f', now + ttl)
-local swept = {}
-local out = {}
-for i = 3, #ARGV, 2 do
-  local k = KEYS[tonumber(ARGV[i])]
-  if not swept[k] then
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', now))
-    swept[k] = true
+# KEYS: the stream, then each entry's key (repeated as often as entries share it).
+# ARGV: group, lease ms, then each entry's message id. Returns the positions (from 1)
+# of the entries whose key is busy; the others got their lease. For max_per_key=1.
+ACQUIRE_ONE = Script(
+    """
+local group, ttl = ARGV[1], ARGV[2]
+local busy = {}
+for i = 3, #ARGV do
+  local k, id = KEYS[i - 1], ARGV[i]
+  if not redis.call('SET', k, id, 'PX', ttl, 'NX') then
+    local holder = redis.call('GET', k)
+    if holder == id or not holder
+      or #redis.call('XPENDING', KEYS[1], group, holder, holder, 1) == 0 then
+      redis.call('SET', k, id, 'PX', ttl)
+    else
+      busy[#busy + 1] = i - 2
+    end
   end
-  local got = 0
-  if redis.call('ZSCORE', k, ARGV[i + 1]) or redis.call('ZCARD', k) < max then
-    redis.call('ZADD', k, deadline, ARGV[i + 1])
-    keep(k, ttl)
-    got = 1
-  end
-  out[#out + 1] = got
 end
-return out
+return busy
 """
 )
 
-# KEYS: the distinct key sets. ARGV: lease ms, then pairs of key index and message id.
-# Extends the leases still held (XX: a lease released meanwhile stays released).
-RENEW = Script(
-    _NOW
-    + _KEEP
-    + """
-local ttl = tonumber(ARGV[1])
-local deadline = string.format('%.0f', now + ttl)
-for i = 2, #ARGV, 2 do
-  local k = KEYS[tonumber(ARGV[i])]
-  if redis.call('ZADD', k, 'XX', 'CH', deadline, ARGV[i + 1]) == 1 then keep(k, ttl) end
+# KEYS: each lease's key. ARGV: lease ms, then each lease's message id. Extends the
+# leases still held by those ids (for max_per_key=1).
+RENEW_ONE = Script(
+    """
+for i = 2, #ARGV do
+  if redis.call('GET', KEYS[i - 1]) == ARGV[i] then redis.call('PEXPIRE', KEYS[i - 1], ARGV[1]) end
 end
 return 1
 """
 )
 
-# KEYS: the distinct key sets. ARGV: pairs of key index and message id. Ends those leases.
+# KEYS: each lease's key. ARGV: each lease's message id. Ends those leases (for
+# max_per_key=1).
+RELEASE_ONE = Script(
+    """
+for i = 1, #ARGV do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then redis.call('DEL', KEYS[i]) end
+end
+return 1
+"""
+)
+
+# KEYS: the stream, then each entry's key set (repeated as often as entries share it).
+# ARGV: group, max per key, lease ms, then each entry's message id. Returns the
+# positions (from 1) of the entries whose key is busy; the others got their lease.
+# A lease ends at its deadline, or once its message is no longer pending (acked): a
+# success needs no release of its own, its XACK is one. An id that holds its lease
+# already (a claim of a message whose last run died) keeps it.
+ACQUIRE = Script(
+    _PRELUDE
+    + """
+local group, max, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local deadline = string.format('%.0f', now + ttl)
+local busy = {}
+for i = 4, #ARGV do
+  local k, id = KEYS[i - 2], ARGV[i]
+  local free = redis.call('ZCARD', k) < max or redis.call('ZSCORE', k, id)
+  if not free then
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.0f', now))
+    for _, held in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+      if #redis.call('XPENDING', KEYS[1], group, held, held, 1) == 0 then
+        redis.call('ZREM', k, held)
+      end
+    end
+    free = redis.call('ZCARD', k) < max
+  end
+  if free then
+    redis.call('ZADD', k, deadline, id)
+    keep(k, ttl)
+  else
+    busy[#busy + 1] = i - 3
+  end
+end
+return busy
+"""
+)
+
+# KEYS: each lease's key set. ARGV: lease ms, then each lease's message id. Extends the
+# leases still held (XX: one released meanwhile stays released).
+RENEW = Script(
+    _PRELUDE
+    + """
+local ttl = tonumber(ARGV[1])
+local deadline = string.format('%.0f', now + ttl)
+for i = 2, #ARGV do
+  if redis.call('ZADD', KEYS[i - 1], 'XX', 'CH', deadline, ARGV[i]) == 1 then
+    keep(KEYS[i - 1], ttl)
+  end
+end
+return 1
+"""
+)
+
+# KEYS: each lease's key set. ARGV: each lease's message id. Ends those leases (a run
+# that failed: its message stays pending, but it no longer runs).
 RELEASE = Script(
     """
-for i = 1, #ARGV, 2 do
-  redis.call('ZREM', KEYS[tonumber(ARGV[i])], ARGV[i + 1])
-end
+for i = 1, #ARGV do redis.call('ZREM', KEYS[i], ARGV[i]) end
 return 1
 """
 )
@@ -134,18 +186,6 @@ def check_concurrency_key(
     return concurrency_key, max_per_key
 
 
-def key_bytes(value: object) -> bytes | None:
-    """A concurrency key as bytes (``"7"`` and ``7`` are one key); None for anything but
-    str, int or bytes (:func:`bad_key` says why)."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass")
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value).encode("ascii")
-    return None
-
-
 def bad_key(value: object) -> str:
     """The dead-letter reason for a key function's result that is no key."""
     text = repr(value)
@@ -154,19 +194,9 @@ def bad_key(value: object) -> str:
     return f"concurrency_key returned {type(value).__name__} {text}, not a str, int or bytes"
 
 
-Pair = tuple[bytes, str]  # (the key's set, message id)
-
-
-def _keys_and_args(pairs: Sequence[Pair]) -> tuple[list[bytes], list[Any]]:
-    """The distinct sets as KEYS, and (index, id) pairs as ARGV."""
-    index: dict[bytes, int] = {}
-    args: list[Any] = []
-    for key, msg_id in pairs:
-        at = index.get(key)
-        if at is None:
-            at = index[key] = len(index) + 1
-        args += (at, msg_id)
-    return list(index), args
+#: A key's set name: str for str and int keys, bytes for bytes keys.
+Name = str | bytes
+Pair = tuple[Name, str]  # (the key's set, message id)
 
 
 class KeyLeases:
@@ -175,37 +205,68 @@ class KeyLeases:
     :param lease_ms: how long a lease lasts unless extended (the job's lease).
     """
 
-    __slots__ = ("lease_ms", "max_per_key", "prefix")
+    __slots__ = (
+        "_acquire",
+        "_bytes_prefix",
+        "_release",
+        "_renew",
+        "group",
+        "lease_ms",
+        "max_per_key",
+        "prefix",
+        "stream",
+    )
 
     def __init__(self, stream: str, group: str, max_per_key: int, lease_ms: int) -> None:
-        self.prefix = derived_key(stream, f"concurrency:{group}:").encode("utf-8")
+        self.stream = stream
+        self.group = group
         self.max_per_key = max_per_key
         self.lease_ms = lease_ms
+        single = max_per_key == 1
+        kind = "concurrency" if single else "concurrency-set"
+        self.prefix = derived_key(stream, f"{kind}:{group}:")
+        self._bytes_prefix = self.prefix.encode("utf-8")
+        self._acquire = ACQUIRE_ONE if single else ACQUIRE
+        self._renew = RENEW_ONE if single else RENEW
+        self._release = RELEASE_ONE if single else RELEASE
 
-    def key(self, key: bytes) -> bytes:
-        """The sorted set of one concurrency key."""
-        return self.prefix + key
+    def name(self, key: object) -> Name | None:
+        """The Redis key of a concurrency key (``"7"`` and ``7`` are one key); None for
+        anything but str, int or bytes (:func:`bad_key` says why)."""
+        if isinstance(key, str):
+            return self.prefix + key
+        if isinstance(key, bool):  # an int, but surely a mistake
+            return None
+        if isinstance(key, int):
+            return self.prefix + str(int(key))
+        if isinstance(key, bytes):
+            return self._bytes_prefix + key
+        return None
 
-    def acquire(self, session: Session, pairs: Sequence[Pair]) -> list[bool]:
-        """Try to lease each (set, id); True where it got its lease (in order)."""
-        out: list[bool] = []
-        for i in range(0, len(pairs), PAIRS_PER_CALL):
-            keys, args = _keys_and_args(pairs[i : i + PAIRS_PER_CALL])
-            reply = ACQUIRE(session, keys, [self.max_per_key, self.lease_ms, *args])
-            out += [bool(int(got)) for got in reply]
-        return out
+    def acquire(self, session: Session, names: Sequence[Name], ids: Sequence[str]) -> set[int]:
+        """Try to lease each (key, id); the positions (from 0) of those whose key is busy."""
+        busy: set[int] = set()
+        head = [self.group, self.lease_ms]
+        if self._acquire is ACQUIRE:
+            head.insert(1, self.max_per_key)
+        for i in range(0, len(ids), PAIRS_PER_CALL):
+            keys = [self.stream, *names[i : i + PAIRS_PER_CALL]]
+            reply = self._acquire(session, keys, [*head, *ids[i : i + PAIRS_PER_CALL]])
+            busy.update(i + int(position) - 1 for position in reply)
+        return busy
 
     def renew(self, session: Session, pairs: Sequence[Pair]) -> None:
-        """Extend the leases still held by these (set, id) pairs by one lease time."""
+        """Extend the leases still held by these (key, id) pairs by one lease time."""
         for i in range(0, len(pairs), PAIRS_PER_CALL):
-            keys, args = _keys_and_args(pairs[i : i + PAIRS_PER_CALL])
-            RENEW(session, keys, [self.lease_ms, *args])
+            chunk = pairs[i : i + PAIRS_PER_CALL]
+            self._renew(session, [k for k, _ in chunk], [self.lease_ms, *(m for _, m in chunk)])
 
-    @staticmethod
-    def release_commands(pairs: Sequence[Pair]) -> list[tuple[Any, ...]]:
+    def release_commands(self, pairs: Sequence[Pair]) -> list[tuple[Any, ...]]:
         """EVALSHA commands that end these leases (to pipeline with other commands)."""
         commands: list[tuple[Any, ...]] = []
+        sha = self._release.sha
         for i in range(0, len(pairs), PAIRS_PER_CALL):
-            keys, args = _keys_and_args(pairs[i : i + PAIRS_PER_CALL])
-            commands.append(("EVALSHA", RELEASE.sha, len(keys), *keys, *args))
+            chunk = pairs[i : i + PAIRS_PER_CALL]
+            keys = [k for k, _ in chunk]
+            commands.append(("EVALSHA", sha, len(keys), *keys, *(m for _, m in chunk)))
         return commands

@@ -27,6 +27,7 @@ from tests.helpers import (
     Numbered,
     QueueFactory,
     Recorder,
+    as_str,
     enqueue_numbers,
     numbered_queue,
     pending_ids,
@@ -92,6 +93,18 @@ def ints(values: Any) -> list[int]:
     return [int(v) for v in values]
 
 
+def held_leases(client: redis.Redis, stream: str) -> list[str]:
+    """Keys of ``stream`` (max_per_key=1) whose lease is held: their holder is pending."""
+    pending = pending_ids(client, stream)
+    keys = client.keys(f"{{{stream}}}:concurrency:{GROUP}:*")
+    held = []
+    for key in keys:
+        holder = client.get(key)
+        if holder is not None and as_str(holder) in pending:
+            held.append(as_str(key))
+    return held
+
+
 def delivery_counts(client: redis.Redis, stream: str) -> list[int]:
     rows: Any = client.xpending_range(stream, GROUP, min="-", max="+", count=10_000)
     return [int(row["times_delivered"]) for row in rows]
@@ -126,7 +139,7 @@ def test_one_job_per_key_across_processes_while_other_keys_flow(
     deliveries = client.hgetall(f"{stream}:deliveries")
     assert {int(v) for v in deliveries.values()} == {1}
     assert counts and max(counts) == 1  # 0: handed back from a stalled read-ahead
-    assert not client.keys(f"{{{stream}}}:concurrency:*")  # every lease released
+    assert not held_leases(client, stream)
 
 
 def test_a_killed_workers_key_is_free_after_its_lease(
@@ -196,6 +209,25 @@ def test_a_key_function_that_fails_dead_letters_with_its_reason(
     wait_until(lambda: not pending_ids(client, stream), WAIT)
 
 
+def test_a_failed_job_frees_its_key_while_it_waits_for_its_retry(
+    client: redis.Redis, stream: str, make_queue: QueueFactory
+) -> None:
+    # Given two jobs of one key, the first failing once (retried after 30 s)
+    def work(task: flowd.Task[Numbered]) -> None:
+        if task.job.n == 0:
+            raise RuntimeError("try later")
+
+    rec = Recorder(work)
+    first, _ = enqueue_numbers(client, stream, 2)
+    queue = make_queue(rec, claimer=flowd.Claimer(min_idle_time=30), concurrency_key=lambda job: 1)
+    handle = make_queue.run(queue)
+    # Then the second runs at once: the failed run released the key
+    # (within 15 s: the lease would last 30 s)
+    wait_until(lambda: rec.ns() == {1} and handle.stats().failed == 1, 15)
+    wait_until(lambda: pending_ids(client, stream) == {first}, WAIT)
+    assert not held_leases(client, stream)
+
+
 def test_stop_hands_back_jobs_waiting_for_their_key(
     client: redis.Redis, stream: str, make_queue: QueueFactory
 ) -> None:
@@ -217,7 +249,7 @@ def test_stop_hands_back_jobs_waiting_for_their_key(
     # Then job 0 finished, and the waiting ones are pending, never delivered since
     assert pending_ids(client, stream) == set(ids[1:])
     assert set(delivery_counts(client, stream)) == {0}
-    assert not client.keys(f"{{{stream}}}:concurrency:*")
+    assert not held_leases(client, stream)  # job 0's XACK ended its lease
     # ... so the next run takes them as first deliveries
     rec = Recorder()
     make_queue.run(make_queue(rec, claimer=flowd.Claimer(), concurrency_key=lambda job: "k"))
@@ -322,4 +354,3 @@ def test_one_job_per_key_on_a_cluster(cluster_client: redis.cluster.RedisCluster
     assert sorted(rec.numbers()) == list(range(30))
     assert not overlaps
     assert {t.deliveries for t in rec.tasks} == {1}
-    assert not cluster_client.exists(*(f"{{{stream}}}:concurrency:{GROUP}:{k}" for k in range(3)))
