@@ -159,7 +159,8 @@ class Queue(Generic[J]):
         and no delivery; a function that raises, or returns no key, dead-letters
         the job with the reason.
     :param max_per_key: most jobs of one key running at once (default 1); only
-        with ``concurrency_key``.
+        with ``concurrency_key``. With ``partitions``, per partition: give the
+        Producer the same function as its ``key`` to make it hold for the queue.
     """
 
     def __init__(

@@ -354,3 +354,45 @@ def test_one_job_per_key_on_a_cluster(cluster_client: redis.cluster.RedisCluster
     assert sorted(rec.numbers()) == list(range(30))
     assert not overlaps
     assert {t.deliveries for t in rec.tasks} == {1}
+
+
+def test_two_per_key_across_two_consumers(client: redis.Redis, stream: str) -> None:
+    # Given 24 jobs of 2 keys, and two consumers allowing two jobs of a key at once
+    lock = threading.Lock()
+    running: dict[int, int] = {}
+    most: dict[int, int] = {}
+    rec = Recorder()
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        key = task.job.n % 2
+        with lock:
+            running[key] = running.get(key, 0) + 1
+            most[key] = max(most.get(key, 0), running[key])
+        time.sleep(0.03)
+        with lock:
+            running[key] -= 1
+        rec(task)
+
+    enqueue_numbers(client, stream, 24)
+    handles = [
+        numbered_queue(
+            client,
+            stream,
+            work,
+            consumer=name,
+            concurrency=4,
+            block=0.5,
+            claimer=flowd.Claimer(min_idle_time=1),
+            concurrency_key=lambda job: job.n % 2,
+            max_per_key=2,
+        ).run()
+        for name in ("c1", "c2")
+    ]
+    try:
+        wait_until(lambda: rec.count >= 24, WAIT)
+    finally:
+        assert all([handle.stop(timeout=10) for handle in handles])
+    # Then each ran once, at most two of a key at once, and two did run side by side
+    assert sorted(rec.numbers()) == list(range(24))
+    assert max(most.values()) == 2
+    assert {t.deliveries for t in rec.tasks} == {1}
