@@ -135,9 +135,12 @@ class Dispatcher:
         key sends its task to the dead-letter path."""
         keys, key_of = self.keys, self.concurrency_key
         assert keys is not None and key_of is not None
-        name = keys.leases.name
+        leases = keys.leases
+        prefix, name = leases.prefix, leases.name
         ready: list[Any] = []
-        asks: list[tuple[Any, str, Name]] = []
+        tasks: list[Any] = []
+        ids: list[str] = []
+        names: list[Name] = []
         for item in items:
             if type(item) is not Task:
                 ready.append(item)
@@ -147,16 +150,24 @@ class Dispatcher:
             except Exception as exc:
                 reason = f"concurrency_key raised {reason_of(exc)}"
             else:
-                key = name(value)
+                # The common kinds first, without a call.
+                if type(value) is int:
+                    key: Name | None = prefix + str(value)
+                elif isinstance(value, str):
+                    key = prefix + value
+                else:
+                    key = name(value)
                 if key is not None:
-                    asks.append((item, item.id, key))
+                    tasks.append(item)
+                    ids.append(item.id)
+                    names.append(key)
                     continue
                 reason = bad_key(value)
             dead = self._dead_letter(dataclasses.replace(item, error=reason))
             if dead is not None:
                 ready.append(dead)
-        if asks:
-            granted, overflow = keys.admit(asks)
+        if tasks:
+            granted, overflow = keys.admit(tasks, ids, names)
             ready += granted
             if overflow:
                 self._hand_back_waiting(keys, overflow)

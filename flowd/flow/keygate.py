@@ -97,33 +97,41 @@ class KeyGate:
 
     # -- leases
 
-    def admit(self, asks: list[Ask]) -> tuple[list[Any], list[Any]]:
-        """Lease each entry's key (one script call for all): returns (the items that got
-        their lease, to start; the items to hand back, the lot being full). The others
-        are parked. An entry whose key has entries parked here parks behind them."""
+    def admit(
+        self, items: list[Any], ids: list[str], names: list[Name]
+    ) -> tuple[list[Any], list[Any]]:
+        """Lease the key (``names``) of each entry (``items``, ``ids``), in one script
+        call for all: returns (the items that got their lease, to start; the items to
+        hand back, the lot being full). The others are parked. An entry whose key has
+        entries parked here parks behind them."""
         behind: list[Ask] = []
         if self._parked:
             with self._lock:
                 parked = self._parked
-                behind = [a for a in asks if a[2] in parked]
-                if behind:
+                if any(k in parked for k in names):
+                    asks = list(zip(items, ids, names, strict=True))
+                    behind = [a for a in asks if a[2] in parked]
                     asks = [a for a in asks if a[2] not in parked]
-        busy = self._acquire(asks)
-        held = self._held
+                    items, ids, names = (
+                        [a[0] for a in asks],
+                        [a[1] for a in asks],
+                        [a[2] for a in asks],
+                    )
+        busy = self._acquire(ids, names)
         if not busy and not behind:  # the common case: every key was free
-            for _, msg_id, k in asks:
-                held[msg_id] = k
-            return [a[0] for a in asks], []
+            self._held.update(zip(ids, names, strict=True))
+            return items, []
         granted: list[Any] = []
         overflow: list[Any] = []
+        held = self._held
         with self._lock:
             waiting = behind
-            for index, (item, msg_id, k) in enumerate(asks):
+            for index, ask in enumerate(zip(items, ids, names, strict=True)):
                 if index in busy:
-                    waiting.append((item, msg_id, k))
+                    waiting.append(ask)
                 else:
-                    held[msg_id] = k
-                    granted.append(item)
+                    held[ask[1]] = ask[2]
+                    granted.append(ask[0])
             for item, msg_id, k in waiting:
                 if self._count >= self.capacity:
                     overflow.append(item)
@@ -134,22 +142,22 @@ class KeyGate:
             self._wake.set()  # the retry loop starts its timer
         return granted, overflow
 
-    def _acquire(self, asks: list[Ask]) -> set[int]:
+    def _acquire(self, ids: list[str], names: list[Name]) -> set[int]:
         """The script's busy positions; on a failed call every entry counts as busy (it
         parks, and the retry loop asks again)."""
-        if not asks:
+        if not ids:
             return set()
         try:
-            return self.leases.acquire(self.session(), [a[2] for a in asks], [a[1] for a in asks])
+            return self.leases.acquire(self.session(), names, ids)
         except Exception as exc:
             logger.warning(
                 "could not lease the concurrency keys of %d messages on %s (%s); they wait "
                 "and are tried again",
-                len(asks),
+                len(ids),
                 self.stream,
                 exc,
             )
-            return set(range(len(asks)))
+            return set(range(len(ids)))
 
     def finished(self, msg_id: str) -> None:
         """The job of ``msg_id`` succeeded, its XACK queued: that ends its lease."""
