@@ -11,7 +11,7 @@ acquires the leases of a whole read batch, another extends those of running jobs
 
 With ``max_per_key=1`` (the common case) a key is a string in the stream's slot,
 ``{stream}:concurrency:<group>:<key>``, holding the id of the message that holds it and
-expiring at the lease's deadline (SET NX PX: one command for a free key). With more, a
+expiring at the lease's deadline (GET, then SET PX for a free key). With more, a
 key is a sorted set, ``{stream}:concurrency-set:<group>:<key>``: one member per
 running job (its message id), scored with the lease's deadline in ms on Redis's clock,
 the set expiring with its newest lease.
@@ -64,14 +64,12 @@ local group, ttl = ARGV[1], ARGV[2]
 local busy = {}
 for i = 3, #ARGV do
   local k, id = KEYS[i - 1], ARGV[i]
-  if not redis.call('SET', k, id, 'PX', ttl, 'NX') then
-    local holder = redis.call('GET', k)
-    if holder == id or not holder
-      or #redis.call('XPENDING', KEYS[1], group, holder, holder, 1) == 0 then
-      redis.call('SET', k, id, 'PX', ttl)
-    else
-      busy[#busy + 1] = i - 2
-    end
+  local holder = redis.call('GET', k)
+  if not holder or holder == id
+    or #redis.call('XPENDING', KEYS[1], group, holder, holder, 1) == 0 then
+    redis.call('SET', k, id, 'PX', ttl)
+  else
+    busy[#busy + 1] = i - 2
   end
 end
 return busy
