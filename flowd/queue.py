@@ -36,6 +36,7 @@ from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
 from .flow.expiry import check_dead_letter_expired
+from .flow.keylimit import check_concurrency_key
 from .flow.pause import is_paused
 from .flow.ratelimit import RateLimit, check_rate_limit
 from .handle import QueueHandle
@@ -162,6 +163,15 @@ class Queue(Generic[J]):
         (claimed retries included) per window across every consumer of the
         group, in every process and partition, counted in Redis; jobs over it
         wait in the stream, unread. None (the default): no limit.
+    :param concurrency_key: a function of the job giving its key (str, int or
+        bytes): at most ``max_per_key`` jobs with one key run at once, across every
+        consumer of the group, through leases in Redis that expire with the job's
+        own (``min_idle_time``). A job whose key is busy waits, holding no worker
+        and no delivery; a function that raises, or returns no key, dead-letters
+        the job with the reason.
+    :param max_per_key: most jobs of one key running at once (default 1); only
+        with ``concurrency_key``. With ``partitions``, per partition: give the
+        Producer the same function as its ``key`` to make it hold for the queue.
     """
 
     def __init__(
@@ -186,6 +196,8 @@ class Queue(Generic[J]):
         result_ttl: Seconds | None = None,
         dead_letter_expired: bool = True,
         rate_limit: RateLimit | None = None,
+        concurrency_key: Callable[[J], object] | None = None,
+        max_per_key: int | None = None,
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -240,6 +252,7 @@ class Queue(Generic[J]):
             check_supported()
         self.dead_letter_expired = check_dead_letter_expired(dead_letter_expired)
         self.rate_limit = check_rate_limit(rate_limit)
+        self.concurrency_key, self.max_per_key = check_concurrency_key(concurrency_key, max_per_key)
         self._handle: QueueHandle | None = None
         self._lock = threading.Lock()
         #: Streams whose group this queue has seen exist: one missing later means lost data.
@@ -347,6 +360,8 @@ class Queue(Generic[J]):
             result_ttl_ms=None if self.result_ttl is None else to_ms(self.result_ttl),
             dead_letter_expired=self.dead_letter_expired,
             rate_limit=self.rate_limit,
+            concurrency_key=self.concurrency_key,
+            max_per_key=self.max_per_key,
         )
 
     def run(self) -> QueueHandle:

@@ -6,22 +6,25 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .._redis import throughput as _throughput
 from .._redis.keys import derived_key, runs_key
 from .._redis.records import ACK_WITH_RECORDS, RECORDS_PER_CALL, ack_call, packed_ack_call
 from .._redis.session import Session, is_noscript
+from ..flow.keylimit import RELEASE, RELEASE_ONE, KeyLeases, Name
 from .threads import Backoff
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: ids per XACK command; several commands go in one pipelined round trip.
 ACK_CHUNK = 1000
 
 #: What the acker queues: an id, or a success's (id, result record).
 Queued = str | tuple[str, str]
-T = TypeVar("T")
 
 
 class Acker:
@@ -56,6 +59,15 @@ class Acker:
         self._flushing: list[Queued] = []
         self._lock = threading.Lock()
         self._retried: collections.deque[str] = collections.deque()
+        #: Per-key concurrency leases to end (key set, message id), sent with the XACKs.
+        self._releases: collections.deque[tuple[Name, str]] = collections.deque()
+        #: Keys to pass to ``on_flushed`` once what was queued before them is written
+        #: (flowd.flow.keygate: keys whose lease an XACK or release ends, jobs wait for).
+        self._wakes: collections.deque[Name] = collections.deque()
+        self._waking: list[Name] = []  # taken with the ids being flushed
+        self.on_flushed: Callable[[list[Name]], None] | None = None
+        #: The per-key leases whose releases it sends (set with ``on_flushed``).
+        self.leases: KeyLeases | None = None
         # Held while the thread sleeps on it; add() releases it to wake the thread. A
         # bare lock, not an Event: Event.set() runs a Condition in Python on every
         # wake-up, the costliest step of acking tiny jobs.
@@ -83,6 +95,20 @@ class Acker:
             self._sleeping = False
             self._wake_up()
 
+    def release(self, key: Name, msg_id: str) -> None:
+        """Queue the end of one per-key concurrency lease (flowd.flow.keylimit)."""
+        self._releases.append((key, msg_id))
+        if self._sleeping:
+            self._sleeping = False
+            self._wake_up()
+
+    def notify(self, key: Name) -> None:
+        """Pass ``key`` to ``on_flushed`` once everything queued before it is written."""
+        self._wakes.append(key)
+        if self._sleeping:
+            self._sleeping = False
+            self._wake_up()
+
     def close(self, deadline: float | None) -> None:
         """Ask the thread to flush what is queued and exit (retrying until ``deadline``)."""
         self._deadline = deadline
@@ -105,10 +131,15 @@ class Acker:
         """Move the queued ids to the flush list (under the lock: unwritten_ids sees all)."""
         with self._lock:
             self._flushing += self._take(self._ids)
+            if self._wakes:  # after the ids: those queued before each key are taken too
+                self._waking += self._take(self._wakes)
 
     def _written(self) -> None:
         with self._lock:
             self._flushing = []
+
+    def _queued(self) -> bool:
+        return bool(self._ids or self._releases or self._wakes)
 
     def _take(self, queue: collections.deque[T]) -> list[T]:
         out: list[T] = []
@@ -121,20 +152,23 @@ class Acker:
     def _run(self) -> None:
         backoff = Backoff(f"acker for {self.stream}/{self.group}")
         retried: list[str] = []
+        releases: list[tuple[Name, str]] = []
         try:
             while True:
-                if not self._ids and not self._closing:
+                if not self._queued() and not self._closing:
                     self._sleeping = True
                     # Re-check: an add() or close() may have come before the flag. A
                     # wake-up left from earlier only makes one extra round.
-                    if not self._ids and not self._closing:
+                    if not self._queued() and not self._closing:
                         self._wake.acquire()
                     self._sleeping = False
+                # Releases first: a job's release is queued before its id.
+                releases += self._take(self._releases)
                 self._take_ids()
                 retried += self._take(self._retried)
-                while self._flushing or retried:
+                while self._flushing or retried or releases:
                     try:
-                        self._flush(self._flushing, retried)
+                        self._flush(self._flushing, retried, releases)
                     except Exception as exc:
                         if self._past_deadline():
                             break
@@ -144,8 +178,12 @@ class Acker:
                     backoff.succeeded()
                     self._written()
                     retried.clear()
+                    releases = []
+                    self._flushed()
+                    releases += self._take(self._releases)
                     self._take_ids()
                     retried += self._take(self._retried)
+                self._flushed()  # keys taken with nothing to write: written before
                 if self._closing and (not self._ids or self._past_deadline()):
                     break
         finally:
@@ -161,6 +199,19 @@ class Acker:
                     self.group,
                 )
             self._session.close()
+
+    def _flushed(self) -> None:
+        """What was taken is written: pass on the keys taken with it."""
+        if not self._waking:
+            return
+        with self._lock:
+            keys, self._waking = self._waking, []
+        if self.on_flushed is None:
+            return
+        try:
+            self.on_flushed(keys)
+        except Exception:  # waiters are asked again on their timer anyway
+            logger.exception("acker: waking the jobs waiting for a key failed")
 
     def _remaining(self) -> float:
         if self._deadline is None:
@@ -187,7 +238,9 @@ class Acker:
         ]
         return plain, chunks
 
-    def _flush(self, ids: list[Queued], retried: list[str]) -> None:
+    def _flush(
+        self, ids: list[Queued], retried: list[str], releases: Sequence[tuple[Name, str]] = ()
+    ) -> None:
         plain, chunks = self._split(ids)
         commands: list[tuple[Any, ...] | bytes] = [
             ("XACK", self.stream, self.group, *plain[i : i + ACK_CHUNK])
@@ -197,6 +250,8 @@ class Acker:
         assert not chunks or self.result_ttl_ms is not None
         ttl_ms = self.result_ttl_ms or 0
         commands += [packed_ack_call(self.stream, self.group, ttl_ms, c) for c in chunks]
+        if releases and self.leases is not None:
+            commands += self.leases.release_commands(releases)
         if retried:
             commands.append(("HDEL", self.errors_key, *retried))
             commands.append(("HDEL", self.tracebacks_key, *retried))
@@ -235,6 +290,11 @@ class Acker:
             logger.debug("acked %d messages on %s/%s", len(ids), self.stream, self.group)
 
 
+#: The scripts a flush sends, by sha.
+_SCRIPTS = {script.sha: script.source for script in (ACK_WITH_RECORDS, RELEASE, RELEASE_ONE)}
+
+
 def as_eval(command: tuple[Any, ...]) -> tuple[Any, ...]:
-    """An ACK_WITH_RECORDS EVALSHA as EVAL (which also caches the script)."""
-    return ("EVAL", ACK_WITH_RECORDS.source, *command[2:])
+    """An EVALSHA of a flush (records' acks, key releases) as EVAL (which also caches
+    the script)."""
+    return ("EVAL", _SCRIPTS[command[1]], *command[2:])

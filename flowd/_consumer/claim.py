@@ -16,6 +16,7 @@ from .._redis.replies import (
     unnamed_deleted,
 )
 from .._redis.timeutil import to_ms
+from ..flow.keygate import KeyGate
 from ..flow.pause import CHECK_EVERY, PauseWatch
 from .context import StreamContext
 from .readahead import ids_of
@@ -292,11 +293,20 @@ class LeaseLoop:
     until they finish.
     """
 
-    def __init__(self, ctx: StreamContext, interval: float, lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        ctx: StreamContext,
+        interval: float,
+        lock: threading.Lock,
+        keys: KeyGate | None = None,
+    ) -> None:
         self.ctx = ctx
         self.interval = interval
         #: Held while renewing: a short retry waits for it before setting its idle time.
         self.lock = lock
+        #: Per-key concurrency: its leases are extended here too, and its parked
+        #: messages leased like read-ahead ones.
+        self.keys = keys
 
     def step(self) -> bool:
         ctx = self.ctx
@@ -306,6 +316,10 @@ class LeaseLoop:
         with self.lock:
             ids = ctx.running_since(time.monotonic() - self.interval / 2)
             ids += ids_of(ctx.permits.buffered_items(), ctx.stream)  # read ahead, not started
+            keys = self.keys
+            if keys is not None:
+                ids += keys.parked_ids()  # waiting for their key
+                keys.renew(ctx.redis)
             renew(ctx, ids)
         if ids and logger.isEnabledFor(logging.DEBUG):
             logger.debug("renewed the lease of %d running messages on %s", len(ids), ctx.stream)

@@ -17,6 +17,7 @@ is acked unrun: this group has run that job already.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -30,12 +31,14 @@ from .._redis.records import SuccessRecords
 from .._redis.replies import Fields
 from ..errors import DecodeError
 from ..flow import expiry
+from ..flow.keygate import KeyGate
+from ..flow.keylimit import KeyFn, Name, bad_key
 from ..hooks import call_hooks
 from ..task import Task
 from .acker import Acker
-from .dead_letter_move import DeadLetterMover
+from .dead_letter_move import DeadLetterMover, reason_of
 from .pool import DeadLetterWork, WorkerPool
-from .readahead import ids_of
+from .readahead import hand_back, ids_of
 from .retry import RetryControl
 from .runs import RunRecords
 from .scheduler import UniqueRelease
@@ -60,6 +63,8 @@ class Dispatcher:
         runs: RunRecords,
         consumer: str = "",
         dead_letter_expired: bool = True,
+        keys: KeyGate | None = None,
+        concurrency_key: KeyFn | None = None,
     ) -> None:
         self.pool = pool
         self.stream = stream
@@ -73,6 +78,9 @@ class Dispatcher:
         self._group_bytes = group.encode("utf-8")
         self.consumer = consumer
         self.dead_letter_expired = dead_letter_expired
+        #: Per-key concurrency (flowd.flow.keygate), with the queue's key function.
+        self.keys = keys
+        self.concurrency_key = concurrency_key
         self._records = SuccessRecords(consumer, group)
         #: The pool calls it for each success when the queue keeps results.
         self.keep: Callable[[Task[Any], object, float], str] | None = (
@@ -87,6 +95,9 @@ class Dispatcher:
         """Queue one entry to run, or route it (the caller holds its permit; a deleted
         entry, ``fields`` None, needs none: it is only acked)."""
         item = self.prepare(msg_id, fields, deliveries, claimed=claimed)
+        if item is not None and self.keys is not None:
+            ready = self.gate([item])
+            item = ready[0] if ready else None  # None: it waits for its key
         if item is not None:
             self.pool.submit(item)
         elif fields is not None:
@@ -120,6 +131,87 @@ class Dispatcher:
             if on_claim:
                 call_hooks(on_claim, task)
         return task
+
+    def gate(self, items: list[Any]) -> list[Any]:
+        """Of prepared items, those that may start now: tasks whose key got its lease (one
+        script call for all), and the others (dead-letter work). Tasks whose key is busy
+        wait in the key gate, holding no permit; a key function that raises or gives no
+        key sends its task to the dead-letter path."""
+        keys, key_of = self.keys, self.concurrency_key
+        assert keys is not None and key_of is not None
+        leases = keys.leases
+        prefix, name = leases.prefix, leases.name
+        ready: list[Any] = []
+        tasks: list[Any] = []
+        ids: list[str] = []
+        names: list[Name] = []
+        for item in items:
+            if type(item) is not Task:
+                ready.append(item)
+                continue
+            try:
+                value = key_of(item.job)
+            except Exception as exc:
+                reason = f"concurrency_key raised {reason_of(exc)}"
+            else:
+                # The common kinds first, without a call.
+                if type(value) is int:
+                    key: Name | None = prefix + str(value)
+                elif isinstance(value, str):
+                    key = prefix + value
+                else:
+                    key = name(value)
+                if key is not None:
+                    tasks.append(item)
+                    ids.append(item.id)
+                    names.append(key)
+                    continue
+                reason = bad_key(value)
+            dead = self._dead_letter(dataclasses.replace(item, error=reason))
+            if dead is not None:
+                ready.append(dead)
+        if tasks:
+            granted, overflow = keys.admit(tasks, ids, names)
+            ready += granted
+            if overflow:
+                self._hand_back_waiting(keys, overflow)
+        return ready
+
+    def _hand_back_waiting(self, keys: KeyGate, items: list[Any]) -> None:
+        """More entries wait for their keys than the gate keeps: any consumer may take them."""
+        try:
+            handed = hand_back(keys.session(), self.stream, self.group, self.consumer, items)
+        except Exception as exc:
+            logger.warning(
+                "could not hand back %d messages waiting for their concurrency key on %s/%s "
+                "(%s); they stay pending and are claimed after min_idle_time",
+                len(items),
+                self.stream,
+                self.group,
+                exc,
+            )
+            return
+        logger.debug(
+            "handed back %d messages waiting for their concurrency key on %s/%s (%d wait here)",
+            handed,
+            self.stream,
+            self.group,
+            keys.parked,
+        )
+
+    def let_go(self, task: Task[Any]) -> None:
+        """``task`` ended without a success, or will not start here: end its key's lease."""
+        if self.keys is not None:
+            self.keys.let_go(task.id)
+
+    def let_go_items(self, items: list[Any]) -> None:
+        """Buffered items handed back, never started: end their keys' leases."""
+        keys = self.keys
+        if keys is not None:
+            for item in items:
+                task = getattr(item, "task", item)
+                if task.stream == self.stream:
+                    keys.let_go(task.id)
 
     def _dead_letter(self, task: Task[Any]) -> DeadLetterWork | None:
         if self.mover is None:
@@ -159,11 +251,14 @@ class Dispatcher:
     def held(self) -> set[str]:
         """Ids this process holds: running now, or finished with the XACK not yet written."""
         # Running first: a job that finishes is added to the acker before it leaves running.
-        return (
+        held = (
             self.pool.running_ids(self.stream)
             | self.acker.unwritten_ids()
             | set(ids_of(self.pool.permits.buffered_items(), self.stream))
         )
+        if self.keys is not None:
+            held.update(self.keys.parked_ids())  # waiting for their key, leased too
+        return held
 
     def running_since(self, cutoff: float) -> list[str]:
         return self.pool.running_since(self.stream, cutoff)
@@ -172,6 +267,8 @@ class Dispatcher:
         """Close what the worker threads opened for this stream (the mover's sessions)."""
         if self.mover is not None:
             self.mover.close()
+        if self.keys is not None:
+            self.keys.close()
         self._retry.close()
         self._runs.close()
 
@@ -190,11 +287,16 @@ class Dispatcher:
 
     def ack(self, task: Task[Any], retried: bool, record: str | None = None) -> None:
         self.acker.add(task.id, retried, record)
+        if self.keys is not None:
+            self.keys.finished(task.id)  # its XACK ends its key's lease
         if UniqueRelease.holds_key(task.fields):
             self._unique.release(task)
 
     def record_start(self, task: Task[Any]) -> bool:
-        return self._runs.started(task)
+        started = self._runs.started(task)
+        if not started:
+            self.let_go(task)
+        return started
 
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str) -> None:
         if self.mover is not None:

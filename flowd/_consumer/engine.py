@@ -70,7 +70,7 @@ from ..flow.pause import PauseWatch
 from .claim import ClaimLoop, ClaimOutcome
 from .context import StopSignal
 from .pool import QueueStats, WorkerPool
-from .readahead import hand_back
+from .readahead import hand_back_logged
 from .reader import Reader
 from .scheduler import move_due_before_drain
 from .streams import BACKGROUND, RunSettings, StreamParts, add_loops, stream_parts
@@ -245,6 +245,7 @@ class Engine:
             thread.join(remaining(deadline))
         if s.claimer is not None:  # after the claimer's end: it would take them itself
             self._hand_back(deadline)
+        self._hand_back_waiting(deadline)
         finished = self.pool.permits.wait_all_free(remaining(deadline))
         self.wind_down(deadline, finished=finished, ack_deadline=deadline)
         alive = [t.name for part in self.streams for t in part.threads() if t.is_alive()]
@@ -282,6 +283,20 @@ class Engine:
         workers empty the buffer before wait_all_free() sees every permit free).
         """
         items = self.pool.permits.take_buffer()
+        for part in self.streams:
+            part.dispatcher.let_go_items(items)  # their key leases (per-key concurrency)
+        self._give_back(items, deadline, "read ahead")
+
+    def _hand_back_waiting(self, deadline: float | None) -> None:
+        """Hand back the messages waiting for their concurrency key (after the keys loop
+        ended): never started here, they are any consumer's to take."""
+        for part in self.streams:
+            if part.dispatcher.keys is not None:
+                items = part.dispatcher.keys.take_parked()
+                self._give_back(items, deadline, "waiting for their concurrency key")
+
+    def _give_back(self, items: list[object], deadline: float | None, what: str) -> None:
+        """XCLAIM the items' messages idle long ago (readahead.hand_back), per stream."""
         if not items:
             return
         for part in self.streams:
@@ -291,25 +306,9 @@ class Engine:
                 self.settings.client, ctx.stream, address=address, timeout=bounded(deadline)
             )
             try:
-                handed = hand_back(session, ctx.stream, ctx.group, ctx.consumer, items)
-            except Exception as exc:
-                logger.warning(
-                    "could not hand back the messages read ahead on %s/%s (%s); they stay "
-                    "pending and are claimed after min_idle_time",
-                    ctx.stream,
-                    ctx.group,
-                    exc,
-                )
-                continue
+                hand_back_logged(session, ctx.stream, ctx.group, ctx.consumer, items, what)
             finally:
                 session.close()
-            if handed:
-                logger.info(
-                    "handed back %d messages read ahead and not started on %s/%s",
-                    handed,
-                    ctx.stream,
-                    ctx.group,
-                )
 
     def _interrupt_reader(self, part: StreamParts, deadline: float | None) -> None:
         """End a blocked XREADGROUP now instead of after its block time."""
@@ -382,7 +381,7 @@ class Engine:
                     while self._drain_permits(deadline, stop):
                         if sweep.claim_batch() is ClaimOutcome.DONE:
                             break
-            finished = self.pool.permits.wait_all_free(remaining(deadline))
+            finished = self._wait_done(deadline, stop)
         finally:
             self.stop_signal.begin(deadline)
             ack_deadline = deadline if deadline is not None else time.monotonic() + 30
@@ -395,6 +394,19 @@ class Engine:
             self.state = State.STOPPED
             self._done.set()
         return finished
+
+    def _wait_done(self, deadline: float | None, stop: threading.Event) -> bool:
+        """Wait until every job is done, those waiting for their concurrency key too
+        (a stop leaves those pending); False on timeout."""
+        gates = [part.dispatcher.keys for part in self.streams if part.dispatcher.keys]
+        permits = self.pool.permits
+        while True:
+            left = remaining(deadline)
+            if not any(gate.parked for gate in gates):
+                return permits.wait_all_free(left)
+            if left == 0.0 or stop.is_set():
+                return False
+            permits.wait_all_free(_DRAIN_POLL if left is None else min(left, _DRAIN_POLL))
 
     def _drain_permits(self, deadline: float | None, stop: threading.Event) -> int:
         """Wait for a free permit; 0 once the drain must stop reading (or is paused)."""
@@ -416,7 +428,7 @@ class Engine:
         """After the jobs: end the leases, flush and close every stream's acker (retrying
         until ``ack_deadline``), and end the worker loops (waiting if ``finished``)."""
         self.lease_stop.set()
-        for lease in self._loops("lease"):
+        for lease in self._loops("lease", "keys"):
             lease.join(remaining(deadline))
         for part in self.streams:
             part.acker.close(ack_deadline)

@@ -112,6 +112,8 @@ class StreamRoute(Protocol):
 
     def record_start(self, task: Task[Any]) -> bool: ...
 
+    def let_go(self, task: Task[Any]) -> None: ...
+
     def record_failure(self, msg_id: str, exc: BaseException, traceback: str) -> None: ...
 
     def move_dead(self, task: Task[Any]) -> Task[Any] | None: ...
@@ -277,6 +279,7 @@ class WorkerPool:
     ) -> None:
         """A run raised: Retry, GiveUp, or a failure (which the retry policy may move)."""
         route = self.routes[task.stream]
+        route.let_go(task)  # its key's lease (per-key concurrency): the run is over
         control = route.retry
         if isinstance(exc, Retry):
             counts.retry_requested += 1

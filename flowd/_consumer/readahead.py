@@ -75,12 +75,17 @@ class ReadAhead:
 class Link:
     """What a reader needs to read ahead: the policy, how an entry becomes a work
     item (without a permit), how an item with its permit reaches the workers, and
-    whether a stalled buffer can be handed back (only a claimer takes it again)."""
+    whether a stalled buffer can be handed back (only a claimer takes it again).
+    With per-key concurrency, ``gate`` keeps the prepared items whose key is busy
+    (returning the others), and ``handed_back`` ends the key leases of items handed
+    back unstarted."""
 
     policy: ReadAhead
     prepare: Callable[[str, Fields | None, int], Any]
     submit: Callable[[Any], None]
     hand_back_stalled: bool
+    gate: Callable[[list[Any]], list[Any]] | None = None
+    handed_back: Callable[[list[Any]], None] | None = None
 
 
 def item_id(item: Any) -> tuple[str, str]:
@@ -141,3 +146,26 @@ def claim_back(
         if isinstance(reply, Exception):
             raise reply
     return sum(len(ids) for ids in by_count.values())
+
+
+def hand_back_logged(
+    session: Session, stream: str, group: str, consumer: str, items: list[Any], what: str
+) -> None:
+    """:func:`hand_back` at a stop, saying what was handed back (``what``: why they
+    waited), or that it failed (they are then claimed after min_idle_time)."""
+    try:
+        handed = hand_back(session, stream, group, consumer, items)
+    except Exception as exc:
+        logger.warning(
+            "could not hand back the messages %s on %s/%s (%s); they stay "
+            "pending and are claimed after min_idle_time",
+            what,
+            stream,
+            group,
+            exc,
+        )
+        return
+    if handed:
+        logger.info(
+            "handed back %d messages %s and not started on %s/%s", handed, what, stream, group
+        )

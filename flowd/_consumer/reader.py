@@ -157,19 +157,24 @@ class Reader:
                 ctx.rate.give_back(granted)
             return True
         if entries:
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("read %d messages from %s/%s", len(entries), ctx.stream, ctx.group)
-            prepare = ahead.prepare
-            items = [
-                item
-                for msg_id, fields in entries
-                if (item := prepare(msg_id, fields, 1)) is not None
-            ]
-            submit = ahead.submit
-            for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
-                submit(item)
+            self._start_read(ahead, entries)
         self._settle(granted, len(entries))
         return True
+
+    def _start_read(self, ahead: Link, entries: list[Entry]) -> None:
+        """Prepare what was read, start what the permits allow, buffer the rest."""
+        ctx, permits = self.ctx, self.ctx.permits
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("read %d messages from %s/%s", len(entries), ctx.stream, ctx.group)
+        prepare = ahead.prepare
+        items = [
+            item for msg_id, fields in entries if (item := prepare(msg_id, fields, 1)) is not None
+        ]
+        if ahead.gate is not None:  # per-key concurrency: busy keys' tasks wait there
+            items = ahead.gate(items)
+        submit = ahead.submit
+        for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
+            submit(item)
 
     def _step_without_read_ahead(self) -> bool:
         """Read never more than the free permits, and start what was read."""
@@ -196,6 +201,8 @@ class Reader:
         if ahead is not None and ahead.hand_back_stalled and ctx.permits.buffered:
             stream = ctx.stream
             items = ctx.permits.take_buffer(lambda item: item_id(item)[0] == stream)
+            if ahead.handed_back is not None:  # they will not start here: free their keys
+                ahead.handed_back(items)
             handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
             if handed:
                 logger.info(
@@ -274,6 +281,8 @@ class Reader:
         self._since = now
         stream = ctx.stream
         items = permits.take_buffer(lambda item: item_id(item)[0] == stream)
+        if ahead.handed_back is not None:  # they will not start here: free their keys
+            ahead.handed_back(items)
         handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
         logger.info(
             "handed back %d messages read ahead on %s/%s: the jobs ahead of them are slow",

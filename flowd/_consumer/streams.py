@@ -17,7 +17,10 @@ import redis.exceptions
 from .._redis.keys import derived_key
 from .._redis.records import alias_ttl_ms
 from .._redis.session import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
+from .._redis.timeutil import to_ms
 from ..claimer import Claimer
+from ..flow.keygate import KeyGate, KeyRetryLoop
+from ..flow.keylimit import KeyFn, KeyLeases
 from ..flow.pause import PauseWatch
 from ..flow.ratelimit import RateGate, RateLimit
 from ..hooks import Hooks
@@ -44,7 +47,11 @@ logger = logging.getLogger(__name__)
 #: Loops that start jobs: they take the rate limit's tokens before reading or claiming.
 STARTERS = ("reader", "claimer")
 #: Loops that end with the run's stop signal, after the reader (the lease ends after the jobs).
-BACKGROUND = ("claimer", "housekeeping", "scheduler")
+BACKGROUND = ("claimer", "housekeeping", "scheduler", "keys")
+
+#: How long a per-key concurrency lease lasts (and is extended) on a queue without a
+#: claimer, which has no message lease to follow.
+KEY_LEASE_WITHOUT_CLAIMER = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,25 @@ class RunSettings:
             self.rate_limit, self.client, self.name, self.group, stream, session
         )
 
+    #: Per-key concurrency: the job -> key function, and the most running per key.
+    concurrency_key: KeyFn | None = None
+    max_per_key: int | None = None
+
+    @property
+    def key_lease(self) -> float:
+        """Seconds a per-key lease lasts unless extended: the job's own lease."""
+        claimer = self.claimer
+        return KEY_LEASE_WITHOUT_CLAIMER if claimer is None else claimer.min_idle_time
+
+    @property
+    def lease_interval(self) -> float | None:
+        """How often the lease loop extends leases; None when nothing needs it (no
+        claimer to take messages, no key leases). Without a claimer only the key leases
+        need it, a third of their time."""
+        if self.claimer is not None:
+            return self.claimer.lease_interval
+        return None if self.concurrency_key is None else self.key_lease / 3
+
 
 @dataclass(slots=True)
 class StreamParts:
@@ -133,6 +159,11 @@ def stream_parts(
     )
     unique = UniqueRelease(s.client)
     runs = RunRecords(s.client, stream, s.group)
+    keys = None
+    if s.concurrency_key is not None and s.max_per_key is not None:
+        leases = KeyLeases(stream, s.group, s.max_per_key, to_ms(s.key_lease))
+        keys = KeyGate(leases, s.client, stream, acker.release, acker.notify)
+        acker.on_flushed, acker.leases = keys.flushed, leases
     dispatcher = Dispatcher(
         pool,
         stream,
@@ -146,6 +177,8 @@ def stream_parts(
         runs,
         s.consumer,
         dead_letter_expired=s.dead_letter_expired,
+        keys=keys,
+        concurrency_key=s.concurrency_key,
     )
     pool.routes[stream] = dispatcher
     ctx = StreamContext(
@@ -198,6 +231,39 @@ def _closing(session: Session, gate: RateGate) -> Callable[[], None]:
     return close
 
 
+def _group_recreator(session: Session, part: StreamParts, s: RunSettings) -> Callable[[], None]:
+    """What a loop calls after its own NOGROUP: create the group again, and say it was lost."""
+    stream = part.ctx.stream
+
+    def recreate_group() -> None:
+        try:
+            created = ensure_group(session, stream, s.group)
+        except redis.exceptions.ResponseError as exc:
+            if is_oom(exc):
+                report_group_not_created(stream, s.group, exc)
+            raise
+        # Called after this loop's own NOGROUP: the group was lost, also when another
+        # process recreated it first (BUSYGROUP), so each process that saw it says so.
+        if stream in s.groups_seen:
+            part.loss.lost(created=created)
+        s.groups_seen.add(stream)
+
+    return recreate_group
+
+
+def _link(dispatcher: Dispatcher, claimed: bool) -> Link:
+    """What the reader needs to read ahead (and to gate by key)."""
+    pool, keys = dispatcher.pool, dispatcher.keys
+    return Link(
+        pool.readahead,
+        dispatcher.prepare,
+        pool.submit,
+        claimed,
+        None if keys is None else dispatcher.gate,
+        None if keys is None else dispatcher.let_go_items,
+    )
+
+
 def add_loops(
     part: StreamParts,
     settings: RunSettings,
@@ -233,34 +299,23 @@ def add_loops(
         if role == "reader":
             part.reader_session = session
 
-        def recreate_group() -> None:
-            try:
-                created = ensure_group(session, stream, s.group)
-            except redis.exceptions.ResponseError as exc:
-                if is_oom(exc):
-                    report_group_not_created(stream, s.group, exc)
-                raise
-            # Called after this loop's own NOGROUP: the group was lost, also when another
-            # process recreated it first (BUSYGROUP), so each process that saw it says so.
-            if stream in s.groups_seen:
-                part.loss.lost(created=created)
-            s.groups_seen.add(stream)
-
         part.loops[role] = LoopThread(
             f"flowd-{role}-{stream}",
             f"{role} of {stream}/{s.group}",
             make_step(ctx),
             ctx.stop,
-            on_nogroup=recreate_group,
+            on_nogroup=_group_recreator(session, part, s),
             on_fatal=on_fatal,
             on_exit=session.close if gate is None else _closing(session, gate),
         )
 
     claimer, housekeeping = s.claimer, s.housekeeping
-    timer = part.dispatcher.retry.timer
+    dispatcher = part.dispatcher
+    timer = dispatcher.retry.timer
+    pool = dispatcher.pool
+    keys = dispatcher.keys
     if not lease_only:
-        pool = part.dispatcher.pool
-        ahead = Link(pool.readahead, part.dispatcher.prepare, pool.submit, claimer is not None)
+        ahead = _link(dispatcher, claimer is not None)
         loop(
             "reader",
             lambda ctx: Reader(ctx, s.block, ahead, part.loss, pause).step,
@@ -276,9 +331,12 @@ def add_loops(
                 ).step
             ),
         )
-    if claimer is not None:
-        interval, lock = claimer.lease_interval, part.dispatcher.pool.lease_lock
-        loop("lease", lambda ctx: LeaseLoop(ctx, interval, lock).step, stop=lease_stop)
+    interval = s.lease_interval
+    if interval is not None:
+        lock = pool.lease_lock
+        loop("lease", lambda ctx: LeaseLoop(ctx, interval, lock, keys).step, stop=lease_stop)
+    if keys is not None:  # a drain too: its waiting jobs start when their key is free
+        loop("keys", lambda ctx: KeyRetryLoop(keys, ctx.stop, pool.permits.admit, pool.submit).step)
     if housekeeping is not None and not lease_only:
         loop("housekeeping", lambda ctx: HousekeepingLoop(ctx, housekeeping).step)
     if not lease_only:

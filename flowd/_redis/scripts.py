@@ -30,7 +30,7 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
-    def __call__(self, target: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def __call__(self, target: Any, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         try:
             try:
                 return _send(target, ("EVALSHA", self.sha, len(keys), *keys, *args))
