@@ -155,14 +155,12 @@ class Queue(Generic[J]):
         A success's result is written in the same atomic step as its XACK; a
         returned value with no JSON form fails the run (``EncodeError``). None
         (the default) keeps no results; ``Results.get`` still says where a job is.
-    :param dead_letter_expired: a job whose deadline (``enqueue(expires=...)``)
-        passed before it started is dead-lettered with the reason ``"expired"``
-        (the default); False acks it unrun instead. Either way it is counted in
-        ``QueueStats.expired``.
+    :param dead_letter_expired: a job past its ``expires`` deadline before it started
+        is dead-lettered with the reason ``"expired"`` (the default); False acks it
+        unrun. Either way it is counted in ``QueueStats.expired``.
     :param rate_limit: a :class:`flowd.RateLimit`: at most that many job starts
-        (claimed retries included) per window across every consumer of the
-        group, in every process and partition, counted in Redis; jobs over it
-        wait in the stream, unread. None (the default): no limit.
+        (retries too) per window across every consumer of the group, in every
+        process and partition; jobs over it wait in the stream. None: no limit.
     :param concurrency_key: a function of the job giving its key (str, int or
         bytes): at most ``max_per_key`` jobs with one key run at once, across every
         consumer of the group, through leases in Redis that expire with the job's

@@ -267,10 +267,7 @@ class Acker:
         unknown = [i for i, reply in enumerate(own) if is_noscript(reply)]
         if unknown:  # a restarted server, a failover: send those calls again as EVAL
             again = self._session.call_many(
-                [
-                    as_eval(ack_call(self.stream, self.group, ttl_ms, chunks[i - first_call]))
-                    for i in unknown
-                ]
+                [self._as_eval(commands[i], chunks, first_call, i) for i in unknown]
             )
             for index, reply in zip(unknown, again, strict=True):
                 own[index] = reply
@@ -288,6 +285,20 @@ class Acker:
                 raise reply
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("acked %d messages on %s/%s", len(ids), self.stream, self.group)
+
+    def _as_eval(
+        self,
+        command: tuple[Any, ...] | bytes,
+        chunks: list[list[tuple[str, str]]],
+        first_call: int,
+        index: int,
+    ) -> tuple[Any, ...]:
+        """Command ``index`` of a flush as EVAL; a records call, framed as bytes, is
+        built again from its chunk."""
+        if isinstance(command, bytes):
+            chunk = chunks[index - first_call]
+            command = ack_call(self.stream, self.group, self.result_ttl_ms or 0, chunk)
+        return as_eval(command)
 
 
 #: The scripts a flush sends, by sha.
