@@ -199,16 +199,12 @@ class Reader:
         ctx = self.ctx
         handed = 0
         if ahead is not None and ahead.hand_back_stalled and ctx.permits.buffered:
-            stream = ctx.stream
-            items = ctx.permits.take_buffer(lambda item: item_id(item)[0] == stream)
-            if ahead.handed_back is not None:  # they will not start here: free their keys
-                ahead.handed_back(items)
-            handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
+            handed = self._hand_back_buffer(ahead)
             if handed:
                 logger.info(
                     "handed back %d messages read ahead on %s/%s: the group is paused",
                     handed,
-                    stream,
+                    ctx.stream,
                     ctx.group,
                 )
         ctx.stop.wait(CHECK_EVERY)
@@ -279,18 +275,24 @@ class Reader:
         if now - self._since < STALE or not ahead.hand_back_stalled:
             return False
         self._since = now
-        stream = ctx.stream
-        items = permits.take_buffer(lambda item: item_id(item)[0] == stream)
-        if ahead.handed_back is not None:  # they will not start here: free their keys
-            ahead.handed_back(items)
-        handed = hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
+        handed = self._hand_back_buffer(ahead)
         logger.info(
             "handed back %d messages read ahead on %s/%s: the jobs ahead of them are slow",
             handed,
-            stream,
+            ctx.stream,
             ctx.group,
         )
         return True
+
+    def _hand_back_buffer(self, ahead: Link) -> int:
+        """Hand back this stream's messages waiting in the read-ahead buffer (their
+        per-key leases freed first); how many were handed back."""
+        ctx = self.ctx
+        stream = ctx.stream
+        items = ctx.permits.take_buffer(lambda item: item_id(item)[0] == stream)
+        if ahead.handed_back is not None:  # they will not start here: free their keys
+            ahead.handed_back(items)
+        return hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
 
     def read_backlog(self, count: int) -> int:
         """Start up to ``count`` entries of the backlog without blocking; 0 once it is empty.
