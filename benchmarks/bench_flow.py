@@ -57,10 +57,26 @@ class Variant:
     options: Callable[[], dict[str, Any]]
 
 
+def _key(job: BenchJob) -> int:
+    """The concurrency key of the keyed variants: one of 1,000."""
+    return job.n % 1000
+
+
 #: The baseline comes first; every other variant is compared with it.
 VARIANTS = [
     Variant("plain", dict),
     Variant("rate_limit", lambda: {"rate_limit": flowd.RateLimit(10**7, per=1.0)}),
+    # A lease in Redis per job; 1,000 keys, so few jobs wait for theirs.
+    Variant("concurrency_key", lambda: {"concurrency_key": _key, "max_per_key": 1}),
+    # The issue's case: both at once.
+    Variant(
+        "rate_limit+concurrency_key",
+        lambda: {
+            "rate_limit": flowd.RateLimit(10**7, per=1.0),
+            "concurrency_key": _key,
+            "max_per_key": 1,
+        },
+    ),
 ]
 
 
