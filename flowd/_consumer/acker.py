@@ -66,6 +66,9 @@ class Acker:
         self._wakes: collections.deque[Name] = collections.deque()
         self._waking: list[Name] = []  # taken with the ids being flushed
         self.on_flushed: Callable[[list[Name]], None] | None = None
+        #: Flushes written so far: what was queued before flush n started is written
+        #: once this is n + 1 (a key gate reads it to know a success's XACK is written).
+        self.flushes = 0
         #: The per-key leases whose releases it sends (set with ``on_flushed``).
         self.leases: KeyLeases | None = None
         # Held while the thread sleeps on it; add() releases it to wake the thread. A
@@ -137,6 +140,7 @@ class Acker:
     def _written(self) -> None:
         with self._lock:
             self._flushing = []
+            self.flushes += 1
 
     def _queued(self) -> bool:
         return bool(self._ids or self._releases or self._wakes)

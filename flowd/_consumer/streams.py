@@ -162,7 +162,14 @@ def stream_parts(
     keys = None
     if s.concurrency_key is not None and s.max_per_key is not None:
         leases = KeyLeases(stream, s.group, s.max_per_key, to_ms(s.key_lease))
-        keys = KeyGate(leases, s.client, stream, acker.release, acker.notify)
+        keys = KeyGate(
+            leases,
+            s.client,
+            stream,
+            acker.release,
+            acker.notify,
+            flushes=lambda: acker.flushes,
+        )
         acker.on_flushed, acker.leases = keys.flushed, leases
     dispatcher = Dispatcher(
         pool,

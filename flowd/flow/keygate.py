@@ -41,6 +41,12 @@ _IDLE_WAIT = 0.25
 #: Most keys asked again in one retry (the rest in the next ones, round robin).
 _KEYS_PER_RETRY = 500
 
+#: Most keys remembered with the last message that held them here and was acked.
+_ACKED_KEPT = 4096
+
+#: The flush count of an acked job whose XACK the acker said is written.
+_WRITTEN = -(2**62)
+
 #: One entry asking for a lease: (work item, message id, its key's set).
 Ask = tuple[Any, str, Name]
 
@@ -56,6 +62,8 @@ class KeyGate:
         ends its lease).
     :param notify: passes a key to :meth:`flushed` once the acker wrote what was
         queued before it.
+    :param flushes: how many flushes the acker has written (what was queued before
+        flush n started is written once it says n + 1).
     """
 
     def __init__(
@@ -66,6 +74,7 @@ class KeyGate:
         release: Callable[[Name, str], None],
         notify: Callable[[Name], None],
         capacity: int = PARK_CAP,
+        flushes: Callable[[], int] | None = None,
     ) -> None:
         self.leases = leases
         self.stream = stream
@@ -76,6 +85,11 @@ class KeyGate:
         self._lock = threading.Lock()
         #: message id -> the set of the key whose lease it holds.
         self._held: dict[str, Name] = {}
+        #: key set -> (the last message that held it here and succeeded, the acker's
+        #: flush count then): once its XACK is written its lease is over, and the next
+        #: acquire of the key can say so instead of Redis asking XPENDING.
+        self._acked: dict[Name, tuple[str, int]] = {}
+        self._flushes = flushes
         #: key set -> its parked (item, message id), oldest first.
         self._parked: dict[Name, collections.deque[tuple[Any, str]]] = {}
         self._count = 0
@@ -148,7 +162,7 @@ class KeyGate:
         if not ids:
             return set()
         try:
-            return self.leases.acquire(self.session(), names, ids)
+            return self.leases.acquire(self.session(), names, ids, self._acked_hints(names))
         except Exception as exc:
             logger.warning(
                 "could not lease the concurrency keys of %d messages on %s (%s); they wait "
@@ -159,10 +173,31 @@ class KeyGate:
             )
             return set(range(len(ids)))
 
+    def _acked_hints(self, names: list[Name]) -> list[str] | None:
+        """Per key, the id of the last message that held it here and whose XACK is
+        written ("" if none): see KeyLeases.acquire."""
+        acked, flushes = self._acked, self._flushes
+        if not acked or flushes is None:
+            return None
+        # Queued before flush n started (n = count then + 1): written once count > n.
+        written = flushes() - 2
+        hints = []
+        for k in names:
+            last = acked.get(k)
+            hints.append(last[0] if last is not None and last[1] <= written else "")
+        return hints
+
     def finished(self, msg_id: str) -> None:
         """The job of ``msg_id`` succeeded, its XACK queued: that ends its lease."""
         k = self._held.pop(msg_id, None)
-        if k is not None and k in self._parked:
+        if k is None:
+            return
+        if self._flushes is not None:
+            acked = self._acked
+            if len(acked) >= _ACKED_KEPT:
+                acked.clear()  # bounded; a key forgotten is asked with XPENDING again
+            acked[k] = (msg_id, self._flushes())
+        if k in self._parked:
             self.notify(k)
 
     def let_go(self, msg_id: str) -> None:
@@ -177,6 +212,11 @@ class KeyGate:
     def flushed(self, keys: list[Name]) -> None:
         """The acker wrote what was queued before these keys (their jobs' XACKs or
         releases): retry the entries parked on them now."""
+        acked = self._acked
+        for k in keys:  # the acked job that held it is written now, whatever the count
+            last = acked.get(k)
+            if last is not None:
+                acked[k] = (last[0], _WRITTEN)
         with self._lock:
             parked = self._parked
             hit = [k for k in keys if k in parked]
@@ -233,7 +273,10 @@ class KeyGate:
         if not asks:
             return []
         # A failed call raises: nothing changed here, the loop backs off and asks again.
-        busy = self.leases.acquire(self.session(), [a[2] for a in asks], [a[1] for a in asks])
+        names = [a[2] for a in asks]
+        busy = self.leases.acquire(
+            self.session(), names, [a[1] for a in asks], self._acked_hints(names)
+        )
         granted: list[Any] = []
         lost: list[tuple[Name, str]] = []
         with self._lock:

@@ -22,7 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis.exceptions
+
 from .._redis.keys import derived_key
+from .._redis.resp import frame
 from .._redis.scripts import Script
 from .._redis.session import Session
 from ..errors import ConfigurationError
@@ -56,20 +59,22 @@ end
 """
 
 # KEYS: the stream, then each entry's key (repeated as often as entries share it).
-# ARGV: group, lease ms, then each entry's message id. Returns the positions (from 1)
-# of the entries whose key is busy; the others got their lease. For max_per_key=1.
+# ARGV: group, lease ms, then for each entry its message id and the id of a message
+# known to be acked whose lease of that key may be left ("" if none: then XPENDING
+# tells whether the holder still holds it). Returns the positions (from 1) of the
+# entries whose key is busy; the others got their lease. For max_per_key=1.
 ACQUIRE_ONE = Script(
     """
 local group, ttl = ARGV[1], ARGV[2]
 local busy = {}
-for i = 3, #ARGV do
-  local k, id = KEYS[i - 1], ARGV[i]
+for j = 1, #KEYS - 1 do
+  local k, id, acked = KEYS[j + 1], ARGV[2 * j + 1], ARGV[2 * j + 2]
   local holder = redis.call('GET', k)
-  if not holder or holder == id
+  if not holder or holder == id or holder == acked
     or #redis.call('XPENDING', KEYS[1], group, holder, holder, 1) == 0 then
     redis.call('SET', k, id, 'PX', ttl)
   else
-    busy[#busy + 1] = i - 2
+    busy[#busy + 1] = j
   end
 end
 return busy
@@ -241,15 +246,39 @@ class KeyLeases:
             return self._bytes_prefix + key
         return None
 
-    def acquire(self, session: Session, names: Sequence[Name], ids: Sequence[str]) -> set[int]:
-        """Try to lease each (key, id); the positions (from 0) of those whose key is busy."""
+    def acquire(
+        self,
+        session: Session,
+        names: Sequence[Name],
+        ids: Sequence[str],
+        acked: Sequence[str] | None = None,
+    ) -> set[int]:
+        """Try to lease each (key, id); the positions (from 0) of those whose key is busy.
+
+        ``acked`` gives, per entry, the id of a message whose XACK is written and that
+        may still be named as its key's holder ("" for none): a lease it holds is taken
+        over without asking XPENDING (with ``max_per_key=1``; ignored otherwise).
+        """
         busy: set[int] = set()
-        head = [self.group, self.lease_ms]
-        if self._acquire is ACQUIRE:
+        head: list[str | int] = [self.group, self.lease_ms]
+        script = self._acquire
+        single = script is ACQUIRE_ONE
+        if not single:
             head.insert(1, self.max_per_key)
         for i in range(0, len(ids), PAIRS_PER_CALL):
             keys = [self.stream, *names[i : i + PAIRS_PER_CALL]]
-            reply = self._acquire(session, keys, [*head, *ids[i : i + PAIRS_PER_CALL]])
+            chunk = ids[i : i + PAIRS_PER_CALL]
+            if single:
+                hints = acked[i : i + PAIRS_PER_CALL] if acked else [""] * len(chunk)
+                args = [*head, *(x for pair in zip(chunk, hints, strict=True) for x in pair)]
+            else:
+                args = [*head, *chunk]
+            # Framed here: one call per read batch, hundreds of arguments.
+            reply = session.call_many([frame(("EVALSHA", script.sha, len(keys), *keys, *args))])[0]
+            if isinstance(reply, redis.exceptions.ResponseError):
+                # NOSCRIPT, or an error to raise as the script call classifies it (a lease
+                # already taken is taken again by the same id: calling again is safe).
+                reply = script(session, keys, args)
             busy.update(i + int(position) - 1 for position in reply)
         return busy
 

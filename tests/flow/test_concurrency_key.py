@@ -396,3 +396,47 @@ def test_two_per_key_across_two_consumers(client: redis.Redis, stream: str) -> N
     assert sorted(rec.numbers()) == list(range(24))
     assert max(most.values()) == 2
     assert {t.deliveries for t in rec.tasks} == {1}
+
+
+def test_a_key_last_held_by_an_acked_job_is_taken_without_asking_redis(
+    client: redis.Redis, stream: str
+) -> None:
+    # Given 200 jobs of 4 keys on one consumer, one job per key at once
+    lock = threading.Lock()
+    running: dict[int, int] = {}
+    overlaps: list[int] = []
+    rec = Recorder()
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        key = task.job.n % 4
+        with lock:
+            running[key] = running.get(key, 0) + 1
+            if running[key] > 1:
+                overlaps.append(key)
+        time.sleep(0.002)
+        with lock:
+            running[key] -= 1
+        rec(task)
+
+    enqueue_numbers(client, stream, 200)
+    client.config_resetstat()
+    handle = numbered_queue(
+        client,
+        stream,
+        work,
+        concurrency=4,
+        block=0.5,
+        claimer=flowd.Claimer(min_idle_time=5),
+        concurrency_key=lambda job: job.n % 4,
+    ).run()
+    try:
+        wait_until(lambda: rec.count >= 200, WAIT)
+    finally:
+        assert handle.stop(timeout=10)
+    # Then each ran once, never two of a key at once
+    assert sorted(rec.numbers()) == list(range(200))
+    assert not overlaps
+    # And most leases were taken over from a job this consumer saw acked: Redis was
+    # asked whether the last holder is still pending for few of them
+    asked = client.info("commandstats").get("cmdstat_xpending", {}).get("calls", 0)
+    assert asked < 100, asked
