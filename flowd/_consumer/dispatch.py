@@ -31,7 +31,7 @@ from .._redis.records import SuccessRecords
 from .._redis.replies import Fields
 from ..errors import DecodeError
 from ..flow import expiry
-from ..flow.keygate import KeyGate
+from ..flow.keygate import Asking, KeyGate
 from ..flow.keylimit import KeyFn, Name, bad_key
 from ..hooks import call_hooks
 from ..task import Task
@@ -137,9 +137,39 @@ class Dispatcher:
         script call for all), and the others (dead-letter work). Tasks whose key is busy
         wait in the key gate, holding no permit; a key function that raises or gives no
         key sends its task to the dead-letter path."""
-        keys, key_of = self.keys, self.concurrency_key
-        assert keys is not None and key_of is not None
-        leases = keys.leases
+        keys = self.keys
+        assert keys is not None
+        ready, tasks, ids, names = self._keyed(items)
+        if tasks:
+            ready += self._granted(keys.admit(tasks, ids, names))
+        return ready
+
+    def gate_begin(self, items: list[Any]) -> tuple[list[Any], Asking | None]:
+        """:meth:`gate` in two steps, for the reader to send the lease call with its next
+        read: (the items that may start now, the tasks asking for their lease); then
+        :meth:`gate_end` with the call's reply."""
+        keys = self.keys
+        assert keys is not None
+        ready, tasks, ids, names = self._keyed(items)
+        return ready, keys.begin(tasks, ids, names) if tasks else None
+
+    def gate_end(self, asking: Asking, reply: Any) -> list[Any]:
+        """The tasks of ``asking`` that got their lease (see :meth:`gate_begin`)."""
+        assert self.keys is not None
+        return self._granted(self.keys.end(asking, reply))
+
+    def _granted(self, admitted: tuple[list[Any], list[Any]]) -> list[Any]:
+        granted, overflow = admitted
+        if overflow:
+            self._hand_back_waiting(overflow)
+        return granted
+
+    def _keyed(self, items: list[Any]) -> tuple[list[Any], list[Any], list[str], list[Name]]:
+        """Split prepared items into (items needing no key, tasks, their ids, their keys'
+        names); a task whose key function fails goes to the first, as dead-letter work."""
+        key_of = self.concurrency_key
+        assert self.keys is not None and key_of is not None
+        leases = self.keys.leases
         prefix, name = leases.prefix, leases.name
         ready: list[Any] = []
         tasks: list[Any] = []
@@ -170,15 +200,12 @@ class Dispatcher:
             dead = self._dead_letter(dataclasses.replace(item, error=reason))
             if dead is not None:
                 ready.append(dead)
-        if tasks:
-            granted, overflow = keys.admit(tasks, ids, names)
-            ready += granted
-            if overflow:
-                self._hand_back_waiting(keys, overflow)
-        return ready
+        return ready, tasks, ids, names
 
-    def _hand_back_waiting(self, keys: KeyGate, items: list[Any]) -> None:
+    def _hand_back_waiting(self, items: list[Any]) -> None:
         """More entries wait for their keys than the gate keeps: any consumer may take them."""
+        keys = self.keys
+        assert keys is not None
         try:
             handed = hand_back(keys.session(), self.stream, self.group, self.consumer, items)
         except Exception as exc:

@@ -76,15 +76,18 @@ class Link:
     """What a reader needs to read ahead: the policy, how an entry becomes a work
     item (without a permit), how an item with its permit reaches the workers, and
     whether a stalled buffer can be handed back (only a claimer takes it again).
-    With per-key concurrency, ``gate`` keeps the prepared items whose key is busy
-    (returning the others), and ``handed_back`` ends the key leases of items handed
-    back unstarted."""
+    With per-key concurrency, ``gate_begin`` splits prepared items into those that
+    may start and the tasks asking for their key's lease (the reader sends that call
+    with its next read), ``gate_end`` gives the tasks that got it from the call's
+    reply (the others wait in the key gate), and ``handed_back`` ends the key leases
+    of items handed back unstarted."""
 
     policy: ReadAhead
     prepare: Callable[[str, Fields | None, int], Any]
     submit: Callable[[Any], None]
     hand_back_stalled: bool
-    gate: Callable[[list[Any]], list[Any]] | None = None
+    gate_begin: Callable[[list[Any]], tuple[list[Any], Any]] | None = None
+    gate_end: Callable[[Any, Any], list[Any]] | None = None
     handed_back: Callable[[list[Any]], None] | None = None
 
 

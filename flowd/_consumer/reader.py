@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis.exceptions
 
 from .._redis.replies import Entry, parse_xpending_range, parse_xreadgroup
 from .._redis.session import READ_MARGIN
 from .._redis.timeutil import to_ms
+from ..flow.keygate import Asking
+from ..flow.leasecalls import send_lease_calls
 from ..flow.pause import CHECK_EVERY, MAX_BLOCK, PauseWatch
 from .context import StreamContext
 from .group_loss import LossWatch, last_delivered
@@ -45,10 +48,17 @@ def xreadgroup(
     ``after`` is ``">"`` for new messages, or an id to re-read this consumer's
     own pending entries after it; ``block_ms`` waits that long for new ones.
     """
+    return parse_xreadgroup(ctx.redis.call(*xreadgroup_args(ctx, count, after, block_ms)))
+
+
+def xreadgroup_args(
+    ctx: StreamContext, count: int, after: str = ">", block_ms: int | None = None
+) -> list[object]:
+    """The XREADGROUP command :func:`xreadgroup` sends."""
     args: list[object] = ["XREADGROUP", "GROUP", ctx.group, ctx.consumer, "COUNT", count]
     if block_ms is not None:
         args += ["BLOCK", block_ms]
-    return parse_xreadgroup(ctx.redis.call(*args, "STREAMS", ctx.stream, after))
+    return [*args, "STREAMS", ctx.stream, after]
 
 
 def start_entries(
@@ -126,12 +136,28 @@ class Reader:
         # Where the buffer stood (messages started from it), and since when.
         self._started = 0
         self._since = time.monotonic()
+        #: Per-key concurrency: read tasks whose lease call goes with the next read.
+        self._asks: list[tuple[Link, Asking]] = []
 
     def step(self) -> bool:
+        # Lease calls left by the last step go with this step's read; if it reads
+        # nothing they are sent alone, before any wait (and before a stop).
+        asks, self._asks = self._asks, []
+        try:
+            return self._step(asks)
+        finally:
+            if asks:
+                self._send_asks(asks)
+            if self._asks and self.ctx.stop.is_set():
+                self._send_asks(self._asks)
+                self._asks = []
+
+    def _step(self, asks: list[tuple[Link, Asking]]) -> bool:
         ctx = self.ctx
         ahead = self.ahead
         pause = self.pause
         if pause is not None and pause.paused():
+            self._send_asks(asks)
             return self._paused(ahead)
         if ahead is None:
             return self._step_without_read_ahead()
@@ -139,6 +165,8 @@ class Reader:
         target = ahead.policy.target()
         # Read when a permit is spare, or (reading ahead) once half the buffer is gone.
         poll = min(self._poll, NUDGE) if permits.buffered else self._poll
+        if asks:  # a look only: tasks wait for their call
+            poll = 0.0
         spare, buffered = permits.wait_room(poll, target // 2 if target else -1)
         if buffered and self._stalled(ahead):
             return True
@@ -146,8 +174,9 @@ class Reader:
         if count <= 0 or (spare <= 0 and buffered > target // 2) or ctx.stop.is_set():
             return False
         if pause is not None and pause.paused():  # again: the wait may have been long
+            self._send_asks(asks)
             return self._paused(ahead)
-        read = self._read(count)
+        read = self._read(count, asks)
         if read is None:
             return True
         entries, granted = read
@@ -163,15 +192,22 @@ class Reader:
 
     def _start_read(self, ahead: Link, entries: list[Entry]) -> None:
         """Prepare what was read, start what the permits allow, buffer the rest."""
-        ctx, permits = self.ctx, self.ctx.permits
+        ctx = self.ctx
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("read %d messages from %s/%s", len(entries), ctx.stream, ctx.group)
         prepare = ahead.prepare
         items = [
             item for msg_id, fields in entries if (item := prepare(msg_id, fields, 1)) is not None
         ]
-        if ahead.gate is not None:  # per-key concurrency: busy keys' tasks wait there
-            items = ahead.gate(items)
+        if ahead.gate_begin is not None:  # per-key concurrency: tasks ask for a lease
+            items, asking = ahead.gate_begin(items)
+            if asking is not None:
+                self._asks.append((ahead, asking))
+        self._admit(ahead, items)
+
+    def _admit(self, ahead: Link, items: list[Any]) -> None:
+        """Start what the permits allow of prepared items, buffer the rest."""
+        permits = self.ctx.permits
         submit = ahead.submit
         for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
             submit(item)
@@ -223,23 +259,46 @@ class Reader:
         )
         return True
 
-    def _read(self, count: int) -> tuple[list[Entry], int] | None:
+    def _read(
+        self, count: int, asks: list[tuple[Link, Asking]] | None = None
+    ) -> tuple[list[Entry], int] | None:
         """Read up to ``count`` new entries: (entries, rate tokens taken for them).
 
         Without a rate limit: one blocking XREADGROUP. With one: first the
         tokens, then a read of at most that many that does not block (tokens
         are never held through a wait); None if no token was free (the gate
-        waited already).
+        waited already). Lease calls in ``asks`` go first in the read's round
+        trip (which then does not block); their tasks start or wait first.
         """
         ctx = self.ctx
         gate = ctx.rate
+        granted = 0
         if gate is None:
-            return xreadgroup(ctx, count, block_ms=self.block_ms), 0
-        granted, wait = gate.take(count)
-        if not granted:
-            ctx.stop.wait(min(wait, self._poll))
-            return None
-        return xreadgroup(ctx, granted), granted
+            if not asks:
+                return xreadgroup(ctx, count, block_ms=self.block_ms), 0
+        else:
+            granted, wait = gate.take(count)
+            if not granted:
+                if asks:
+                    self._send_asks(asks)
+                ctx.stop.wait(min(wait, self._poll))
+                return None
+            count = granted
+            if not asks:
+                return xreadgroup(ctx, count), granted
+        assert asks
+        replies = self._send_asks(asks, xreadgroup_args(ctx, count))
+        if isinstance(replies, redis.exceptions.ResponseError):
+            raise replies
+        return parse_xreadgroup(replies), granted
+
+    def _send_asks(self, asks: list[tuple[Link, Asking]], then: list[object] | None = None) -> Any:
+        """Send the lease calls of ``asks`` (and ``then``, whose reply is returned) in one
+        round trip, then start their tasks that got a lease (see send_lease_calls)."""
+        granted, reply = send_lease_calls(self.ctx.redis, asks, _gate_end, then)
+        for ahead, items in granted:
+            self._admit(ahead, items)
+        return reply
 
     def _settle(self, granted: int, read: int) -> None:
         """After a rate-limited read (its entries handed on): give back the tokens it did
@@ -322,6 +381,12 @@ class Reader:
             self._own_after = None
         entries = xreadgroup(self.ctx, count)
         return start_entries(self.ctx, entries, None)
+
+
+def _gate_end(ahead: Link, asking: Asking, reply: Any) -> list[Any]:
+    end = ahead.gate_end
+    assert end is not None, "lease calls come only from links with a key gate"
+    return end(asking, reply)
 
 
 def wait_for_new(ctx: StreamContext, block_ms: int) -> None:

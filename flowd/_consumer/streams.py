@@ -266,7 +266,8 @@ def _link(dispatcher: Dispatcher, claimed: bool) -> Link:
         dispatcher.prepare,
         pool.submit,
         claimed,
-        None if keys is None else dispatcher.gate,
+        None if keys is None else dispatcher.gate_begin,
+        None if keys is None else dispatcher.gate_end,
         None if keys is None else dispatcher.let_go_items,
     )
 

@@ -22,13 +22,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import redis.exceptions
 
 from .._redis.session import Session
 from .._redis.thread_sessions import ThreadSessions
-from .keylimit import KeyLeases, Name
+from .keylimit import PAIRS_PER_CALL, AcquireCall, KeyLeases, Name
 
-__all__ = ["PARK_CAP", "RETRY_POLL", "KeyGate", "KeyRetryLoop"]
+__all__ = ["PARK_CAP", "RETRY_POLL", "Asking", "KeyGate", "KeyRetryLoop"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,18 @@ _WRITTEN = -(2**62)
 
 #: One entry asking for a lease: (work item, message id, its key's set).
 Ask = tuple[Any, str, Name]
+
+
+@dataclass(slots=True)
+class Asking:
+    """Entries whose leases are asked for (:meth:`KeyGate.begin`): those to ask, with
+    their script call, and those that park behind entries of their key parked here."""
+
+    items: list[Any]
+    ids: list[str]
+    names: list[Name]
+    behind: list[Ask]
+    call: AcquireCall | None
 
 
 class KeyGate:
@@ -118,6 +133,15 @@ class KeyGate:
         call for all: returns (the items that got their lease, to start; the items to
         hand back, the lot being full). The others are parked. An entry whose key has
         entries parked here parks behind them."""
+        asking = self.begin(items, ids, names, framed=False)
+        return self._settle(asking, self._acquire(asking.ids, asking.names))
+
+    def begin(
+        self, items: list[Any], ids: list[str], names: list[Name], *, framed: bool = True
+    ) -> Asking:
+        """:meth:`admit` in two steps, for a caller that sends the script call in a
+        pipeline of its own: the entries and their call (``Asking.call``, None when
+        none is needed or it takes more than one); :meth:`end` with its reply."""
         behind: list[Ask] = []
         if self._parked:
             with self._lock:
@@ -131,7 +155,31 @@ class KeyGate:
                         [a[1] for a in asks],
                         [a[2] for a in asks],
                     )
-        busy = self._acquire(ids, names)
+        call = None
+        if framed and ids and len(ids) <= PAIRS_PER_CALL:
+            call = self.leases.acquire_call(names, ids, self._acked_hints(names))
+        return Asking(items, ids, names, behind, call)
+
+    def end(self, asking: Asking, reply: Any) -> tuple[list[Any], list[Any]]:
+        """:meth:`admit`'s result for entries begun with :meth:`begin`, from the reply to
+        their call (an exception if the pipeline failed: then they all park, and the
+        retry loop asks again)."""
+        call = asking.call
+        if call is None:
+            busy = self._acquire(asking.ids, asking.names)
+        elif isinstance(reply, Exception) and not isinstance(reply, redis.exceptions.ResponseError):
+            busy = self._failed(asking.ids, reply)
+        else:
+            try:
+                busy = set(self.leases.busy_of(self.session(), call, reply))
+            except Exception as exc:
+                busy = self._failed(asking.ids, exc)
+        return self._settle(asking, busy)
+
+    def _settle(self, asking: Asking, busy: set[int]) -> tuple[list[Any], list[Any]]:
+        """Hold the leases granted, park the entries whose key is busy (or that wait
+        behind parked ones): (granted items, items that found the lot full)."""
+        items, ids, names, behind = asking.items, asking.ids, asking.names, asking.behind
         if not busy and not behind:  # the common case: every key was free
             self._held.update(zip(ids, names, strict=True))
             return items, []
@@ -164,14 +212,17 @@ class KeyGate:
         try:
             return self.leases.acquire(self.session(), names, ids, self._acked_hints(names))
         except Exception as exc:
-            logger.warning(
-                "could not lease the concurrency keys of %d messages on %s (%s); they wait "
-                "and are tried again",
-                len(ids),
-                self.stream,
-                exc,
-            )
-            return set(range(len(ids)))
+            return self._failed(ids, exc)
+
+    def _failed(self, ids: list[str], exc: BaseException) -> set[int]:
+        logger.warning(
+            "could not lease the concurrency keys of %d messages on %s (%s); they wait "
+            "and are tried again",
+            len(ids),
+            self.stream,
+            exc,
+        )
+        return set(range(len(ids)))
 
     def _acked_hints(self, names: list[Name]) -> list[str] | None:
         """Per key, the id of the last message that held it here and whose XACK is

@@ -20,6 +20,7 @@ the set expiring with its newest lease.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
@@ -33,10 +34,12 @@ from ..errors import ConfigurationError
 __all__ = [
     "ACQUIRE",
     "ACQUIRE_ONE",
+    "PAIRS_PER_CALL",
     "RELEASE",
     "RELEASE_ONE",
     "RENEW",
     "RENEW_ONE",
+    "AcquireCall",
     "KeyFn",
     "KeyLeases",
     "bad_key",
@@ -202,6 +205,16 @@ Name = str | bytes
 Pair = tuple[Name, str]  # (the key's set, message id)
 
 
+@dataclass(frozen=True, slots=True)
+class AcquireCall:
+    """One acquire script call: framed as RESP, and its keys and arguments (to call it
+    again as a Script after an error reply)."""
+
+    framed: bytes
+    keys: list[Name]
+    args: list[Any]
+
+
 class KeyLeases:
     """The per-key leases of one stream and group: key names and the scripts' calls.
 
@@ -260,27 +273,38 @@ class KeyLeases:
         over without asking XPENDING (with ``max_per_key=1``; ignored otherwise).
         """
         busy: set[int] = set()
-        head: list[str | int] = [self.group, self.lease_ms]
-        script = self._acquire
-        single = script is ACQUIRE_ONE
-        if not single:
-            head.insert(1, self.max_per_key)
         for i in range(0, len(ids), PAIRS_PER_CALL):
-            keys = [self.stream, *names[i : i + PAIRS_PER_CALL]]
-            chunk = ids[i : i + PAIRS_PER_CALL]
-            if single:
-                hints = acked[i : i + PAIRS_PER_CALL] if acked else [""] * len(chunk)
-                args = [*head, *(x for pair in zip(chunk, hints, strict=True) for x in pair)]
-            else:
-                args = [*head, *chunk]
-            # Framed here: one call per read batch, hundreds of arguments.
-            reply = session.call_many([frame(("EVALSHA", script.sha, len(keys), *keys, *args))])[0]
-            if isinstance(reply, redis.exceptions.ResponseError):
-                # NOSCRIPT, or an error to raise as the script call classifies it (a lease
-                # already taken is taken again by the same id: calling again is safe).
-                reply = script(session, keys, args)
-            busy.update(i + int(position) - 1 for position in reply)
+            end = i + PAIRS_PER_CALL
+            call = self.acquire_call(names[i:end], ids[i:end], acked[i:end] if acked else None)
+            reply = session.call_many([call.framed])[0]
+            busy.update(i + position for position in self.busy_of(session, call, reply))
         return busy
+
+    def acquire_call(
+        self, names: Sequence[Name], ids: Sequence[str], acked: Sequence[str] | None = None
+    ) -> AcquireCall:
+        """One script call leasing at most PAIRS_PER_CALL entries (see :meth:`acquire`),
+        framed for a pipeline; :meth:`busy_of` reads its reply."""
+        head: list[str | int] = [self.group, self.lease_ms]
+        keys = [self.stream, *names]
+        if self._acquire is ACQUIRE_ONE:
+            hints = acked if acked else [""] * len(ids)
+            args = [*head, *(x for pair in zip(ids, hints, strict=True) for x in pair)]
+        else:
+            args = [head[0], self.max_per_key, head[1], *ids]
+        # Framed here: one call per read batch, hundreds of arguments.
+        framed = frame(("EVALSHA", self._acquire.sha, len(keys), *keys, *args))
+        return AcquireCall(framed, keys, args)
+
+    def busy_of(self, session: Session, call: AcquireCall, reply: Any) -> list[int]:
+        """The positions (from 0) of the call's entries whose key is busy, from its reply.
+
+        An error reply (NOSCRIPT, or one to raise as a script call classifies it) calls
+        the script again: a lease already taken is taken again by the same id.
+        """
+        if isinstance(reply, redis.exceptions.ResponseError):
+            reply = self._acquire(session, call.keys, call.args)
+        return [int(position) - 1 for position in reply]
 
     def renew(self, session: Session, pairs: Sequence[Pair]) -> None:
         """Extend the leases still held by these (key, id) pairs by one lease time."""
