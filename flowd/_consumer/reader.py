@@ -201,6 +201,11 @@ class Reader:
         ]
         if ahead.gate is not None:  # per-key concurrency: busy keys' tasks wait there
             items = ahead.gate(items)
+        if self.bands is not None and permits.buffered:
+            # Behind what waits already (a lower band's job the rule let in): in read order.
+            permits.admit(items, 0)
+            permits.start_spare()
+            return
         submit = ahead.submit
         for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
             submit(item)

@@ -149,12 +149,12 @@ local function take(i, n)
 end
 while rest > 0 do
   if streak >= every then
-    streak = 0
+    local n = 0
     for i = lowest, 2, -1 do
-      local n = live[i] and take(i, 1) or 0
-      if n < 0 then break end
-      if n > 0 then rest = rest - 1; break end
+      n = live[i] and take(i, 1) or 0
+      if n ~= 0 then break end
     end
+    if n >= 0 then streak = 0; rest = rest - n end  -- n < 0: again once it has the group
   end
   if rest <= 0 or #missing > 0 then break end
   local chunk, got, reached = math.min(rest, every - streak), 0, false
