@@ -11,6 +11,7 @@ band keys.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from tests.helpers import (
     QueueFactory,
     as_str,
     child_env,
+    run_flowd,
     terminate,
     wait_until,
 )
@@ -348,3 +350,59 @@ def test_an_id_two_bands_know_is_refused_rather_than_guessed(
     with pytest.raises(flowd.ConfigurationError, match="known to 2 streams"):
         flowd.Results(client, stream).get("5-1")
     assert flowd.Results(client, low).get("5-1") is not None
+
+
+def test_flowd_info_and_dlq_show_the_bands_as_part_of_the_queue(
+    client: redis.Redis, redis_url: str, stream: str, make_queue: QueueFactory
+) -> None:
+    # Given a queue with a dead letter in its high band and waiting jobs in its low band
+    producer = flowd.Producer(client, stream)
+    producer.enqueue(Numbered(1), priority=5)
+    done = threading.Event()
+
+    def dead(task: flowd.Task[Numbered]) -> None:
+        done.set()
+
+    def work(task: flowd.Task[Numbered]) -> None:
+        raise flowd.GiveUp("no")
+
+    make_queue.run(make_queue(work, claimer=flowd.Claimer(dlq_worker=dead)))
+    assert done.wait(WAIT)
+    make_queue.stop_all()
+    make_queue.handles.clear()
+    producer.enqueue_bulk((Numbered(n) for n in range(3)), priority=-5)
+    high, _, low = band_streams(stream)
+    # Then flowd info shows each band under the queue, and the sums
+    env = {"FLOWD_REDIS_URL": redis_url}
+    info = run_flowd(["info", stream], env=env)
+    assert info.returncode == 0, info.stderr
+    assert f"stream {high}:" in info.stdout and f"stream {low}: 3 entries" in info.stdout
+    assert f"queue {stream} with its 2 priority band(s): 4 entries" in info.stdout
+    assert "1 dead letters" in info.stdout
+    as_json = json.loads(run_flowd(["info", stream, "--json"], env=env).stdout)
+    assert [band["stream"] for band in as_json["bands"]] == [high, low]
+    # And flowd dlq lists the band's dead letter and requeues it by id
+    listed = run_flowd(["dlq", "list", stream], env=env)
+    assert listed.returncode == 0, listed.stderr
+    dlq_id = flowd.DeadLetters(client, high).list()[0].dlq_id
+    assert f"priority band {high} of the queue:\n{dlq_id}" in listed.stdout
+    assert "reason=GiveUp: no" in listed.stdout
+    requeued = run_flowd(["dlq", "requeue", stream, dlq_id], env=env)
+    assert requeued.returncode == 0, requeued.stderr
+    assert flowd.DeadLetters(client, high).list() == []
+    assert client.xlen(high) == 2
+
+
+def test_the_dashboard_shows_a_queues_bands_under_it(client: redis.Redis, stream: str) -> None:
+    from flowd.dashboard import Dashboard
+
+    producer = flowd.Producer(client, stream)
+    producer.enqueue(Numbered(1))
+    producer.enqueue(Numbered(2), priority=-1)
+    client.xgroup_create(stream, GROUP, "0")
+    client.xgroup_create(band_stream(stream, -1), GROUP, "0")
+    _, _, low = band_streams(stream)
+    assert Dashboard(client, [stream]).known_streams() == [stream, low]
+    assert Dashboard(client).known_streams().count(low) == 1
+    shown = Dashboard(client).known_streams()
+    assert shown.index(low) == shown.index(stream) + 1
