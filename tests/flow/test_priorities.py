@@ -406,3 +406,46 @@ def test_the_dashboard_shows_a_queues_bands_under_it(client: redis.Redis, stream
     assert Dashboard(client).known_streams().count(low) == 1
     shown = Dashboard(client).known_streams()
     assert shown.index(low) == shown.index(stream) + 1
+
+
+# ---------------------------------------------------------------------------
+# With the other flow controls
+
+
+def test_a_paused_queue_reads_no_band_and_runs_high_first_once_resumed(
+    client: redis.Redis, stream: str, make_queue: QueueFactory
+) -> None:
+    producer = flowd.Producer(client, stream)
+    flowd.pause(client, stream)
+    producer.enqueue_bulk((Numbered(n) for n in range(5)), priority=-1)
+    producer.enqueue_bulk((Numbered(HIGH + n) for n in range(5)), priority=1)
+    order: list[int] = []
+    done = threading.Event()
+    make_queue.run(make_queue(recording(order, 10, done), concurrency=1))
+    time.sleep(1.0)
+    assert order == []  # paused: nothing read from any band
+    for band in band_streams(stream)[::2]:  # (no group yet, or one with nothing pending)
+        assert all(int(g["pending"]) == 0 for g in client.xinfo_groups(band))
+    flowd.resume(client, stream)
+    assert done.wait(WAIT)
+    assert order == [*range(HIGH, HIGH + 5), *range(5)]
+
+
+def test_the_rate_limit_covers_every_band(
+    client: redis.Redis, stream: str, make_queue: QueueFactory
+) -> None:
+    producer = flowd.Producer(client, stream)
+    producer.enqueue_bulk((Numbered(n) for n in range(50)), priority=-1)
+    producer.enqueue_bulk((Numbered(HIGH + n) for n in range(50)), priority=1)
+    order: list[int] = []
+    done = threading.Event()
+    limit = flowd.RateLimit(10, per=1.0, burst=2)
+    make_queue.run(make_queue(recording(order, 100, done), concurrency=4, rate_limit=limit))
+    first = wait_until(lambda: bool(order), WAIT) and time.monotonic()
+    time.sleep(2.0)
+    started = len(order)
+    # At most limit x seconds + burst (and a little for the wait's own edges)
+    assert 10 <= started <= 2 * 10 + 2 + 10, (started, time.monotonic() - first)
+    # And what started is mostly high: one low in every STARVATION_EVERY + 1
+    lows = [n for n in order[:started] if n < HIGH]
+    assert len(lows) <= started // (STARVATION_EVERY + 1) + 1, order[:started]
