@@ -19,6 +19,7 @@ from ._redis.session import check_client
 from ._redis.timeutil import Seconds, to_seconds
 from .errors import ConfigurationError, EncodeError
 from .flow.expiry import expiry_fields
+from .flow.priorities import band_stream, band_streams, check_priority
 from .job import Job
 
 if TYPE_CHECKING:
@@ -122,13 +123,15 @@ class Producer:
     def __repr__(self) -> str:
         return f"Producer(stream={self.stream!r}, partitions={len(self.streams)})"
 
-    def _stream_for(self, job: Job) -> str:
+    def _stream_for(self, job: Job, priority: int = 0) -> str:
         streams = self.streams
         if len(streams) == 1:
-            return streams[0]
-        if self.key is not None:
-            return streams[zlib.crc32(_key_bytes(self.key(job))) % len(streams)]
-        return streams[next(self._round_robin) % len(streams)]
+            stream = streams[0]
+        elif self.key is not None:
+            stream = streams[zlib.crc32(_key_bytes(self.key(job))) % len(streams)]
+        else:
+            stream = streams[next(self._round_robin) % len(streams)]
+        return band_stream(stream, priority) if priority else stream
 
     def _append_fields(self, job: Job, args: list[Any], extra: Extra = ()) -> None:
         if not isinstance(job, Job):
@@ -148,20 +151,27 @@ class Producer:
             args += self._tracing.fields()
         args += extra
 
-    def _command(self, job: Job, extra: Extra = ()) -> list[Any]:
-        args: list[Any] = ["XADD", self._stream_for(job), *self._trim, "*"]
+    def _command(self, job: Job, extra: Extra = (), priority: int = 0) -> list[Any]:
+        args: list[Any] = ["XADD", self._stream_for(job, priority), *self._trim, "*"]
         self._append_fields(job, args, extra)
         return args
 
     def _script_call(
-        self, job: Job, when: tuple[str, int] | None, unique: str | None, extra: Extra
+        self,
+        job: Job,
+        when: tuple[str, int] | None,
+        unique: str | None,
+        extra: Extra,
+        priority: int,
     ) -> tuple[str, list[str], list[Any]]:
-        """(stream, keys, args) of the enqueue script for one delayed or unique job."""
+        """(stream, keys, args) of the enqueue script for one delayed or unique job (a
+        delayed job waits in its band's sorted set, so it lands in its band when due)."""
         if unique is not None and self.key is None and len(self.streams) > 1:
             # The key's holder lives in one partition: the same key must pick the same one.
             stream = self.streams[zlib.crc32(unique.encode("utf-8")) % len(self.streams)]
+            stream = band_stream(stream, priority)
         else:
-            stream = self._stream_for(job)
+            stream = self._stream_for(job, priority)
         job_id = sched.new_scheduled_id()
         mode, ms = when if when is not None else ("now", 0)
         args: list[Any] = [mode, ms, job_id, self.maxlen or ""]
@@ -185,6 +195,7 @@ class Producer:
         at: datetime | None = None,
         unique_key: str | None = None,
         expires: Seconds | datetime | None = None,
+        priority: int = 0,
     ) -> str:
         """Add one job; returns its id.
 
@@ -204,15 +215,22 @@ class Producer:
         started: the job is dead-lettered with the reason ``"expired"`` (or
         acked, with ``Queue(dead_letter_expired=False)``). Retries keep it.
 
-        :raises ConfigurationError: bad ``delay``, ``at``, ``unique_key`` or ``expires``,
+        With ``priority`` (an int from -100 to 100, default 0), waiting jobs of a
+        higher band start first: above 0, 0, below 0 (see
+        :mod:`flowd.flow.priorities`; a ``unique_key`` is unique within its band).
+
+        :raises ConfigurationError: bad ``delay``, ``at``, ``unique_key``, ``expires`` or
+            ``priority``,
             both ``delay`` and ``at``, or ``expires`` not after them (nothing is sent).
         :raises EncodeError: a field's value does not fit its annotation (nothing is sent).
         :raises ReplicationError: with ``replicas``, too few replicas confirmed in time
             (the job was added on the master).
         """
         if self._tracing is not None:
-            return self._tracing.enqueue(self._enqueue, job, delay, at, unique_key, expires)
-        return self._enqueue(job, delay, at, unique_key, expires)
+            return self._tracing.enqueue(
+                self._enqueue, job, delay, at, unique_key, expires, priority
+            )
+        return self._enqueue(job, delay, at, unique_key, expires, priority)
 
     def _enqueue(
         self,
@@ -221,16 +239,19 @@ class Producer:
         at: datetime | None,
         unique_key: str | None,
         expires: Seconds | datetime | None,
+        priority: int,
     ) -> str:
         when = sched.enqueue_time(delay, at)
         unique = sched.check_unique_key(unique_key)
         extra = expiry_fields(expires, when)
+        if priority or type(priority) is not int:  # 0, the default, costs one test
+            check_priority(priority)
         if when is None and unique is None:
-            command = self._command(job, extra)
+            command = self._command(job, extra, priority)
             if not self.replicas:
                 return as_str(self.client.execute_command(*command))
             return str(self._durable.send([command])[0])
-        stream, keys, args = self._script_call(job, when, unique, extra)
+        stream, keys, args = self._script_call(job, when, unique, extra, priority)
         if not self.replicas:
             return as_str(sched.ENQUEUE(self.client, keys, args)[1])
         command = ["EVAL", sched.ENQUEUE.source, len(keys), *keys, *args]
@@ -247,7 +268,11 @@ class Producer:
         """
         if not isinstance(job_id, str) or not job_id:
             raise ConfigurationError(f"job_id must be a non-empty str, not {job_id!r}")
-        return any(sched.cancel(self.client, stream, job_id) for stream in self.streams)
+        return any(
+            sched.cancel(self.client, band, job_id)
+            for stream in self.streams
+            for band in (stream, *band_streams(stream)[::2])
+        )
 
     def enqueue_bulk(
         self,
@@ -256,13 +281,15 @@ class Producer:
         delay: Seconds | None = None,
         at: datetime | None = None,
         expires: Seconds | datetime | None = None,
+        priority: int = 0,
     ) -> list[str]:
         """Add many jobs in pipelined round trips (``transaction=False``); ids in input order.
 
         Jobs are encoded and sent ``chunk_size`` at a time, so a generator of
         any length is fine. An empty input makes no call. ``delay`` or ``at``
         schedule every job as :meth:`enqueue` does; ``expires`` gives every job the
-        same deadline (a relative one counts from this call).
+        same deadline (a relative one counts from this call); ``priority`` puts every
+        job in that priority's band, as :meth:`enqueue` does.
 
         When a chunk is not written in full (Redis refuses some jobs, OOM say, or
         the connection breaks), no further chunk is sent: the rest of the input
@@ -270,15 +297,18 @@ class Producer:
         which jobs were written (``enqueued``, their ids), which certainly were
         not (``failed``: send these again) and which may have been (``unknown``).
 
-        :raises ConfigurationError: bad ``delay``, ``at`` or ``expires`` (nothing is sent).
+        :raises ConfigurationError: bad ``delay``, ``at``, ``expires`` or ``priority``
+            (nothing is sent).
         :raises EncodeError: a job does not fit its class; the jobs of earlier chunks
             were already added, and their ids are on the error's ``enqueued`` attribute.
         :raises EnqueueError: some jobs were not written, or may not have been.
         :raises ReplicationError: with ``replicas``, too few replicas confirmed a chunk.
         """
         if self._tracing is not None:
-            return self._tracing.enqueue_bulk(self._enqueue_bulk, jobs, delay, at, expires)
-        return self._enqueue_bulk(jobs, delay, at, expires)
+            return self._tracing.enqueue_bulk(
+                self._enqueue_bulk, jobs, delay, at, expires, priority
+            )
+        return self._enqueue_bulk(jobs, delay, at, expires, priority)
 
     def _enqueue_bulk(
         self,
@@ -286,17 +316,20 @@ class Producer:
         delay: Seconds | None,
         at: datetime | None,
         expires: Seconds | datetime | None,
+        priority: int,
     ) -> list[str]:
         when = sched.enqueue_time(delay, at)
         extra = expiry_fields(expires, when)
+        if priority or type(priority) is not int:  # 0, the default, costs one test
+            check_priority(priority)
         pending = iter(jobs)
         bulk = BulkAccount()
         for chunk in chunks(pending, self.chunk_size):
             try:
                 if when is None:
-                    outcomes = self._send_bulk_chunk(chunk, extra)
+                    outcomes = self._send_bulk_chunk(chunk, extra, priority)
                 else:
-                    outcomes = self._send_scheduled_chunk(chunk, when, extra)
+                    outcomes = self._send_scheduled_chunk(chunk, when, extra, priority)
             except EncodeError as exc:
                 exc.enqueued = bulk.ids  # type: ignore[attr-defined]
                 if bulk.ids:
@@ -311,12 +344,12 @@ class Producer:
                 raise error from error.cause
         return bulk.ids
 
-    def _send_bulk_chunk(self, chunk: list[Job], extra: Extra) -> list[Any]:
+    def _send_bulk_chunk(self, chunk: list[Job], extra: Extra, priority: int) -> list[Any]:
         """Each job's outcome: its id, the error Redis refused it with, or Unknown.
 
         Encodes the whole chunk before sending any of it (EncodeError sends nothing).
         """
-        commands = [self._command(job, extra) for job in chunk]
+        commands = [self._command(job, extra, priority) for job in chunk]
         if self.replicas:
             replies, waits = self._durable.replies(commands)
             outcomes = [as_str(r) if written(r) else r for r in replies]
@@ -329,11 +362,11 @@ class Producer:
         return [as_str(r) if written(r) else r for r in replies]
 
     def _send_scheduled_chunk(
-        self, chunk: list[Job], when: tuple[str, int], extra: Extra
+        self, chunk: list[Job], when: tuple[str, int], extra: Extra, priority: int
     ) -> list[Any]:
         """Scheduled bulk: one ENQUEUE_MANY call per stream and batch, pipelined; each
         job's outcome as in :meth:`_send_bulk_chunk`."""
-        calls = self._bulk_calls(chunk, when, extra)
+        calls = self._bulk_calls(chunk, when, extra, priority)
         waits: list[tuple[list[int], Any]] = []
         if self.replicas:
             script = sched.ENQUEUE_MANY
@@ -361,13 +394,13 @@ class Producer:
         return outcomes
 
     def _bulk_calls(
-        self, chunk: list[Job], when: tuple[str, int], extra: Extra
+        self, chunk: list[Job], when: tuple[str, int], extra: Extra, priority: int
     ) -> list[tuple[str, list[str], list[Any], list[int]]]:
         """(stream, keys, args, indexes in chunk) of each ENQUEUE_MANY call for a chunk."""
         open_calls: dict[str, tuple[str, list[str], list[Any], list[int]]] = {}
         calls: list[tuple[str, list[str], list[Any], list[int]]] = []
         for index, job in enumerate(chunk):
-            stream = self._stream_for(job)
+            stream = self._stream_for(job, priority)
             fields: list[Any] = []
             self._append_fields(job, fields, extra)
             if len(fields) > sched.MAX_FIELD_VALUES:

@@ -28,6 +28,7 @@ from ._redis.lookup import Found, GroupView, lookup
 from ._redis.session import check_client
 from ._redis.timeutil import Seconds, to_seconds
 from .errors import ConfigurationError, ResultTimeout
+from .flow.priorities import band_streams
 
 __all__ = ["JobResult", "JobStatus", "Results"]
 
@@ -204,7 +205,10 @@ class Results:
         partition makes its own stream ids, so two can hand out the same one (bulk
         enqueues do, often): an id that several partitions know is refused with
         ConfigurationError rather than guessed; ask ``Results(client, task.stream)``
-        of the partition itself. Delayed jobs' ``s-...`` ids are unique.
+        of the partition itself. Delayed jobs' ``s-...`` ids are unique. A job of a
+        priority band (``enqueue(..., priority=...)``) is found there when the
+        queue's streams do not know its id; the band's own ``Results(client,
+        task.stream)`` tells the two apart should both know it.
     """
 
     def __init__(
@@ -218,6 +222,8 @@ class Results:
         self.stream = stream
         self.group = group
         self.streams = partition_streams(stream, partitions)
+        #: The priority bands' streams, looked at for an id the streams do not know.
+        self.bands = [band for s in self.streams for band in band_streams(s)[::2]]
 
     def __repr__(self) -> str:
         return f"Results(stream={self.stream!r}, group={self.group!r})"
@@ -225,7 +231,8 @@ class Results:
     def _find(self, job_id: object) -> Found | None:
         if not isinstance(job_id, str) or not job_id:
             raise ConfigurationError(f"job_id must be a non-empty str, not {job_id!r}")
-        return lookup(self.client, self.streams, job_id, self.group)
+        found = lookup(self.client, self.streams, job_id, self.group)
+        return found or lookup(self.client, self.bands, job_id, self.group)
 
     def get(self, job_id: str, type: Any = None) -> JobResult | None:
         """Where the job is and, once it finished, how; None for an id Redis knows

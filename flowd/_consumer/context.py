@@ -9,16 +9,23 @@ which it hands work on. It never sees the Queue, the engine or the pool.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .._redis.replies import Fields
+from .._redis.replies import Entry, Fields
 from .._redis.session import Session
 from ..flow.ratelimit import RateGate
 from .permits import Permits
 
-__all__ = ["Dispatch", "StopSignal", "StreamContext"]
+__all__ = ["PERMIT_POLL", "Dispatch", "StopSignal", "StreamContext", "start_entries"]
+
+logger = logging.getLogger(__name__)
+
+#: How long one permit wait lasts before the reader looks at the stop signal again.
+PERMIT_POLL = 0.25
 
 
 class StopSignal(threading.Event):
@@ -94,3 +101,45 @@ class StreamContext:
     def deadline(self) -> float | None:
         """The stop's deadline, once stopping (None otherwise or without limit)."""
         return self.stop.deadline if isinstance(self.stop, StopSignal) else None
+
+
+def start_entries(
+    ctx: StreamContext, entries: list[Entry], deliveries: dict[str, int] | None
+) -> int:
+    """Dispatch entries that were read, taking one permit each; returns how many started.
+
+    Entries read are already delivered to this consumer, so they start even
+    while stopping, as long as a permit frees up before the stop deadline;
+    any left over stay pending, for the claimer or a later drain.
+    """
+    held = ctx.permits.try_acquire(len(entries))  # usually all of them, in one step
+    dispatch = ctx.dispatch
+    for index, (msg_id, fields) in enumerate(entries):
+        if fields is None:  # deleted while pending (re-read history): acked, needs no permit
+            dispatch(msg_id, None, 0)
+            continue
+        if held:
+            held -= 1
+        elif not _take_permit(ctx):
+            logger.warning(
+                "stopping: %d read messages on %s/%s were not started and stay pending",
+                len(entries) - index,
+                ctx.stream,
+                ctx.group,
+            )
+            return index
+        dispatch(msg_id, fields, 1 if deliveries is None else deliveries.get(msg_id, 1))
+    if held:  # taken for deleted entries
+        ctx.permits.release(held)
+    return len(entries)
+
+
+def _take_permit(ctx: StreamContext) -> bool:
+    """Wait for one permit, until the stop deadline if there is one."""
+    permits = ctx.permits
+    while True:
+        deadline = ctx.deadline
+        if deadline is not None:
+            return permits.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        if permits.acquire(timeout=PERMIT_POLL):
+            return True

@@ -73,7 +73,7 @@ from .pool import QueueStats, WorkerPool
 from .readahead import hand_back_logged
 from .reader import Reader
 from .scheduler import move_due_before_drain
-from .streams import BACKGROUND, RunSettings, StreamParts, add_loops, stream_parts
+from .streams import BACKGROUND, RunSettings, StreamParts, add_loops, ready_to_drain, run_parts
 
 __all__ = ["Engine", "RunSettings", "default_consumer_name"]
 
@@ -125,10 +125,8 @@ class Engine:
             settings.name,
             settings.time_limit,
         )
-        self.streams: list[StreamParts] = [
-            stream_parts(settings, self.pool, self.stop_signal, stream)
-            for stream in settings.streams
-        ]
+        #: Each queue stream's parts and its priority bands' (streams.run_parts).
+        self.streams: list[StreamParts] = run_parts(settings, self.pool, self.stop_signal)
         #: The pause state of the queue (its base stream), shared by every stream's loops.
         self.pause = PauseWatch(settings.client, settings.name, settings.group, settings.consumer)
         self.state = State.RUNNING
@@ -373,6 +371,8 @@ class Engine:
                 move_due_before_drain(
                     session, ctx.stream, s.schedules, s.streams, alias_ttl_ms(s.result_ttl_ms)
                 )
+                if not ready_to_drain(session, part, s.group):
+                    continue
                 reader = Reader(ctx, self.settings.block)
                 while (free := self._drain_permits(deadline, stop)) and reader.read_backlog(free):
                     pass

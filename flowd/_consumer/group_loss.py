@@ -21,6 +21,7 @@ from typing import Any
 import redis.exceptions
 
 from .._redis.replies import _text, as_map, id_key
+from .context import StreamContext
 
 #: Loops of one run that meet the same lost group within this many seconds report it once.
 REPORT_WINDOW = 10.0
@@ -93,3 +94,17 @@ class LossWatch:
             first = self._take_report(now)
         if first:
             self._report()
+
+
+def wait_for_new(ctx: StreamContext, block_ms: int) -> None:
+    """Block until ``ctx``'s stream has an entry its group has not delivered (or for
+    ``block_ms``), reading nothing for the group: XREAD after the group's
+    last-delivered id, which every undelivered entry is above."""
+    try:
+        delivered = last_delivered(ctx.redis.call("XINFO", "GROUPS", ctx.stream), ctx.group)
+    except redis.exceptions.ResponseError:
+        return  # no stream: the next read meets NOGROUP and recreates the group
+    if delivered is None:
+        return  # no group: likewise
+    after = f"{delivered[0]}-{delivered[1]}"
+    ctx.redis.call("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", ctx.stream, after)

@@ -9,24 +9,39 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
 
 from .._redis.replies import Entry, parse_xpending_range, parse_xreadgroup
-from .._redis.session import READ_MARGIN
+from .._redis.session import READ_MARGIN, ensure_group
 from .._redis.timeutil import to_ms
 from ..flow.keygate import Asking
 from ..flow.leasecalls import send_lease_calls
 from ..flow.pause import CHECK_EVERY, MAX_BLOCK, PauseWatch
-from .context import StreamContext
-from .group_loss import LossWatch, last_delivered
+from ..flow.priorities import BASE, BandReads, BandWatch
+from .context import PERMIT_POLL, StreamContext, start_entries
+from .group_loss import LossWatch, wait_for_new
 from .readahead import NUDGE, STALE, Link, claim_back, hand_back, item_id
 
 logger = logging.getLogger(__name__)
 
-#: How long one permit wait lasts before the reader looks at the stop signal again.
-_PERMIT_POLL = 0.25
+#: What one read returned: (band index, entries) batches in the order read (BASE alone
+#: without priority bands), and the rate tokens taken for them.
+Batches = list[tuple[int, list[Entry]]]
+
+
+@dataclass(slots=True)
+class Bands:
+    """A reader's priority bands (flowd.flow.priorities): each band's context (its
+    dispatcher) and read-ahead link, from the highest; BASE is the reader's own."""
+
+    watch: BandWatch
+    reads: BandReads
+    ctxs: list[StreamContext]
+    links: list[Link | None]
 
 
 def block_seconds(requested: float, socket_timeout: float) -> float:
@@ -61,48 +76,6 @@ def xreadgroup_args(
     return [*args, "STREAMS", ctx.stream, after]
 
 
-def start_entries(
-    ctx: StreamContext, entries: list[Entry], deliveries: dict[str, int] | None
-) -> int:
-    """Dispatch entries that were read, taking one permit each; returns how many started.
-
-    Entries read are already delivered to this consumer, so they start even
-    while stopping, as long as a permit frees up before the stop deadline;
-    any left over stay pending, for the claimer or a later drain.
-    """
-    held = ctx.permits.try_acquire(len(entries))  # usually all of them, in one step
-    dispatch = ctx.dispatch
-    for index, (msg_id, fields) in enumerate(entries):
-        if fields is None:  # deleted while pending (re-read history): acked, needs no permit
-            dispatch(msg_id, None, 0)
-            continue
-        if held:
-            held -= 1
-        elif not _take_permit(ctx):
-            logger.warning(
-                "stopping: %d read messages on %s/%s were not started and stay pending",
-                len(entries) - index,
-                ctx.stream,
-                ctx.group,
-            )
-            return index
-        dispatch(msg_id, fields, 1 if deliveries is None else deliveries.get(msg_id, 1))
-    if held:  # taken for deleted entries
-        ctx.permits.release(held)
-    return len(entries)
-
-
-def _take_permit(ctx: StreamContext) -> bool:
-    """Wait for one permit, until the stop deadline if there is one."""
-    permits = ctx.permits
-    while True:
-        deadline = ctx.deadline
-        if deadline is not None:
-            return permits.acquire(timeout=max(0.0, deadline - time.monotonic()))
-        if permits.acquire(timeout=_PERMIT_POLL):
-            return True
-
-
 class Reader:
     """The reader loop of one stream; the LoopThread calls ``step`` until stopped.
 
@@ -123,8 +96,11 @@ class Reader:
         ahead: Link | None = None,
         loss: LossWatch | None = None,
         pause: PauseWatch | None = None,
+        bands: Bands | None = None,
     ) -> None:
         self.ctx = ctx
+        self.bands = bands
+        self._after: list[str] | None = None  # where an idle band read blocks after
         self.loss = loss
         self.pause = pause
         if pause is not None and (ahead is None or not ahead.hand_back_stalled):
@@ -179,16 +155,23 @@ class Reader:
         read = self._read(count, asks)
         if read is None:
             return True
-        entries, granted = read
-        self._watch(entries)
-        if entries and ahead.hand_back_stalled and self._paused_meanwhile(entries):
+        batches, granted = read
+        read_count = self._watch(batches)
+        if read_count and ahead.hand_back_stalled and self._paused_meanwhile(batches):
             if ctx.rate is not None:  # none of them started
                 ctx.rate.give_back(granted)
             return True
-        if entries:
-            self._start_read(ahead, entries)
-        self._settle(granted, len(entries))
+        for band, entries in batches:
+            if entries:
+                self._start_read(self._link(band) or ahead, entries)
+        self._settle(granted, read_count)
         return True
+
+    def _ctx(self, band: int) -> StreamContext:
+        return self.ctx if band == BASE or self.bands is None else self.bands.ctxs[band]
+
+    def _link(self, band: int) -> Link | None:
+        return self.ahead if band == BASE or self.bands is None else self.bands.links[band]
 
     def _start_read(self, ahead: Link, entries: list[Entry]) -> None:
         """Prepare what was read, start what the permits allow, buffer the rest."""
@@ -208,6 +191,11 @@ class Reader:
     def _admit(self, ahead: Link, items: list[Any]) -> None:
         """Start what the permits allow of prepared items, buffer the rest."""
         permits = self.ctx.permits
+        if self.bands is not None and permits.buffered:
+            # Behind what waits already (a lower band's job the rule let in): in read order.
+            permits.admit(items, 0)
+            permits.start_spare()
+            return
         submit = ahead.submit
         for item in items[: permits.admit(items, ahead.policy.starters(len(items)))]:
             submit(item)
@@ -223,10 +211,11 @@ class Reader:
         read = self._read(free)
         if read is None:
             return True
-        entries, granted = read
-        self._watch(entries)
-        start_entries(ctx, entries, None)
-        self._settle(granted, len(entries))
+        batches, granted = read
+        read_count = self._watch(batches)
+        for band, entries in batches:
+            start_entries(self._ctx(band), entries, None)
+        self._settle(granted, read_count)
         return True
 
     def _paused(self, ahead: Link | None) -> bool:
@@ -246,14 +235,17 @@ class Reader:
         ctx.stop.wait(CHECK_EVERY)
         return bool(handed)
 
-    def _paused_meanwhile(self, entries: list[Entry]) -> bool:
+    def _paused_meanwhile(self, batches: Batches) -> bool:
         """If the group was paused while the read blocked, hand its entries back
         unstarted, as first deliveries (a claimer runs them once it is resumed)."""
         if self.pause is None or not self.pause.paused():
             return False
         ctx = self.ctx
-        ids = [msg_id for msg_id, fields in entries if fields is not None]
-        handed = claim_back(ctx.redis, ctx.stream, ctx.group, ctx.consumer, {0: ids})
+        handed = 0
+        for band, entries in batches:
+            ids = [msg_id for msg_id, fields in entries if fields is not None]
+            stream = self._ctx(band).stream
+            handed += claim_back(ctx.redis, stream, ctx.group, ctx.consumer, {0: ids})
         logger.info(
             "handed back %d messages read on %s/%s as it was paused", handed, ctx.stream, ctx.group
         )
@@ -261,22 +253,25 @@ class Reader:
 
     def _read(
         self, count: int, asks: list[tuple[Link, Asking]] | None = None
-    ) -> tuple[list[Entry], int] | None:
-        """Read up to ``count`` new entries: (entries, rate tokens taken for them).
+    ) -> tuple[Batches, int] | None:
+        """Read up to ``count`` new entries: (batches, rate tokens taken for them).
 
         Without a rate limit: one blocking XREADGROUP. With one: first the
         tokens, then a read of at most that many that does not block (tokens
         are never held through a wait); None if no token was free (the gate
-        waited already). Lease calls in ``asks`` go first in the read's round
-        trip (which then does not block); their tasks start or wait first.
+        waited already). Once a priority band exists, one script reads the
+        bands, highest first, and an idle read blocks on all of them. Lease calls
+        in ``asks`` go first in the read's round trip (which then does not block);
+        their tasks start or wait first.
         """
         ctx = self.ctx
         gate = ctx.rate
+        bands = self.bands
+        self._after = None
+        if bands is not None and not bands.watch.existing():
+            bands = None
         granted = 0
-        if gate is None:
-            if not asks:
-                return xreadgroup(ctx, count, block_ms=self.block_ms), 0
-        else:
+        if gate is not None:
             granted, wait = gate.take(count)
             if not granted:
                 if asks:
@@ -284,13 +279,20 @@ class Reader:
                 ctx.stop.wait(min(wait, self._poll))
                 return None
             count = granted
-            if not asks:
-                return xreadgroup(ctx, count), granted
-        assert asks
-        replies = self._send_asks(asks, xreadgroup_args(ctx, count))
-        if isinstance(replies, redis.exceptions.ResponseError):
-            raise replies
-        return parse_xreadgroup(replies), granted
+        if bands is not None:
+            if asks:  # the band script goes alone
+                self._send_asks(asks)
+            batches = self._read_bands(bands, count)
+            if not batches and gate is None:
+                self._wait_new()
+            return batches, granted
+        if asks:
+            reply = self._send_asks(asks, xreadgroup_args(ctx, count))
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
+            return [(BASE, parse_xreadgroup(reply))], granted
+        block = self.block_ms if gate is None else None
+        return [(BASE, xreadgroup(ctx, count, block_ms=block))], granted
 
     def _send_asks(self, asks: list[tuple[Link, Asking]], then: list[object] | None = None) -> Any:
         """Send the lease calls of ``asks`` (and ``then``, whose reply is returned) in one
@@ -300,6 +302,25 @@ class Reader:
             self._admit(ahead, items)
         return reply
 
+    def _read_bands(self, bands: Bands, count: int) -> Batches:
+        """One script read of the bands; a band found without the group gets it."""
+        ctx = self.ctx
+        read = bands.reads.read(ctx.redis, count)
+        for band in read.missing:
+            if band == BASE:  # the loop recreates it (and says the group was lost)
+                raise redis.exceptions.ResponseError(f"NOGROUP no group {ctx.group}")
+            ensure_group(ctx.redis, bands.reads.keys[band], ctx.group)
+        self._after = [] if read.missing else read.after  # []: read again at once
+        return read.batches
+
+    def _wait_new(self) -> None:
+        """Block until something new can be read (or for the block time)."""
+        bands, after = self.bands, self._after
+        if bands is None or after is None:
+            wait_for_new(self.ctx, self.block_ms)
+        else:
+            bands.reads.wait(self.ctx.redis, after, self.block_ms)
+
     def _settle(self, granted: int, read: int) -> None:
         """After a rate-limited read (its entries handed on): give back the tokens it did
         not use; when it found nothing, wait for new entries without taking any."""
@@ -308,17 +329,21 @@ class Reader:
             return
         gate.give_back(granted - read)
         if not read:
-            wait_for_new(self.ctx, self.block_ms)
+            self._wait_new()
 
-    def _watch(self, entries: list[Entry]) -> None:
-        """Note how far this run has read; when idle, look for a group made anew."""
+    def _watch(self, batches: Batches) -> int:
+        """Note how far this run has read; when idle, look for a group made anew.
+        Returns how many entries were read."""
+        count = sum(len(entries) for _, entries in batches)
         loss = self.loss
         if loss is None:
-            return
-        if entries:
-            loss.read(entries[-1][0])
-        else:
+            return count
+        base = [entries for band, entries in batches if band == BASE and entries]
+        if base:
+            loss.read(base[-1][-1][0])
+        elif not count:
             loss.check_idle(self.ctx.redis, self.ctx.stream, self.ctx.group)
+        return count
 
     def _stalled(self, ahead: Link) -> bool:
         """If nothing started from the buffer for NUDGE seconds, start it on the free
@@ -347,17 +372,23 @@ class Reader:
         """Hand back this stream's messages waiting in the read-ahead buffer (their
         per-key leases freed first); how many were handed back."""
         ctx = self.ctx
-        stream = ctx.stream
-        items = ctx.permits.take_buffer(lambda item: item_id(item)[0] == stream)
-        if ahead.handed_back is not None:  # they will not start here: free their keys
-            ahead.handed_back(items)
-        return hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
+        handed = 0
+        lanes = range(len(self.bands.ctxs)) if self.bands else [BASE]
+        for band in lanes:
+            stream = self._ctx(band).stream
+            items = ctx.permits.take_buffer(_of_stream(stream))
+            link = self._link(band) or ahead
+            if link.handed_back is not None:  # they will not start here: free their keys
+                link.handed_back(items)
+            if items:
+                handed += hand_back(ctx.redis, stream, ctx.group, ctx.consumer, items)
+        return handed
 
     def read_backlog(self, count: int) -> int:
         """Start up to ``count`` entries of the backlog without blocking; 0 once it is empty.
 
         With a rate limit it takes tokens first; while none is free it waits a
-        moment (``_PERMIT_POLL`` at most) and returns -1: not empty, call again.
+        moment (``PERMIT_POLL`` at most) and returns -1: not empty, call again.
         """
         ctx = self.ctx
         gate = ctx.rate
@@ -365,7 +396,7 @@ class Reader:
         if gate is not None:
             granted, wait = gate.take(count)
             if not granted:
-                ctx.stop.wait(min(wait, _PERMIT_POLL))
+                ctx.stop.wait(min(wait, PERMIT_POLL))
                 return -1
         started = self._read_backlog(granted)
         if gate is not None:
@@ -389,18 +420,9 @@ def _gate_end(ahead: Link, asking: Asking, reply: Any) -> list[Any]:
     return end(asking, reply)
 
 
-def wait_for_new(ctx: StreamContext, block_ms: int) -> None:
-    """Block until ``ctx``'s stream has an entry its group has not delivered (or for
-    ``block_ms``), reading nothing for the group: XREAD after the group's
-    last-delivered id, which every undelivered entry is above."""
-    try:
-        delivered = last_delivered(ctx.redis.call("XINFO", "GROUPS", ctx.stream), ctx.group)
-    except redis.exceptions.ResponseError:
-        return  # no stream: the next read meets NOGROUP and recreates the group
-    if delivered is None:
-        return  # no group: likewise
-    after = f"{delivered[0]}-{delivered[1]}"
-    ctx.redis.call("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", ctx.stream, after)
+def _of_stream(stream: str) -> Callable[[object], bool]:
+    """Whether a buffered item is a message of ``stream``."""
+    return lambda item: item_id(item)[0] == stream
 
 
 def read_own_pending(

@@ -22,6 +22,7 @@ from ..claimer import Claimer
 from ..flow.keygate import KeyGate, KeyRetryLoop
 from ..flow.keylimit import KeyFn, KeyLeases
 from ..flow.pause import PauseWatch
+from ..flow.priorities import BASE, BandReads, BandWatch, band_streams
 from ..flow.ratelimit import RateGate, RateLimit
 from ..hooks import Hooks
 from ..housekeeping import Housekeeping
@@ -36,7 +37,7 @@ from .group_loss import LossWatch
 from .housekeeper import HousekeepingLoop
 from .pool import WorkerPool
 from .readahead import Link
-from .reader import Reader
+from .reader import Bands, Reader
 from .retry import RetryControl
 from .runs import RunRecords
 from .scheduler import SchedulerLoop, UniqueRelease, schedules_of
@@ -131,12 +132,37 @@ class StreamParts:
     reader_session: Session | None = None
     #: Reports the group's loss once, whichever loop notices it.
     loss: LossWatch = field(init=False)
+    #: A queue stream's parts: its priority bands' parts, from the highest (its own at
+    #: BASE); a band's parts: None (the queue stream's reader reads the band).
+    bands: list[StreamParts] | None = None
 
     def __post_init__(self) -> None:
         self.loss = LossWatch(self.dispatcher.group_lost)
 
     def threads(self) -> list[threading.Thread]:
         return [self.acker.thread, *self.loops.values()]
+
+
+def run_parts(settings: RunSettings, pool: WorkerPool, stop: StopSignal) -> list[StreamParts]:
+    """The parts of every stream of a run: per queue stream, its high band, itself, its
+    low band (flowd.flow.priorities), in that order (a drain takes them in turn)."""
+    parts: list[StreamParts] = []
+    for stream in settings.streams:
+        bands = [stream_parts(settings, pool, stop, band) for band in band_streams(stream)]
+        bands[BASE].bands = bands
+        parts += bands
+    return parts
+
+
+def ready_to_drain(session: Session, part: StreamParts, group: str) -> bool:
+    """Whether a drain reads ``part``: a band stream only if it exists (it then gets the
+    group); nothing is created for a queue that never used priorities."""
+    if part.bands is not None:
+        return True
+    if not session.call("EXISTS", part.ctx.stream):
+        return False
+    ensure_group(session, part.ctx.stream, group)
+    return True
 
 
 def stream_parts(
@@ -322,21 +348,33 @@ def add_loops(
     timer = dispatcher.retry.timer
     pool = dispatcher.pool
     keys = dispatcher.keys
-    if not lease_only:
+    banded = part.bands  # None: a band, read by its queue stream's reader
+    if not lease_only and banded is not None:
         ahead = _link(dispatcher, claimer is not None)
-        loop(
-            "reader",
-            lambda ctx: Reader(ctx, s.block, ahead, part.loss, pause).step,
-            s.read_client,
-            timeout=s.block + READ_MARGIN,
-        )
+        links = [_link(band.dispatcher, claimer is not None) for band in banded]
+        links[BASE] = ahead
+
+        def reader(ctx: StreamContext) -> Callable[[], bool]:
+            watch = BandWatch(ctx.redis, ctx.stream)
+            bands = Bands(
+                watch,
+                BandReads(ctx.stream, s.group, s.consumer),
+                [band.ctx.for_loop(ctx.session, ctx.stop, ctx.rate) for band in banded],
+                list(links),
+            )
+            return Reader(ctx, s.block, ahead, part.loss, pause, bands).step
+
+        loop("reader", reader, s.read_client, timeout=s.block + READ_MARGIN)
     if claimer is not None and not lease_only:
         loop(
             "claimer",
-            lambda ctx: (
+            lambda ctx: _once_it_exists(
+                ctx,
+                banded is None,
                 ClaimLoop(
                     ctx, claimer.min_idle_time, claimer.interval, claimer.batch, timer, pause
-                ).step
+                ).step,
+                claimer.interval,
             ),
         )
     interval = s.lease_interval
@@ -346,8 +384,39 @@ def add_loops(
     if keys is not None:  # a drain too: its waiting jobs start when their key is free
         loop("keys", lambda ctx: KeyRetryLoop(keys, ctx.stop, pool.permits.admit, pool.submit).step)
     if housekeeping is not None and not lease_only:
-        loop("housekeeping", lambda ctx: HousekeepingLoop(ctx, housekeeping).step)
+        loop(
+            "housekeeping",
+            lambda ctx: _once_it_exists(
+                ctx, banded is None, HousekeepingLoop(ctx, housekeeping).step, CHECK_EXISTS
+            ),
+        )
     if not lease_only:
         mine = schedules_of(part.ctx.stream, s.schedules, s.streams)
         alias_ttl = alias_ttl_ms(s.result_ttl_ms)
         loop("scheduler", lambda ctx: SchedulerLoop(ctx, mine, alias_ttl_ms=alias_ttl).step)
+
+
+#: Seconds between looks whether a band stream exists, for its housekeeping.
+CHECK_EXISTS = 5.0
+
+
+def _once_it_exists(
+    ctx: StreamContext, band: bool, step: Callable[[], bool], wait: float
+) -> Callable[[], bool]:
+    """``step`` itself for a queue stream; for a band stream, ``step`` once the stream
+    exists (before that, one EXISTS every ``wait`` seconds), so that a queue whose
+    producers never use priorities gets no band keys."""
+    if not band:
+        return step
+    seen = False
+
+    def guarded() -> bool:
+        nonlocal seen
+        if not seen:
+            if not ctx.redis.call("EXISTS", ctx.stream):
+                ctx.stop.wait(wait)
+                return False
+            seen = True
+        return step()
+
+    return guarded

@@ -213,8 +213,9 @@ def lookup(client: Any, streams: list[str], job_id: str, group: str | None) -> F
     ]
     if len(known) > 1:
         raise ConfigurationError(
-            f"job id {job_id!r} is known to {len(known)} partitions "
-            f"({', '.join(f.stream for f in known)}): each partition makes its own ids; "
-            "ask flowd.Results(client, <partition stream>) (a task's .stream names it)"
+            f"job id {job_id!r} is known to {len(known)} streams "
+            f"({', '.join(f.stream for f in known)}): each partition (and priority band) "
+            "makes its own ids; ask flowd.Results(client, <that stream>) (a task's "
+            ".stream names it)"
         )
     return known[0] if known else None

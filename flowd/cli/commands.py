@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import textwrap
+from collections.abc import Collection
 from typing import Any
 
 from .._codec.display import task_rows
@@ -28,9 +29,10 @@ from .._redis.connect import (
     resolve_url,
     same_server,
 )
-from .._redis.keys import partition_streams
+from .._redis.keys import dead_letter_stream, partition_streams
 from .._redis.urls import redact_url
 from ..errors import CommandError
+from ..flow.priorities import band_streams
 from . import runner as _runner
 from .target import load_queue
 
@@ -134,12 +136,42 @@ def cmd_info(args: argparse.Namespace) -> int:
                 )
             info = stream_info(client, stream, group=args.group, base_stream=args.stream)
         infos.append(info)
+    # Each stream's priority bands that exist: part of the same queue.
+    bands = [
+        [
+            stream_info(client, band, group=args.group, base_stream=args.stream)
+            for band in band_streams(info.stream)[::2]
+            if client.exists(band) or client.exists(dead_letter_stream(band))
+        ]
+        for info in infos
+    ]
     if args.json:
-        data = [info.to_dict() for info in infos]
+        data = [
+            info.to_dict() | {"bands": [b.to_dict() for b in of]}
+            for info, of in zip(infos, bands, strict=True)
+        ]
         print(json.dumps(data[0] if args.partitions == 1 else data, indent=2))
     else:
-        print("\n\n".join(info.to_text() for info in infos))
+        print("\n\n".join(_with_bands(info, of) for info, of in zip(infos, bands, strict=True)))
     return EXIT_OK
+
+
+def _with_bands(info: Any, bands: list[Any]) -> str:
+    """A stream's text, then its priority bands' (indented), then the sums of them all."""
+    if not bands:
+        return str(info.to_text())
+    parts = [info, *bands]
+    pending = sum(g.pending for part in parts for g in part.groups)
+    lines = [info.to_text()]
+    for band in bands:
+        lines.append(textwrap.indent(f"priority band:\n{band.to_text()}", "  "))
+    lines.append(
+        f"queue {info.stream} with its {len(bands)} priority band(s): "
+        f"{sum(p.length for p in parts)} entries, {pending} pending, "
+        f"{sum(p.dlq_length for p in parts)} dead letters, "
+        f"{sum(p.scheduled for p in parts)} scheduled"
+    )
+    return "\n".join(lines)
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -156,12 +188,33 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     for stream in partition_streams(args.stream, args.partitions):
         dead = DeadLetters(client, stream)
         _check_stream(client, stream, dead.dlq_stream)
-        status = max(status, _dlq_action(client, dead, args))
+        # Its priority bands' dead letters, that exist: of the same queue.
+        bands = [DeadLetters(client, band) for band in band_streams(stream)[::2]]
+        bands = [band for band in bands if client.exists(band.dlq_stream)]
+        held = {
+            msg_id
+            for band in bands
+            for msg_id in getattr(args, "ids", None) or ()
+            if client.xrange(band.dlq_stream, msg_id, msg_id)
+        }
+        status = max(status, _dlq_action(client, dead, args, held))
+        for band in bands:
+            status = max(status, _dlq_action(client, band, args, band=True))
     return status
 
 
-def _dlq_action(client: Any, dead: Any, args: argparse.Namespace) -> int:
+def _dlq_action(
+    client: Any,
+    dead: Any,
+    args: argparse.Namespace,
+    held: Collection[str] = (),
+    band: bool = False,
+) -> int:
+    """One dead-letter stream's action. Ids that a band's dead letters hold (``held``)
+    are not missing; a band's own (``band``) leaves ids it does not hold to the others."""
     if args.action == "list":
+        if band:
+            print(f"priority band {dead.stream} of the queue:")
         _print_dead_letters(dead, args)
         return EXIT_OK
     if not args.all and not args.ids:
@@ -173,6 +226,9 @@ def _dlq_action(client: Any, dead: Any, args: argparse.Namespace) -> int:
     if not args.all:
         for msg_id in dict.fromkeys(args.ids):
             (ids if client.xrange(dead.dlq_stream, msg_id, msg_id) else missing).append(msg_id)
+        if band and not ids:
+            return EXIT_OK
+        missing = [] if band else [msg_id for msg_id in missing if msg_id not in held]
     if args.action == "requeue":
         moved = dead.requeue_all() if args.all else len(dead.requeue(ids) if ids else [])
         print(f"requeued {moved} messages from {dead.dlq_stream} to {dead.stream}")

@@ -111,13 +111,15 @@ class Dashboard:
         )
 
     def known_streams(self) -> list[str]:
-        """The streams shown: the ones given, or those discovered (cached for a few seconds)."""
-        if self.streams is not None:
-            return self.streams
+        """The streams shown: the ones given, or those discovered, each followed by its
+        priority bands' streams that exist (cached for a few seconds)."""
         with self._lock:
             found_at, names = self._discovered
             if time.monotonic() - found_at > DISCOVERY_TTL:
-                names = data.discover(self.client)
+                given = self.streams
+                names = data.with_bands(
+                    self.client, data.discover(self.client) if given is None else given
+                )
                 self._discovered = (time.monotonic(), names)
             return names
 

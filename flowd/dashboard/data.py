@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from .._codec.display import task_rows
 from .._redis import throughput as _throughput
 from .._redis.keys import dead_letter_stream, derived_key
 from ..deadletters import DeadLetter
+from ..flow.priorities import band_streams, is_band_stream
 
 history = _throughput.history
 
@@ -92,6 +94,23 @@ def discover(client: Any) -> list[str]:
         if isinstance(groups, list) and groups
     )
     return with_groups[:MAX_STREAMS]
+
+
+def with_bands(client: Any, names: Sequence[str]) -> list[str]:
+    """``names``, each queue stream followed by the band streams of its priorities that
+    exist (one pipelined round trip), so that a queue's bands show under it."""
+    bases = [name for name in names if not is_band_stream(name)]
+    pipe = client.pipeline(transaction=False)
+    for name in bases:
+        high, _, low = band_streams(name)
+        pipe.exists(high)
+        pipe.exists(low)
+    replies = iter(pipe.execute())
+    shown: list[str] = []
+    for name in bases:
+        high, _, low = band_streams(name)
+        shown += [name, *(band for band in (high, low) if next(replies))]
+    return shown + [name for name in names if name not in set(shown)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from flowd._consumer.context import StreamContext
 from flowd._consumer.housekeeper import HousekeepingLoop
 from flowd._consumer.permits import Permits
 from flowd._redis.session import Session
+from flowd.flow.priorities import band_streams
 from tests.helpers import Numbered, as_str, id_key, numbered_queue, wait_until
 
 GROUP = "g"
@@ -413,7 +414,11 @@ def test_housekeeping_is_on_by_default(client: redis.Redis, stream: str) -> None
     assert isinstance(queue.housekeeping, flowd.Housekeeping)
     handle = queue.run()
     try:
-        assert housekeeping_threads() == [f"flowd-housekeeping-{stream}"]
+        # The stream's own, and its priority bands' (idle until a band stream exists)
+        high, _, low = band_streams(stream)
+        assert sorted(housekeeping_threads()) == sorted(
+            f"flowd-housekeeping-{s}" for s in (stream, high, low)
+        )
     finally:
         assert handle.stop(timeout=5)
     assert housekeeping_threads() == []

@@ -222,6 +222,22 @@ def test_a_task_path_that_cannot_run_is_dead_lettered_at_once(
     assert client.xpending(default, "django-tasks")["pending"] == 0
 
 
+def test_with_a_backlog_priority_50_tasks_start_before_priority_minus_50_ones(
+    django_env: dict[str, str], client: redis.Redis, stream: str
+) -> None:
+    # Given a backlog of 20 tasks at priority -50, then 5 at priority 50
+    ids = task_scenario("priorities", django_env)
+    # When the burst worker runs the queue
+    done = run_python(BURST_DEFAULT, env=django_env)
+    assert done.returncode == 0, done.stderr
+    # Then the 5 high ones started first (the worker's threads may swap neighbours)
+    ran = recorded(client, stream, "tasks")
+    assert sorted(ran[:5]) == sorted(f"add {n} 50" for n in range(5)), ran
+    assert sorted(ran[5:]) == sorted(f"add {n} -50" for n in range(20)), ran
+    # And every result is found, with its priority
+    task_scenario("priority_results", django_env, ids)
+
+
 def test_the_framework_checks_and_bad_settings(django_env: dict[str, str]) -> None:
     # Given the flowd backend, tasks the framework refuses, and broken TASKS settings
     # Then task_scenarios.validate finds what it asserts

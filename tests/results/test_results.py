@@ -289,7 +289,7 @@ def test_an_id_two_partitions_made_is_refused_not_guessed(
     client.xadd(streams[0], {"n": "1"}, id="5-0")
     client.xadd(streams[1], {"n": "2"}, id="5-0")
     results = flowd.Results(client, stream, partitions=CLUSTER_PARTITIONS)
-    with pytest.raises(flowd.ConfigurationError, match="known to 2 partitions"):
+    with pytest.raises(flowd.ConfigurationError, match="known to 2 streams"):
         results.get("5-0")
     assert flowd.Results(client, streams[0]).get("5-0").status is Status.WAITING  # type: ignore[union-attr]
     client.close()

@@ -182,7 +182,7 @@ def validate(_: Any) -> dict[str, Any]:
         True,
         True,
     )
-    assert flowd.supports_priority is False  # no real ordering yet: not claimed
+    assert flowd.supports_priority is True
 
     # Then the framework's own checks of a task hold on it
     def local() -> None:
@@ -190,7 +190,7 @@ def validate(_: Any) -> dict[str, Any]:
 
     raises(InvalidTaskError, "module level", lambda: task()(local))
     raises(InvalidTaskError, "'context'", lambda: task(takes_context=True)(tasks.not_a_task))
-    raises(InvalidTaskError, "priority", lambda: tasks.add.using(priority=5))
+    assert tasks.add.using(priority=5).priority == 5
     raises(InvalidTaskError, "priority", lambda: tasks.add.using(priority=500))
     raises(InvalidTaskError, "Queue 'nope'", lambda: tasks.add.using(queue_name="nope"))
     naive = timezone.now().replace(tzinfo=None)
@@ -256,6 +256,23 @@ def workers_of(found: dict[str, list[str]]) -> dict[str, Any]:
     return {"workers": workers}
 
 
+def priorities(_: Any) -> dict[str, Any]:
+    """A backlog of 20 tasks at priority -50, then 5 at priority 50; their result ids."""
+    low = [tasks.add.using(priority=-50).enqueue(n, -50).id for n in range(20)]
+    high = [tasks.add.using(priority=50).enqueue(n, 50).id for n in range(5)]
+    return {"low": low, "high": high}
+
+
+def priority_results(ids: dict[str, Any]) -> dict[str, Any]:
+    """Every task of :func:`priorities` is found and SUCCESSFUL, with its priority."""
+    for name, priority in (("low", -50), ("high", 50)):
+        for result_id in ids[name]:
+            result = backend().get_result(result_id)
+            assert result.status == TaskResultStatus.SUCCESSFUL, result.status
+            assert result.task.priority == priority, result.task.priority
+    return {}
+
+
 SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "enqueue": enqueue,
     "results": results,
@@ -265,6 +282,8 @@ SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "outcomes": outcomes,
     "many_on_other": many_on_other,
     "workers_of": workers_of,
+    "priorities": priorities,
+    "priority_results": priority_results,
 }
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ runs them (all task queues by default, ``--queue emails`` for some).
   names a task, is dead-lettered at once with that reason.
 - ``TaskResult.errors`` and ``worker_ids`` come from one record per attempt (the
   worker id is the flowd consumer that ran it).
-- Priorities: not supported (``supports_priority = False``): flowd's reader has
-  no order among waiting jobs yet, and the backend does not pretend otherwise.
+- Priorities: ``supports_priority = True``. A task's priority (-100 to 100) picks
+  its flowd band (above 0, 0, below 0; see :mod:`flowd.flow.priorities`): the
+  worker starts waiting tasks of a higher band first, in enqueue order within one.
 
 Other ``OPTIONS``: ``CLIENT_OPTIONS`` (``redis.Redis.from_url`` keywords),
 ``MIN_IDLE_TIME`` (seconds before a crashed worker's task runs again, 30),

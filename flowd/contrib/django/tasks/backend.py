@@ -15,6 +15,7 @@ from django.utils import timezone
 from ...._redis.records import alias_ttl_ms
 from ...._redis.timeutil import to_ms
 from ....errors import ConfigurationError
+from ....flow.priorities import band_stream, band_streams
 from ....results import Results
 from .. import _after_commit
 from . import records
@@ -39,10 +40,9 @@ class FlowdBackend(BaseTaskBackend):
     supports_defer = True
     supports_async_task = True
     supports_get_result = True
-    # Among waiting tasks a higher priority would have to start first; flowd's reader
-    # has no such order yet, so the backend does not claim it (the framework then
-    # refuses tasks with a priority other than the default).
-    supports_priority = False
+    # A task's priority (-100 to 100) picks its flowd band: above 0, 0, below 0; the
+    # worker starts waiting tasks of higher bands first (flowd.flow.priorities).
+    supports_priority = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
@@ -122,7 +122,7 @@ class FlowdBackend(BaseTaskBackend):
         message.to_fields()  # a bad value raises here, not at commit
         result = build(task, message, TaskResultStatus.READY, records.Attempts([], [], None, None))
         due = None if task.run_after is None else int(task.run_after.timestamp() * 1000)
-        stream = options.stream(task.queue_name)
+        stream = band_stream(options.stream(task.queue_name), task.priority)
 
         def send() -> None:
             records.send(self.client, stream, message, due, self.key_ttl_ms)
@@ -141,7 +141,7 @@ class FlowdBackend(BaseTaskBackend):
             result expired).
         """
         options = self.flowd_options
-        streams = [options.stream(name) for name in options.queues]
+        streams = [band for name in options.queues for band in band_streams(options.stream(name))]
         with self.client.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.get(records.task_key(stream, result_id))
@@ -160,6 +160,8 @@ class FlowdBackend(BaseTaskBackend):
                 raise TaskResultDoesNotExist(
                     f"task result {result_id!r}: its task {message.task!r} is gone ({exc})"
                 ) from exc
+            if task.priority != message.priority:  # as it was enqueued
+                task = task.using(priority=message.priority)
             attempts = records.Attempts.parse(replies[2 * index + 1])
             return task_result(task, message, job, attempts)
         raise TaskResultDoesNotExist(result_id)
