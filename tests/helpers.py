@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 import flowd
 from tests.redis_server import RedisServer
@@ -264,6 +265,13 @@ def run_flowd(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m flowd ARGS`` to completion (its exit code is not checked)."""
     return run_python(["-m", "flowd", *args], env=env, cwd=cwd, timeout=timeout)
+
+
+def worker_client(url: str, partitions: int = 1) -> Any:
+    """A worker child's client: one Redis, or a cluster when its queue has partitions."""
+    if partitions == 1:
+        return redis.Redis.from_url(url)
+    return redis.cluster.RedisCluster.from_url(url)
 
 
 def child_env(redis_url: str, stream: str, *drop: str) -> dict[str, str]:

@@ -25,17 +25,10 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 import flowd
-
-
-@dataclass
-class Numbered(flowd.Job):
-    n: int
+from tests.helpers import Numbered, worker_client
 
 
 def key_of(hot: int) -> Any:
@@ -48,7 +41,7 @@ def main(argv: list[str]) -> int:
         return 2
     url, stream, consumer = argv[:3]
     seconds, hot, min_idle = float(argv[3]), int(argv[4]), float(argv[5])
-    client = redis.Redis.from_url(url)
+    client = worker_client(url)
     key = key_of(hot)
 
     def work(task: flowd.Task[Numbered]) -> None:

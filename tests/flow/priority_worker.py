@@ -16,18 +16,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
-
-import redis
-import redis.cluster
 
 import flowd
-
-
-@dataclass
-class Numbered(flowd.Job):
-    n: int
+from tests.helpers import Numbered, worker_client
 
 
 def main(argv: list[str]) -> int:
@@ -36,9 +27,7 @@ def main(argv: list[str]) -> int:
         return 2
     url, stream = argv[:2]
     partitions = int(argv[2]) if len(argv) == 3 else 1
-    client: Any = (
-        redis.Redis.from_url(url) if partitions == 1 else redis.cluster.RedisCluster.from_url(url)
-    )
+    client = worker_client(url, partitions)
     starts = f"{stream}:starts"
 
     def work(task: flowd.Task[Numbered]) -> None:

@@ -17,18 +17,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
-
-import redis
-import redis.cluster
 
 import flowd
-
-
-@dataclass
-class Numbered(flowd.Job):
-    n: int
+from tests.helpers import Numbered, worker_client
 
 
 def main(argv: list[str]) -> int:
@@ -37,9 +28,7 @@ def main(argv: list[str]) -> int:
         return 2
     url, stream, limit, per, burst = argv[:5]
     partitions = int(argv[5]) if len(argv) == 6 else 1
-    client: Any = (
-        redis.Redis.from_url(url) if partitions == 1 else redis.cluster.RedisCluster.from_url(url)
-    )
+    client = worker_client(url, partitions)
     pid = os.getpid()
     starts = f"{stream}:starts"
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,22 +110,6 @@ def test_a_queue_that_never_sees_a_priority_creates_no_band_keys(
 
 # ---------------------------------------------------------------------------
 # Order across worker processes, on one Redis and on a cluster
-
-
-@pytest.fixture(params=["redis", "cluster"])
-def partitions(request: pytest.FixtureRequest) -> int:
-    return 1 if request.param == "redis" else 3
-
-
-@pytest.fixture
-def flow_client(request: pytest.FixtureRequest, partitions: int, redis_url: str) -> Iterator[Any]:
-    made: Any = (
-        redis.Redis.from_url(redis_url)
-        if partitions == 1
-        else request.getfixturevalue("cluster").client()
-    )
-    yield made
-    made.close()
 
 
 def start_workers(

@@ -163,22 +163,6 @@ def test_four_processes_together_start_at_most_the_limit(
 # Jobs over the limit, on one Redis and on a cluster
 
 
-@pytest.fixture(params=["redis", "cluster"])
-def partitions(request: pytest.FixtureRequest) -> int:
-    return 1 if request.param == "redis" else 3
-
-
-@pytest.fixture
-def flow_client(request: pytest.FixtureRequest, partitions: int, redis_url: str) -> Iterator[Any]:
-    made: Any = (
-        redis.Redis.from_url(redis_url)
-        if partitions == 1
-        else request.getfixturevalue("cluster").client()
-    )
-    yield made
-    made.close()
-
-
 class Failing(Recorder):
     """Records each run, then fails it (so that the claimer retries it)."""
 
