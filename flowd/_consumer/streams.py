@@ -415,7 +415,7 @@ def _once_it_exists(
         if not seen:
             if not ctx.redis.call("EXISTS", ctx.stream):
                 ctx.stop.wait(wait)
-                return False
+                return True  # it talked to Redis: after an outage, that says it is back
             seen = True
         return step()
 
