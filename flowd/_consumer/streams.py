@@ -413,6 +413,9 @@ def _once_it_exists(
     def guarded() -> bool:
         nonlocal seen
         if not seen:
+            # A write that changes nothing first: the band's real work writes, so a
+            # read-only replica met in a failover must not count as Redis being back.
+            ctx.redis.call("XTRIM", ctx.stream, "MINID", "0")
             if not ctx.redis.call("EXISTS", ctx.stream):
                 ctx.stop.wait(wait)
                 return True  # it talked to Redis: after an outage, that says it is back
