@@ -119,13 +119,13 @@ class FlowdBackend(BaseTaskBackend):
             enqueued_at=now,
             run_after=task.run_after,
         )
-        message.to_fields()  # a bad value raises here, not at commit
+        fields = message.to_fields()  # a bad value raises here, not at commit
         result = build(task, message, TaskResultStatus.READY, records.Attempts([], [], None, None))
         due = None if task.run_after is None else int(task.run_after.timestamp() * 1000)
         stream = band_stream(options.stream(task.queue_name), task.priority)
 
         def send() -> None:
-            records.send(self.client, stream, message, due, self.key_ttl_ms)
+            records.send(self.client, stream, message.result_id, fields, due, self.key_ttl_ms)
             signals.task_enqueued.send(type(self), task_result=result)
 
         if options.enqueue_on_commit:

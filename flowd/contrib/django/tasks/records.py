@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,26 +34,31 @@ from ....job import Job
 __all__ = ["Attempts", "TaskMessage", "new_result_id"]
 
 # KEYS: stream, scheduled set, scheduled job hash, alias key, task key.
-# ARGV: due epoch ms ('' for now), scheduled id, keys' ttl ms, task JSON, fields...
+# ARGV: due epoch ms ('' for now), scheduled id, keys' ttl ms, fields...
 # A job due later waits in flowd's scheduled set, as Producer.enqueue(at=...) leaves it.
+# The task key's JSON copy of the fields is made here, so they travel once.
 _ENQUEUE = Script(
     """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fields = {unpack(ARGV, 5)}
 local ttl = tonumber(ARGV[3])
 local id
-if ARGV[1] == '' or tonumber(ARGV[1]) <= now then
-  id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-else
+if ARGV[1] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local due = tonumber(ARGV[1])
-  redis.call('HSET', KEYS[3], unpack(fields))
-  redis.call('ZADD', KEYS[2], due, ARGV[2])
-  id = ARGV[2]
-  ttl = ttl + due - now
+  if due > now then
+    redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+    redis.call('ZADD', KEYS[2], due, ARGV[2])
+    id = ARGV[2]
+    ttl = ttl + due - now
+  end
 end
+if not id then
+  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+end
+local doc = {}
+for i = 4, #ARGV, 2 do doc[ARGV[i]] = ARGV[i + 1] end
 redis.call('SET', KEYS[4], id, 'PX', ttl)
-redis.call('SET', KEYS[5], ARGV[4], 'PX', ttl)
+redis.call('SET', KEYS[5], cjson.encode(doc), 'PX', ttl)
 return id
 """
 )
@@ -91,27 +97,28 @@ def attempts_key(stream: str, result_id: str) -> str:
     return derived_key(stream, f"attempts:{result_id}")
 
 
-def send(client: Any, stream: str, message: TaskMessage, due_ms: int | None, ttl_ms: int) -> str:
-    """Write the job (at once, or scheduled for ``due_ms``) and its result-id keys in one
-    script; the flowd id it got."""
-    fields = message.to_fields()
-    flat: list[Any] = [value for pair in fields.items() for value in pair]
-    text = json.dumps({k: _text(v) for k, v in fields.items()}, separators=(",", ":"))
+def send(
+    client: Any,
+    stream: str,
+    result_id: str,
+    fields: Mapping[str, str | bytes],
+    due_ms: int | None,
+    ttl_ms: int,
+) -> str:
+    """Write a task message's ``fields`` as the job (at once, or scheduled for ``due_ms``)
+    and its result-id keys in one script; the flowd id it got."""
     scheduled_id = sched.new_scheduled_id()
     keys = [
         stream,
         sched.scheduled_key(stream),
         sched.job_key(stream, scheduled_id),
-        alias_key(stream, message.result_id),
-        task_key(stream, message.result_id),
+        alias_key(stream, result_id),
+        task_key(stream, result_id),
     ]
-    args = ["" if due_ms is None else due_ms, scheduled_id, ttl_ms, text, *flat]
-    reply = _ENQUEUE(client, keys, args)
-    return sched.text(reply)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+    args: list[Any] = ["" if due_ms is None else due_ms, scheduled_id, ttl_ms]
+    for pair in fields.items():
+        args += pair
+    return sched.text(_ENQUEUE.framed(client, keys, args))
 
 
 def read_message(raw: bytes | str | None) -> TaskMessage | None:
@@ -131,7 +138,8 @@ def now_ms() -> int:
 
 # KEYS: alias key, task key, attempts key. ARGV: the job's flowd id, keys' ttl ms, record.
 # An attempt starts: the alias points at the job's current id (one hop, however often it
-# moved), the keys live as long as a result, and the start record is appended.
+# moved), the keys live as long as a result, and the start record is appended. ARGV[4]
+# '1' returns every record so far (a retry needs the earlier attempts).
 _START = Script(
     """
 local ttl = tonumber(ARGV[2])
@@ -139,22 +147,42 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ttl)
-return redis.call('LRANGE', KEYS[3], 0, -1)
+if ARGV[4] == '1' then
+  return redis.call('LRANGE', KEYS[3], 0, -1)
+end
+return 1
 """
 )
+
+#: One call of the start script: its keys and arguments.
+StartCall = tuple[list[str], list[Any]]
+
+
+def start_call(
+    stream: str, job_id: str, result_id: str, worker: str, ttl_ms: int, at_ms: int, read: bool
+) -> StartCall:
+    """The start script's call for an attempt that began at ``at_ms`` (with ``read``, it
+    returns every record so far)."""
+    record = json.dumps({"start": at_ms, "worker": worker}, separators=(",", ":"))
+    keys = [
+        alias_key(stream, result_id),
+        task_key(stream, result_id),
+        attempts_key(stream, result_id),
+    ]
+    return keys, [job_id, ttl_ms, record, "1" if read else "0"]
 
 
 def start(
     client: Any, stream: str, job_id: str, result_id: str, worker: str, ttl_ms: int
 ) -> Attempts:
     """Record an attempt's start (one script, one round trip); every record so far."""
-    record = json.dumps({"start": now_ms(), "worker": worker}, separators=(",", ":"))
-    keys = [
-        alias_key(stream, result_id),
-        task_key(stream, result_id),
-        attempts_key(stream, result_id),
-    ]
-    return Attempts.parse(_START(client, keys, [job_id, ttl_ms, record]))
+    keys, args = start_call(stream, job_id, result_id, worker, ttl_ms, now_ms(), read=True)
+    return Attempts.parse(_START(client, keys, args))
+
+
+def write_starts(client: Any, calls: list[StartCall]) -> None:
+    """Record many attempts' starts in one pipelined round trip."""
+    _START.pipelined(client, calls)
 
 
 def error_record(class_path: str, traceback: str) -> str:

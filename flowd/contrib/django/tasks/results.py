@@ -12,7 +12,7 @@ from ....results import JobResult, JobStatus
 from ._compat import Task, TaskError, TaskResult, TaskResultStatus
 from .records import Attempts, TaskMessage
 
-__all__ = ["django_status", "import_task", "task_result"]
+__all__ = ["django_status", "import_task", "task_result", "with_latest_run"]
 
 # RETRYING is READY: the run failed and the job waits to run again, which is what the
 # framework's READY says ("ready to be executed again"), not RUNNING.
@@ -82,4 +82,19 @@ def task_result(task: Any, message: TaskMessage, job: JobResult, attempts: Attem
     """The ``TaskResult`` of a task whose job flowd found as ``job``."""
     status = django_status(job.status)
     finished = job.finished_at if job.status.finished else None
+    attempts = with_latest_run(attempts, job)
     return build(task, message, status, attempts, finished_at=finished, value=job.value)
+
+
+def with_latest_run(attempts: Attempts, job: JobResult) -> Attempts:
+    """``attempts`` with the job's latest run counted, from flowd's own record of it, when
+    its start record is not written yet (a first attempt's goes in a batch: starts.py)."""
+    if job.consumer is None or job.deliveries <= len(attempts.worker_ids):
+        return attempts
+    started = None if job.started_at is None else int(job.started_at.timestamp() * 1000)
+    return Attempts(
+        worker_ids=[*attempts.worker_ids, job.consumer],
+        errors=attempts.errors,
+        first_start_ms=attempts.first_start_ms if attempts.worker_ids else started,
+        last_start_ms=started if started is not None else attempts.last_start_ms,
+    )

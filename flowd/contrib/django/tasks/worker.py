@@ -28,6 +28,7 @@ from ._compat import task_backends as _task_backends
 from .backend import FlowdBackend
 from .options import GROUP
 from .results import build, import_task
+from .starts import StartBatch
 
 __all__ = ["TaskRunner", "backend_queues", "flowd_backends", "queue_from_environ"]
 
@@ -43,24 +44,30 @@ class TaskRunner:
         self.stream = stream
         #: The queue that runs this worker: its consumer name is the attempt's worker id.
         self.queue: Queue[records.TaskMessage] | None = None
+        self.starts = StartBatch(backend.client)
 
     def __repr__(self) -> str:
         return f"<TaskRunner {self.stream}>"
 
     def _start(self, job: FlowdTask[records.TaskMessage]) -> records.Attempts:
-        """Record the attempt's start (see records.start); every record so far."""
+        """Record the attempt's start; every record so far. A first attempt's record goes
+        with others' (see starts.py): it has no earlier attempts to read."""
         worker = self.queue.consumer if self.queue is not None else "unknown"
-        return records.start(
-            self.backend.client,
-            self.stream,
-            job.id,
-            job.job.result_id,
-            worker,
-            self.backend.key_ttl_ms,
+        result_id, ttl_ms = job.job.result_id, self.backend.key_ttl_ms
+        if job.deliveries > 1:
+            self.starts.flush()
+            return records.start(
+                self.backend.client, self.stream, job.id, result_id, worker, ttl_ms
+            )
+        at_ms = records.now_ms()
+        self.starts.add(
+            records.start_call(self.stream, job.id, result_id, worker, ttl_ms, at_ms, False)
         )
+        return records.Attempts([worker], [], at_ms, at_ms)
 
     def _record_error(self, message: records.TaskMessage, exc: BaseException) -> tuple[str, str]:
         error = (module_path(type(exc)), exception_traceback(exc))
+        self.starts.flush()  # the attempt's start first (it sets the list's expiry)
         self.backend.client.rpush(
             records.attempts_key(self.stream, message.result_id), records.error_record(*error)
         )
