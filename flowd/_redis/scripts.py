@@ -52,10 +52,13 @@ class Script:
         join, not redis-py's encoding per argument) and sent on a connection of the
         client's pool: for a hot path's call of many arguments (not for a cluster)."""
         try:
-            return _send_framed(client, frame(("EVALSHA", self.sha, len(keys), *keys, *args)))
+            try:
+                return _send_framed(client, frame(("EVALSHA", self.sha, len(keys), *keys, *args)))
+            except redis.exceptions.ResponseError as exc:
+                if not is_noscript(exc):
+                    raise
+                return _send_framed(client, frame(("EVAL", self.source, len(keys), *keys, *args)))
         except redis.exceptions.ResponseError as exc:
-            if is_noscript(exc):
-                return self(client, keys, args)  # EVAL: Redis caches it for the next call
             passing = _passing_error(exc)
             if passing is None:
                 raise
