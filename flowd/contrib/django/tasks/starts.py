@@ -42,7 +42,8 @@ class StartBatch:
 
     def flush(self) -> None:
         """Write every waiting record now (before a retry reads them, or an error
-        record follows its start)."""
+        record follows its start), unless another thread is writing them already:
+        then they are on their way, and this returns without waiting."""
         with self._lock:
             if self._writing or not self._waiting:
                 return  # empty, or a writer is at it and takes what waits
