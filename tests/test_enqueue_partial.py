@@ -37,7 +37,10 @@ def _jobs() -> list[Blob]:
 
 def _fill_memory(oom_admin: redis.Redis) -> None:
     """Fill memory up to HEADROOM below maxmemory (noeviction: further writes are refused)."""
-    oom_admin.set("filler", b"f" * FILLER)
+    # SETRANGE grows the filler inside Redis: a 4 MB SET would leave a 4 MB query
+    # buffer that Redis frees a moment later, after used_memory was read, and the
+    # whole bulk would then fit (CI saw this on Redis 6.2).
+    oom_admin.setrange("filler", FILLER - 1, b"f")
     used = int(oom_admin.info("memory")["used_memory"])
     oom_admin.config_set("maxmemory-policy", "noeviction")
     oom_admin.config_set("maxmemory", used + HEADROOM)
