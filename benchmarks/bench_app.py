@@ -43,9 +43,11 @@ def flowd_queue(
     concurrency: int,
     group: str = "g",
     result_ttl: float | None = None,
+    adaptive_concurrency: bool = True,
 ) -> flowd.Queue[BenchJob]:
     """The queue every flowd variant runs, in this process or under ``flowd worker``
-    (``result_ttl``: keep each job's result, as bench_results.py measures)."""
+    (``result_ttl``: keep each job's result, as bench_results.py measures;
+    ``adaptive_concurrency=False``: a fixed thread count, the baselines of --targets)."""
 
     def worker(task: flowd.Task[BenchJob]) -> None:
         job = task.job
@@ -60,6 +62,7 @@ def flowd_queue(
         concurrency=concurrency,
         claimer=flowd.Claimer(min_idle_time=30.0, max_retries=3),
         result_ttl=result_ttl,
+        adaptive_concurrency=adaptive_concurrency,
     )
 
 

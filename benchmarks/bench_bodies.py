@@ -6,13 +6,18 @@ does nothing else. Every other job runs the body proper:
 
 - ``noop``: nothing;
 - ``incr``: one ``INCR key`` (the benchmark waits for the counter to reach N);
-- ``sleep``: ``time.sleep(0.005)``, standing for 5 ms of I/O-bound work.
+- ``sleep``: ``time.sleep(0.005)``, standing for 5 ms of I/O-bound work;
+- ``sleep20``: ``time.sleep(0.02)`` (at concurrency 32 the ideal is 1,600 jobs/s);
+- ``cpu``: a pure-Python loop of about 1 ms (calibrated once per process), GIL-bound.
+
+``sleep20`` and ``cpu`` are rows of ``--targets`` only (not in :data:`BODIES`).
 
 Only ``redis`` is imported here, so a peer's worker process loads nothing of flowd's.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +27,8 @@ import redis
 
 BODIES = ("noop", "incr", "sleep")
 SLEEP_SECONDS = 0.005
+SLEEP20_SECONDS = 0.02
+CPU_SECONDS = 0.001
 
 Body = Callable[[int, str], None]
 
@@ -46,17 +53,51 @@ def make_body(kind: str, client: Any) -> Body:
             incr(key)
 
         return incr_body
-    if kind == "sleep":
-        sleep = time.sleep
+    work = _work(kind)
 
-        def sleep_body(n: int, key: str) -> None:
-            if n < 0:
-                rpush(key, "1")
-                return
-            sleep(SLEEP_SECONDS)
+    def work_body(n: int, key: str) -> None:
+        if n < 0:
+            rpush(key, "1")
+            return
+        work()
 
-        return sleep_body
-    raise ValueError(f"unknown body {kind!r}; expected one of {BODIES}")
+    return work_body
+
+
+def _work(kind: str) -> Callable[[], object]:
+    """The body proper of the sleep and CPU kinds."""
+    if kind in ("sleep", "sleep20"):
+        seconds = SLEEP_SECONDS if kind == "sleep" else SLEEP20_SECONDS
+        return functools.partial(time.sleep, seconds)
+    if kind == "cpu":
+        return functools.partial(spin, cpu_rounds())
+    raise ValueError(f"unknown body {kind!r}; expected one of {BODIES} or sleep20, cpu")
+
+
+def spin(rounds: int) -> int:
+    """Pure-Python work: ``rounds`` additions, holding the GIL throughout."""
+    total = 0
+    for i in range(rounds):
+        total += i
+    return total
+
+
+_ROUNDS: list[int] = []
+
+
+def cpu_rounds() -> int:
+    """Rounds of :func:`spin` that take about CPU_SECONDS here (the best of 5 timings)."""
+    if not _ROUNDS:
+        trial = 20_000
+        best = min(_timed(trial) for _ in range(5))
+        _ROUNDS.append(max(1, int(trial * CPU_SECONDS / best)))
+    return _ROUNDS[0]
+
+
+def _timed(rounds: int) -> float:
+    start = time.perf_counter()
+    spin(rounds)
+    return time.perf_counter() - start
 
 
 def body_from_env(url_variable: str) -> Body:

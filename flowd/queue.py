@@ -35,6 +35,7 @@ from ._redis.session import (
 from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
+from .flow.adaptive import NoReport, check_concurrency
 from .flow.expiry import check_dead_letter_expired
 from .flow.keylimit import check_concurrency_key
 from .flow.pause import is_paused
@@ -58,8 +59,6 @@ WorkerFn = Callable[[Task[J]], object]
 
 #: Stands for "a Claimer() of the queue's own" in Queue's signature.
 _DEFAULT_CLAIMER = Claimer()
-# Each unit of concurrency is a worker thread: past this, a typo, not a plan.
-MAX_CONCURRENCY = 4096
 
 
 def _check_name(value: object, name: str) -> str:
@@ -120,6 +119,11 @@ class Queue(Generic[J]):
     :param worker: called with a ``Task[job]`` on a worker thread.
     :param concurrency: most jobs running at once, for reader and claimer together
         (1 to 4096).
+    :param adaptive_concurrency: on by default: while the queue is busy, the pool
+        tries fewer and more of its ``concurrency`` threads and keeps the count that
+        finishes the most jobs per second (GIL-bound jobs settle low, jobs that wait
+        on I/O stay at ``concurrency``); ``QueueStats.active_limit`` shows it.
+        ``False`` keeps all ``concurrency`` threads.
     :param claimer: the :class:`Claimer` that retries failed and stuck messages;
         ``Claimer()`` (30 s, 3 retries, dead-letter stream on) unless given.
         ``None`` turns it off, with a WARNING: failures are then never retried.
@@ -196,6 +200,7 @@ class Queue(Generic[J]):
         rate_limit: RateLimit | None = None,
         concurrency_key: Callable[[J], object] | None = None,
         max_per_key: int | None = None,
+        adaptive_concurrency: bool = True,
     ) -> None:
         self.client = check_client(client, "client")
         self.read_client = None if read_client is None else check_client(read_client, "read_client")
@@ -213,16 +218,9 @@ class Queue(Generic[J]):
         if not callable(worker):
             raise ConfigurationError(f"worker must be callable, not {worker!r}")
         self.worker = worker
-        if (
-            isinstance(concurrency, bool)
-            or not isinstance(concurrency, int)
-            or not 1 <= concurrency <= MAX_CONCURRENCY
-        ):
-            raise ConfigurationError(
-                f"concurrency must be an int from 1 to {MAX_CONCURRENCY}, not {concurrency!r}: "
-                "each unit is a worker thread"
-            )
-        self.concurrency = concurrency
+        self.concurrency, self.adaptive_concurrency = check_concurrency(
+            concurrency, adaptive_concurrency
+        )
         if claimer is _DEFAULT_CLAIMER:
             claimer = Claimer()  # each queue its own, so changing one changes no other
         if claimer is not None and not isinstance(claimer, Claimer):
@@ -360,6 +358,7 @@ class Queue(Generic[J]):
             rate_limit=self.rate_limit,
             concurrency_key=self.concurrency_key,
             max_per_key=self.max_per_key,
+            adaptive=NoReport() if self.adaptive_concurrency else None,
         )
 
     def run(self) -> QueueHandle:

@@ -42,13 +42,17 @@ def enqueue_flowd(bulk: bool) -> Callable[[Context, int], tuple[float, dict[str,
 
 
 def flowd_inprocess(
-    concurrency: int,
+    concurrency: int, adaptive: bool = True
 ) -> Callable[[Context, str, int], tuple[float, dict[str, Any]]]:
+    """flowd in this process (``adaptive=False``: a fixed ``concurrency``)."""
+
     def run(ctx: Context, body: str, n: int) -> tuple[float, dict[str, Any]]:
         client, stream = ctx.client(DB["flowd"]), unique("bench-flowd")
         key = unique("bench-counter")
         last = fill_stream(client, stream, n, key, None, group=False)
-        queue = flowd_queue(client, stream, make_body(body, client), concurrency)
+        queue = flowd_queue(
+            client, stream, make_body(body, client), concurrency, adaptive_concurrency=adaptive
+        )
         done = (
             counter_reached(client, key, n)
             if body == "incr"
@@ -66,13 +70,14 @@ def flowd_inprocess(
                 while not done():
                     time.sleep(0.001)
                 elapsed = time.perf_counter() - start
+                limit = handle.stats().active_limit
             finally:
                 clean = handle.stop(timeout=30)
             if not clean:
                 raise RuntimeError("flowd did not stop cleanly")
         finally:
             client.delete(stream, key)
-        return n / elapsed, {"seconds": elapsed}
+        return n / elapsed, {"seconds": elapsed, "active_limit": limit}
 
     return run
 

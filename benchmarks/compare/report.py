@@ -19,13 +19,14 @@ def fmt(value: float, unit: str) -> str:
 
 
 def row_order(row: Row) -> tuple[int, int]:
-    body = BODIES.index(row.body) if row.body in BODIES else 0
+    order = (*BODIES, "sleep20", "cpu")  # the last two: rows of --targets only
+    body = order.index(row.body) if row.body in order else 0
     return SCENARIOS.index(row.scenario), body
 
 
 def print_table(results: Results) -> None:
     header = (
-        f"{'scenario':<10} {'body':<5} {'variant':<22} {'median':>10} {'min':>10} {'max':>10} "
+        f"{'scenario':<10} {'body':<7} {'variant':<22} {'median':>10} {'min':>10} {'max':>10} "
         f"{'unit':<6} {'ratio':>6}  vs (same repeat)"
     )
     print(header)
@@ -38,14 +39,14 @@ def print_table(results: Results) -> None:
         last_group = group
         stats = summary(row.values)
         if stats is None:
-            print(f"{row.scenario:<10} {row.body:<5} {row.variant:<22} {'FAILED':>10}")
+            print(f"{row.scenario:<10} {row.body:<7} {row.variant:<22} {'FAILED':>10}")
             continue
         ratios = results.baseline_ratios(row)
         ratio = f"{statistics.median(ratios):6.2f}" if ratios else f"{'':>6}"
         vs = row.baseline or ""
         med, lo, hi = stats
         print(
-            f"{row.scenario:<10} {row.body:<5} {row.variant:<22} {fmt(med, row.unit):>10} "
+            f"{row.scenario:<10} {row.body:<7} {row.variant:<22} {fmt(med, row.unit):>10} "
             f"{fmt(lo, row.unit):>10} {fmt(hi, row.unit):>10} {row.unit:<6} {ratio}  {vs}"
         )
     print()

@@ -26,9 +26,22 @@ from benchmarks.compare.results import Results
 from benchmarks.compare.rounds import attempt, rotated
 from benchmarks.compare.server import Context
 
-#: The processing rows and bodies the targets name (--targets).
-TARGET_PROCESSING = ("raw 1 thread", "flowd c8", "dramatiq 8 threads")
-TARGET_BODIES = ("noop", "incr")
+#: The processing rows of each body the targets name (--targets): flowd with its defaults
+#: (adaptive concurrency) against the raw loop, Dramatiq, the ideal rate of 32 sleeping
+#: threads, and flowd at fixed thread counts ("fixed cN": adaptive concurrency off).
+TARGET_ROWS = {
+    "noop": ("raw 1 thread", "flowd c8"),
+    "incr": ("raw 1 thread", "flowd c8", "flowd c32", "dramatiq 8 threads"),
+    "sleep20": ("flowd c32",),
+    "cpu": ("flowd c8", "flowd fixed c1", "flowd fixed c2", "flowd fixed c4", "flowd fixed c8"),
+}
+#: Jobs per run of the target bodies that N (--jobs) does not size: long enough (about
+#: 5 s) for adaptive concurrency to probe, as a real backlog would be.
+TARGET_JOBS = {"sleep20": 8_000, "cpu": 5_000}
+
+
+#: Fixed thread counts (adaptive concurrency off) of the CPU-bound target rows.
+FIXED = (1, 2, 4, 8)
 
 
 def processing_variants() -> list[tuple[str, str | None, Callable[..., Any], str | None]]:
@@ -38,6 +51,7 @@ def processing_variants() -> list[tuple[str, str | None, Callable[..., Any], str
         ("raw 8 threads", base, raw_variant(8), None),
         ("flowd c8", base, flowd_inprocess(8), None),
         ("flowd c32", base, flowd_inprocess(32), None),
+        *[(f"flowd fixed c{c}", base, flowd_inprocess(c, adaptive=False), None) for c in FIXED],
         ("flowd worker c8", base, flowd_worker(8, 1), None),
         ("flowd worker c8 x2", base, flowd_worker(8, 2), None),
         ("flowd worker c32", base, flowd_worker(32, 1), None),
@@ -49,13 +63,14 @@ def processing_variants() -> list[tuple[str, str | None, Callable[..., Any], str
 
 
 def run_processing(ctx: Context, cfg: Config, results: Results, repeat: int) -> None:
-    variants = [v for v in processing_variants() if cfg.peers or v[3] is None]
-    bodies = BODIES
-    if cfg.targets:
-        variants = [v for v in variants if v[0] in TARGET_PROCESSING]
-        bodies = TARGET_BODIES
+    every = [v for v in processing_variants() if cfg.peers or v[3] is None]
+    bodies: tuple[str, ...] = tuple(TARGET_ROWS) if cfg.targets else BODIES
     for body in bodies:
-        n = cfg.sleep_jobs if body == "sleep" else cfg.jobs
+        n = cfg.sleep_jobs if body == "sleep" else TARGET_JOBS.get(body, cfg.jobs)
+        if cfg.targets:
+            variants = [v for v in every if v[0] in TARGET_ROWS[body]]
+        else:  # the fixed rows only measure what adaptive concurrency is up against
+            variants = [v for v in every if not v[0].startswith("flowd fixed")]
         for name, baseline, run, _peer in rotated(variants, repeat):
             attempt(
                 results,

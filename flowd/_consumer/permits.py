@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,13 +29,19 @@ class Permits:
     (:meth:`next_or_release`); only with the buffer empty does it give the
     permit back. Tiny jobs thus run back to back on the worker threads, with no
     thread switch or permit round per job.
+
+    Active limit (adaptive concurrency): :meth:`set_limit` lowers or raises how
+    many of the ``size`` permits may be held at once. Lowered, no permit is
+    handed out (nor a buffered item started on one kept) until fewer than the
+    new limit are held; the jobs running meanwhile finish as they are.
     """
 
     def __init__(self, size: int, start: Callable[[Any], None] | None = None) -> None:
         self.size = size
         #: Hands a buffered item, with the permit it now holds, to the workers.
         self.start = start
-        self._free = size
+        self._limit = size
+        self._free = size  # free under the active limit: below 0 while over it
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._needs: list[int] = []  # what each current waiter waits for
@@ -46,12 +53,28 @@ class Permits:
 
     @property
     def in_use(self) -> int:
-        return self.size - self._free
+        return self._limit - self._free
+
+    @property
+    def limit(self) -> int:
+        """How many permits may be held at once now (1 to ``size``)."""
+        return self._limit
+
+    def set_limit(self, limit: int) -> None:
+        """Let at most ``limit`` permits be held at once (1 <= limit <= size)."""
+        if not 1 <= limit <= self.size:
+            raise ValueError(f"limit must be between 1 and {self.size}, not {limit}")
+        with self._cond:
+            self._free += limit - self._limit
+            self._limit = limit
+            self._cond.notify_all()  # rare: every waiter looks at the new limit
+        if self._buffer and self._free > 0:
+            self.start_spare()  # raised: buffered items need not wait for a release
 
     def _wait(self, need: int, timeout: float | None, *, wakeable: bool = False) -> bool:
         """Wait (lock held) until ``need`` permits are free (or, if ``wakeable``, until
         wake()); False on timeout."""
-        need = min(need, self.size)
+        need = min(need, self._limit)
         if self._free >= need:
             return True
         wakes = self._wakes
@@ -67,7 +90,7 @@ class Permits:
         """Wait until a permit is free, or wake(); return how many are free (maybe 0)."""
         with self._cond:
             self._wait(1, timeout, wakeable=True)
-            return self._free
+            return max(0, self._free)
 
     @property
     def buffered(self) -> int:
@@ -106,7 +129,7 @@ class Permits:
         started go on with the buffer (:meth:`next_or_release`).
         """
         with self._cond:
-            taken = min(len(items), start, self._free)
+            taken = max(0, min(len(items), start, self._free))
             self._free -= taken
             if taken < len(items):
                 self._buffer.extend(items[taken:])
@@ -132,14 +155,14 @@ class Permits:
         # The lock itself, not the Condition: its C-level ``with`` costs less per job.
         with self._lock:
             buffer = self._buffer
-            if buffer:
+            if buffer and self._free >= 0:  # below 0: over a lowered limit, give it back
                 item = buffer.popleft()
                 self.started += 1
                 if len(buffer) <= self._refill_at:
                     self._cond.notify_all()
                 return item
             free = self._free + 1
-            if free > self.size:
+            if free > self._limit:
                 raise ValueError("Permits released too many times")
             self._free = free
             if self._needs and free >= min(self._needs):
@@ -177,7 +200,7 @@ class Permits:
     def try_acquire(self, n: int) -> int:
         """Take up to ``n`` permits without waiting; returns how many were taken."""
         with self._cond:
-            taken = min(n, self._free)
+            taken = max(0, min(n, self._free))
             self._free -= taken
             return taken
 
@@ -186,10 +209,12 @@ class Permits:
         starts one of them instead (the claimer may have held every permit when the
         reader buffered them)."""
         with self._cond:
-            if self.size - self._free < n:
+            if self._limit - self._free < n:
                 raise ValueError("Permits released too many times")
             buffer = self._buffer
-            started = [buffer.popleft() for _ in range(min(n, len(buffer)))]
+            # Over a lowered limit, the permits given back start nothing until under it.
+            room = min(n, n + self._free) if self._free < 0 else n
+            started = [buffer.popleft() for _ in range(max(0, min(room, len(buffer))))]
             self.started += len(started)
             free = self._free + n - len(started)
             self._free = free
@@ -202,8 +227,19 @@ class Permits:
 
     def wait_all_free(self, timeout: float | None) -> bool:
         """Wait until no permit is taken (all work finished); False on timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._wait(self.size, timeout) and self._free >= self.size
+            while self._free < self._limit:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                need = self._limit  # registered anew: set_limit may change it
+                self._needs.append(need)
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._needs.remove(need)
+            return True
 
     def wake(self) -> None:
         """End every wait_free() now (a stop: the reader looks at its stop signal);

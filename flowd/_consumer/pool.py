@@ -29,6 +29,7 @@ from .._codec.failure import safe_str, traceback_of
 from .._redis.fields import EXPIRES_FIELD
 from ..errors import GiveUp, Retry, TimeLimitExceeded
 from ..flow import expiry
+from ..flow.adaptive import AdaptiveLoop, Reporter
 from ..hooks import Hooks, HookSet, LogHooks, call_hooks
 from ..task import Task, current_task_var
 from .dead_letter_move import reason_of
@@ -56,7 +57,9 @@ class QueueStats:
     runs that raised :class:`flowd.GiveUp`. ``expired``: jobs not run because
     their deadline (``enqueue(expires=...)``) passed before they started
     (dead-lettered, so also in ``dead_lettered``, or acked with
-    ``Queue(dead_letter_expired=False)``).
+    ``Queue(dead_letter_expired=False)``). ``active_limit``: how many worker threads
+    may run a job at once now (``concurrency``, or less while adaptive concurrency
+    finds fewer threads faster; see ``Queue(adaptive_concurrency=...)``).
     """
 
     processed: int = 0
@@ -70,6 +73,7 @@ class QueueStats:
     retry_requested: int = 0
     gave_up: int = 0
     expired: int = 0
+    active_limit: int = 0
 
 
 class _Counts:
@@ -142,6 +146,7 @@ class WorkerPool:
     :param hooks: the application's hooks (LogHooks come first).
     :param concurrency: worker threads, and permits.
     :param name: the worker threads are ``flowd-worker-<name>_<n>``.
+    :param adaptive: vary the active limit (flowd.flow.adaptive), telling this reporter.
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class WorkerPool:
         concurrency: int,
         name: str,
         time_limit: float | None = None,
+        adaptive: Reporter | None = None,
     ) -> None:
         self.worker = worker
         self.tasks: queue_module.SimpleQueue[Task[Any] | DeadLetterWork | None] = (
@@ -183,6 +189,24 @@ class WorkerPool:
         ]
         for thread in self._loops:
             thread.start()
+        self.adaptive: AdaptiveLoop | None = None
+        if adaptive is not None and concurrency > 1:
+            self.adaptive = AdaptiveLoop(
+                name, self.permits, self.completed, self._job_seconds, self.set_limit, adaptive
+            )
+            self.adaptive.start()
+
+    def set_limit(self, limit: int) -> None:
+        """Let ``limit`` worker threads run a job at once (read-ahead follows it)."""
+        self.permits.set_limit(limit)
+        self.readahead.concurrency = limit
+
+    def _job_seconds(self) -> float:
+        return self.readahead.seconds
+
+    def completed(self) -> int:
+        """Runs finished so far, whatever their outcome (what adaptive concurrency counts)."""
+        return sum(c.processed + c.failed + c.retry_requested + c.gave_up for c in self._counts)
 
     def count_deleted(self) -> None:
         with self.dispatch_lock:
@@ -379,6 +403,8 @@ class WorkerPool:
 
     def shutdown(self, *, wait: bool) -> None:
         """End the worker loops once their current job is done; wait for them if asked."""
+        if self.adaptive is not None:
+            self.adaptive.stop()
         left = self.permits.take_buffer()  # none may start after stop() returned
         if left:
             logger.warning(
@@ -394,29 +420,13 @@ class WorkerPool:
             self.limiter.close()
 
     def stats(self) -> QueueStats:
-        totals = _Counts()
-        for counts in list(self._counts):
-            totals.processed += counts.processed
-            totals.failed += counts.failed
-            totals.retried += counts.retried
-            totals.dead_lettered += counts.dead_lettered
-            totals.deleted += counts.deleted
-            totals.groups_lost += counts.groups_lost
-            totals.retry_requested += counts.retry_requested
-            totals.gave_up += counts.gave_up
-            totals.expired += counts.expired
+        every = list(self._counts)
+        totals = {name: sum(getattr(c, name) for c in every) for name in _Counts.__slots__}
         return QueueStats(
-            processed=totals.processed,
-            failed=totals.failed,
-            retried=totals.retried,
-            dead_lettered=totals.dead_lettered,
-            deleted=totals.deleted,
+            **totals,
             in_flight=self.permits.in_use,
-            groups_lost=totals.groups_lost,
             buffered=self.permits.buffered,
-            retry_requested=totals.retry_requested,
-            gave_up=totals.gave_up,
-            expired=totals.expired,
+            active_limit=self.permits.limit,
         )
 
     def running_report(self) -> str:

@@ -19,6 +19,7 @@ from .._redis.records import alias_ttl_ms
 from .._redis.session import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
 from .._redis.timeutil import to_ms
 from ..claimer import Claimer
+from ..flow.adaptive import Reporter
 from ..flow.keygate import KeyGate, KeyRetryLoop
 from ..flow.keylimit import KeyFn, KeyLeases
 from ..flow.pause import PauseWatch
@@ -90,6 +91,8 @@ class RunSettings:
     #: Job starts allowed across the group (None: no limit); its bucket is the queue's
     #: (``name``'s), shared by every partition.
     rate_limit: RateLimit | None = None
+    #: Adaptive concurrency, publishing the active limit here (None: fixed concurrency).
+    adaptive: Reporter | None = None
 
     def rate_gate(self, stream: str, session: Session) -> RateGate | None:
         """The rate gate of a loop of ``stream`` that talks through ``session``."""

@@ -12,7 +12,7 @@ from ...._redis.urls import DEFAULT_URL
 from ....backoff import Backoff
 from ....claimer import Claimer
 from ....errors import ConfigurationError
-from ....queue import MAX_CONCURRENCY
+from ....flow.adaptive import MAX_CONCURRENCY
 
 __all__ = ["DEFAULT_PREFIX", "GROUP", "TaskOptions"]
 
