@@ -20,7 +20,7 @@ from ._redis.session import (
     is_nogroup,
 )
 from .errors import ConfigurationError
-from .flow.limits import limits_from_reply, limits_key
+from .flow.limits import limit_field, limits_key, parse_limit
 from .flow.pause import ALL_GROUPS, pause_key
 from .scheduled import ScheduleState, schedule_state
 
@@ -281,13 +281,17 @@ def stream_info(
     # partition's base stream may live on another cluster node.
     base = stream if base_stream is None else base_stream
     names = [ALL_GROUPS, *(g.name for g in info.groups)]
+    shown = [(g.name, c.name) for g in info.groups for c in g.consumers]
     pipe = client.pipeline(transaction=False)
     pipe.hmget(pause_key(base), names)
-    pipe.hgetall(limits_key(base))
-    flags, limits_reply = pipe.execute(raise_on_error=False)
+    if shown:  # the listed consumers' fields only: the hash may hold stopped ones too
+        pipe.hmget(limits_key(base), [limit_field(*pair) for pair in shown])
+    flags, *found = pipe.execute(raise_on_error=False)
     _raise_errors([flags])
     paused = {name for name, flag in zip(names, flags, strict=True) if flag is not None}
-    limits = limits_from_reply(limits_reply, int(time.time() * 1000))
+    values = found[0] if found and isinstance(found[0], list) else []  # an error: none shown
+    now_ms = int(time.time() * 1000)
+    limits = {pair: parse_limit(value, now_ms) for pair, value in zip(shown, values, strict=False)}
     every = ALL_GROUPS in paused
     groups = [
         dataclasses.replace(

@@ -27,8 +27,10 @@ __all__ = [
     "KEY_TTL",
     "STALE_AFTER",
     "active_limits",
+    "limit_field",
     "limits_from_reply",
     "limits_key",
+    "parse_limit",
     "publish",
     "withdraw",
 ]
@@ -44,7 +46,8 @@ def limits_key(stream: str) -> str:
     return derived_key(stream, "concurrency")
 
 
-def _field(group: str, consumer: str) -> str:
+def limit_field(group: str, consumer: str) -> str:
+    """The field of ``consumer`` of ``group`` in :func:`limits_key`'s hash."""
     return json.dumps([group, consumer])
 
 
@@ -56,40 +59,50 @@ def publish(
     key = limits_key(stream)
     value = json.dumps({"active": active, "max": maximum, "at": now_ms})
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, _field(group, consumer), value)
+    pipe.hset(key, limit_field(group, consumer), value)
     pipe.pexpire(key, int(KEY_TTL * 1000))
     pipe.execute()
 
 
 def withdraw(client: Any, stream: str, group: str, consumer: str) -> None:
     """Remove ``consumer``'s entry (on a clean stop)."""
-    client.hdel(limits_key(stream), _field(group, consumer))
+    client.hdel(limits_key(stream), limit_field(group, consumer))
 
 
 def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _entry(field: Any, value: Any, now_ms: int) -> tuple[tuple[str, str], tuple[int, int]] | None:
-    """One entry as ((group, consumer), (active, max)), or None if stale or malformed."""
-    try:
-        names = json.loads(_text(field))
-        data = json.loads(_text(value))
-    except (TypeError, ValueError):
+def parse_limit(value: Any, now_ms: int) -> tuple[int, int] | None:
+    """(active, max) of one entry's value (bytes or text, e.g. an item of an HMGET reply of
+    :func:`limit_field` fields), or None if it is missing, malformed or older than
+    :data:`STALE_AFTER` seconds at ``now_ms``. Never raises."""
+    if not isinstance(value, bytes | str):
         return None
-    if not (
-        isinstance(names, list)
-        and len(names) == 2
-        and all(isinstance(name, str) for name in names)
-        and isinstance(data, dict)
-    ):
+    try:
+        data = json.loads(_text(value))
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
         return None
     active, maximum, at = _count(data.get("active")), _count(data.get("max")), data.get("at")
     if active is None or maximum is None or isinstance(at, bool) or not isinstance(at, int | float):
         return None
     if now_ms - at > STALE_AFTER * 1000:
         return None
-    return (names[0], names[1]), (active, maximum)
+    return active, maximum
+
+
+def _entry(field: Any, value: Any, now_ms: int) -> tuple[tuple[str, str], tuple[int, int]] | None:
+    """One entry as ((group, consumer), (active, max)), or None if stale or malformed."""
+    try:
+        names = json.loads(_text(field))
+    except (TypeError, ValueError):
+        return None
+    if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) for n in names)):
+        return None
+    limit = parse_limit(value, now_ms)
+    return None if limit is None else ((names[0], names[1]), limit)
 
 
 def limits_from_reply(reply: Any, now_ms: int) -> dict[tuple[str, str], tuple[int, int]]:

@@ -20,6 +20,7 @@ from flowd.flow.limits import (
     active_limits,
     limits_from_reply,
     limits_key,
+    parse_limit,
     publish,
     withdraw,
 )
@@ -104,6 +105,10 @@ def test_stale_and_malformed_entries_are_skipped(flow_client: Any, stream: str) 
     assert limits_from_reply([b"odd"], now) == {}
     assert limits_from_reply(5, now) == {}
     assert limits_from_reply(redis.exceptions.ResponseError("WRONGTYPE"), now) == {}
+    # And one value (an HMGET item) parses the same way
+    assert parse_limit(json.dumps({"active": 1, "max": 2, "at": now}).encode(), now) == (1, 2)
+    for value in (None, 5, b"\xff", "{", "[]", json.dumps({"active": 1, "max": 2, "at": 0})):
+        assert parse_limit(value, now) is None
 
 
 def test_stream_info_shows_each_consumers_limit(
