@@ -31,6 +31,7 @@ __all__ = [
     "limits_from_reply",
     "limits_key",
     "parse_limit",
+    "prune",
     "publish",
     "withdraw",
 ]
@@ -125,3 +126,19 @@ def active_limits(client: Any, stream: str, now_ms: int) -> dict[tuple[str, str]
     max). One HGETALL."""
     check_client(client)
     return limits_from_reply(client.hgetall(limits_key(stream)), now_ms)
+
+
+def prune(client: Any, stream: str, now_ms: int) -> int:
+    """Delete the entries that are stale or malformed at ``now_ms`` (those of consumers that
+    stopped without :func:`withdraw`, e.g. killed), so that the hash, kept alive by the
+    running consumers, does not grow with every one that ever ran; for a publisher to call
+    now and then (one HGETALL, one HDEL). An entry written again between the two reads is
+    deleted too and comes back with its consumer's next :func:`publish`.
+
+    :returns: how many entries were deleted.
+    """
+    check_client(client)
+    key = limits_key(stream)
+    reply = client.hgetall(key)  # a dict from redis-py, its keys as Redis holds them
+    stale = [field for field, value in reply.items() if _entry(field, value, now_ms) is None]
+    return int(client.hdel(key, *stale)) if stale else 0

@@ -21,6 +21,7 @@ from flowd.flow.limits import (
     limits_from_reply,
     limits_key,
     parse_limit,
+    prune,
     publish,
     withdraw,
 )
@@ -105,6 +106,9 @@ def test_stale_and_malformed_entries_are_skipped(flow_client: Any, stream: str) 
     assert limits_from_reply([b"odd"], now) == {}
     assert limits_from_reply(5, now) == {}
     assert limits_from_reply(redis.exceptions.ResponseError("WRONGTYPE"), now) == {}
+    # When the hash is pruned, only the fresh entry is left
+    assert prune(flow_client, stream, now_ms()) == 12
+    assert flow_client.hlen(key) == 1 and prune(flow_client, stream, now_ms()) == 0
     # And one value (an HMGET item) parses the same way
     assert parse_limit(json.dumps({"active": 1, "max": 2, "at": now}).encode(), now) == (1, 2)
     for value in (None, 5, b"\xff", "{", "[]", json.dumps({"active": 1, "max": 2, "at": 0})):
