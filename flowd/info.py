@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,8 @@ from ._redis.session import (
     is_nogroup,
 )
 from .errors import ConfigurationError
-from .flow.pause import ALL_GROUPS, paused_groups
+from .flow.limits import limit_field, limits_key, parse_limit
+from .flow.pause import ALL_GROUPS, pause_key
 from .scheduled import ScheduleState, schedule_state
 
 __all__ = ["ConsumerInfo", "GroupInfo", "StreamInfo", "stream_info"]
@@ -36,15 +38,34 @@ class ConsumerInfo:
 
     :ivar pending: messages delivered to it and not acked yet.
     :ivar idle_ms: milliseconds since it last read or claimed.
+    :ivar active_limit: how many of its ``concurrency`` threads may run jobs at once now,
+        as it last published (``Queue(adaptive_concurrency=...)``); None when it publishes
+        nothing (adaptive concurrency off, not a flowd consumer, or stopped).
+    :ivar concurrency: its threads, None with ``active_limit``.
     """
 
     name: str
     pending: int
     idle_ms: int
+    active_limit: int | None = None
+    concurrency: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, ready for ``json.dumps``."""
-        return {"name": self.name, "pending": self.pending, "idle_ms": self.idle_ms}
+        return {
+            "name": self.name,
+            "pending": self.pending,
+            "idle_ms": self.idle_ms,
+            "active_limit": self.active_limit,
+            "concurrency": self.concurrency,
+        }
+
+    def to_text(self) -> str:
+        """The consumer's line of ``flowd info``."""
+        line = f"consumer {self.name}: pending {self.pending}, idle {self.idle_ms} ms"
+        if self.active_limit is not None:
+            line += f", active limit {self.active_limit} of {self.concurrency}"
+        return line
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +205,7 @@ class StreamInfo:
             if group.paused:
                 line += "; paused"
             lines.append(line)
-            lines.extend(
-                f"  consumer {c.name}: pending {c.pending}, idle {c.idle_ms} ms"
-                for c in group.consumers
-            )
+            lines.extend(f"  {consumer.to_text()}" for consumer in group.consumers)
         return "\n".join(lines)
 
 
@@ -235,7 +253,7 @@ def stream_info(
     :param dlq_stream: the dead-letter stream; defaults to ``{stream}:dead``.
     :param lag_scan_limit: most entries read to count one group's lag.
     :param base_stream: the queue's stream when ``stream`` is one of its partitions:
-        its pause state is the queue's (default: ``stream``'s own).
+        its pause state and consumers' active limits are the queue's (default: ``stream``'s).
     :raises ConfigurationError: for an empty name or a bad ``lag_scan_limit``.
     :raises RedisVersionError: the server is older than 6.2.
     """
@@ -259,17 +277,38 @@ def stream_info(
         info = _read(session, stream, group, dlq, lag_scan_limit)
     finally:
         session.close()
-    # Read through the client: a partition's base stream may live on another cluster node.
+    # The queue's pause state and active limits, in one round trip through the client: a
+    # partition's base stream may live on another cluster node.
     base = stream if base_stream is None else base_stream
-    paused = paused_groups(client, base, [g.name for g in info.groups])
-    if not paused:
-        return info
+    names = [ALL_GROUPS, *(g.name for g in info.groups)]
+    shown = [(g.name, c.name) for g in info.groups for c in g.consumers]
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(pause_key(base), names)
+    if shown:  # the listed consumers' fields only: the hash may hold stopped ones too
+        pipe.hmget(limits_key(base), [limit_field(*pair) for pair in shown])
+    flags, *found = pipe.execute(raise_on_error=False)
+    _raise_errors([flags])
+    paused = {name for name, flag in zip(names, flags, strict=True) if flag is not None}
+    values = found[0] if found and isinstance(found[0], list) else []  # an error: none shown
+    now_ms = int(time.time() * 1000)
+    limits = {pair: parse_limit(value, now_ms) for pair, value in zip(shown, values, strict=False)}
     every = ALL_GROUPS in paused
-    return dataclasses.replace(
-        info,
-        paused=every,
-        groups=tuple(dataclasses.replace(g, paused=every or g.name in paused) for g in info.groups),
-    )
+    groups = [
+        dataclasses.replace(
+            g,
+            paused=every or g.name in paused,
+            consumers=tuple(_limited(c, limits.get((g.name, c.name))) for c in g.consumers),
+        )
+        for g in info.groups
+    ]
+    return dataclasses.replace(info, paused=every, groups=tuple(groups))
+
+
+def _limited(consumer: ConsumerInfo, limit: tuple[int, int] | None) -> ConsumerInfo:
+    """``consumer`` with the active limit it published, if any."""
+    if limit is None:
+        return consumer
+    return dataclasses.replace(consumer, active_limit=limit[0], concurrency=limit[1])
 
 
 def _read(
@@ -327,18 +366,7 @@ def _read(
                 continue
             raise error
         groups.append(_group(session, info, raw, consumers, oldest, now_ms, lag_scan_limit))
-    return StreamInfo(
-        stream=info.stream,
-        length=info.length,
-        first_id=info.first_id,
-        last_id=info.last_id,
-        dlq_stream=info.dlq_stream,
-        dlq_length=info.dlq_length,
-        groups=tuple(groups),
-        scheduled=info.scheduled,
-        schedules=info.schedules,
-        eviction_policy=info.eviction_policy,
-    )
+    return dataclasses.replace(info, groups=tuple(groups))
 
 
 def _schedules(reply: Any) -> tuple[ScheduleState, ...]:

@@ -101,7 +101,7 @@ class Dashboard:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self._env.globals.update(ago=data.ago, when=data.when)
+        self._env.globals.update(ago=data.ago, when=data.when, limit=data.active_limit)
 
     def __repr__(self) -> str:
         # No auth in here: reprs end up in logs.

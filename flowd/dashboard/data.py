@@ -237,6 +237,14 @@ def ago(ms: int | None) -> str:
     return f"{seconds} s"
 
 
+def active_limit(consumer: Any) -> str:
+    """A consumer's active limit for people: ``3 of 8``, or ``—`` when it publishes none
+    (adaptive concurrency off, or not a flowd consumer)."""
+    if consumer.active_limit is None:
+        return "—"
+    return f"{consumer.active_limit} of {consumer.concurrency}"
+
+
 def when(moment: datetime | None) -> str:
     """An aware datetime as UTC text, or an empty string."""
     if moment is None:

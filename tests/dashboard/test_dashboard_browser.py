@@ -21,6 +21,7 @@ import redis
 import flowd
 from flowd._redis.keys import dead_letter_stream
 from flowd.dashboard import Dashboard
+from flowd.flow.limits import publish
 from tests.dashboard.dashboard_server import add_dead_letter, serving
 from tests.helpers import Email, Numbered, numbered_queue, wait_until
 
@@ -272,5 +273,28 @@ def test_pause_a_running_group_and_resume_it(client: redis.Redis, stream: str, p
             wait_until(lambda: ran == [0, 1], timeout=10)
     finally:
         assert handle.stop(timeout=10)
+    assert all(url.startswith(base) for url in page.requests), page.requests
+    assert page.dialogs == []
+
+
+def test_consumers_table_shows_each_active_limit(
+    client: redis.Redis, stream: str, page: Any
+) -> None:
+    # Given a group with two consumers, one of them adaptive at 3 of its 8 threads
+    for n in range(2):
+        client.xadd(stream, {"n": str(n)})
+    client.xgroup_create(stream, "workers", id="0")
+    for consumer in ("adaptive", "fixed"):
+        client.xreadgroup("workers", consumer, {stream: ">"}, count=1)
+    publish(client, stream, "workers", "adaptive", 3, 8, int(time.time() * 1000))
+    with serving(Dashboard(client, [stream])) as base:
+        # When its stream page is opened
+        page.goto(f"{base}/stream?name={stream}")
+        # Then the consumers table shows the adaptive one's limit, and a dash for the other
+        header = page.locator("#consumers th").all_inner_texts()
+        assert header[-1] == "Active limit"
+        for consumer, shown in (("adaptive", "3 of 8"), ("fixed", "—")):
+            row = page.locator("#consumers tr", has=page.locator(f"td:text-is('{consumer}')"))
+            assert row.locator("td.limit").inner_text() == shown
     assert all(url.startswith(base) for url in page.requests), page.requests
     assert page.dialogs == []
