@@ -35,7 +35,7 @@ from ._redis.session import (
 from ._redis.timeutil import Seconds, to_ms, to_seconds
 from .claimer import Claimer
 from .errors import ConfigurationError, HandleStateError
-from .flow.adaptive import NoReport, check_concurrency
+from .flow.adaptive import check_concurrency
 from .flow.expiry import check_dead_letter_expired
 from .flow.keylimit import check_concurrency_key
 from .flow.pause import is_paused
@@ -358,7 +358,7 @@ class Queue(Generic[J]):
             rate_limit=self.rate_limit,
             concurrency_key=self.concurrency_key,
             max_per_key=self.max_per_key,
-            adaptive=NoReport() if self.adaptive_concurrency else None,
+            adaptive_concurrency=self.adaptive_concurrency,
         )
 
     def run(self) -> QueueHandle:

@@ -124,7 +124,7 @@ class Engine:
             settings.concurrency,
             settings.name,
             settings.time_limit,
-            settings.adaptive,
+            settings.limit_reporter(),
         )
         #: Each queue stream's parts and its priority bands' (streams.run_parts).
         self.streams: list[StreamParts] = run_parts(settings, self.pool, self.stop_signal)

@@ -19,7 +19,7 @@ from .._redis.records import alias_ttl_ms
 from .._redis.session import COMMAND_TIMEOUT, READ_MARGIN, Session, ensure_group, is_oom
 from .._redis.timeutil import to_ms
 from ..claimer import Claimer
-from ..flow.adaptive import Reporter
+from ..flow.adaptive import LimitReporter
 from ..flow.keygate import KeyGate, KeyRetryLoop
 from ..flow.keylimit import KeyFn, KeyLeases
 from ..flow.pause import PauseWatch
@@ -91,8 +91,14 @@ class RunSettings:
     #: Job starts allowed across the group (None: no limit); its bucket is the queue's
     #: (``name``'s), shared by every partition.
     rate_limit: RateLimit | None = None
-    #: Adaptive concurrency, publishing the active limit here (None: fixed concurrency).
-    adaptive: Reporter | None = None
+    #: Vary the active limit (flowd.flow.adaptive), publishing it in Redis.
+    adaptive_concurrency: bool = False
+
+    def limit_reporter(self) -> LimitReporter | None:
+        """What publishes the active limit (None: a fixed concurrency)."""
+        if not self.adaptive_concurrency:
+            return None
+        return LimitReporter(self.client, self.name, self.group, self.consumer)
 
     def rate_gate(self, stream: str, session: Session) -> RateGate | None:
         """The rate gate of a loop of ``stream`` that talks through ``session``."""

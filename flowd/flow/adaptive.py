@@ -28,16 +28,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import ConfigurationError
+from . import limits
 
 __all__ = [
     "MAX_CONCURRENCY",
     "AdaptiveLoop",
     "Climber",
+    "LimitReporter",
     "Limited",
-    "NoReport",
     "Reporter",
     "Sample",
     "check_concurrency",
@@ -112,14 +113,24 @@ class Reporter(Protocol):
     def withdraw(self) -> None: ...
 
 
-class NoReport:
-    """A reporter that tells no one (the limit shows in ``QueueHandle.stats()`` only)."""
+class LimitReporter:
+    """Publishes a consumer's active limit in Redis (:mod:`flowd.flow.limits`), where
+    ``flowd info`` and the dashboard read it; the first report also prunes entries
+    that consumers killed without a clean stop left behind."""
+
+    def __init__(self, client: Any, stream: str, group: str, consumer: str) -> None:
+        self._where = (client, stream, group, consumer)
+        self._pruned = False
 
     def publish(self, active: int, maximum: int) -> None:
-        pass
+        now_ms = int(time.time() * 1000)  # wall clock: readers compare it with theirs
+        if not self._pruned:
+            limits.prune(self._where[0], self._where[1], now_ms)
+            self._pruned = True
+        limits.publish(*self._where, active, maximum, now_ms)
 
     def withdraw(self) -> None:
-        pass
+        limits.withdraw(*self._where)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 With adaptive concurrency a consumer's pool varies how many of its
 ``concurrency`` threads may run jobs at once (its active limit). ``flowd info``
 and the dashboard read only Redis, so each adaptive consumer publishes its
-limit into one hash per queue, ``{emails}:concurrency``, derived from the
+limit into one hash per queue, ``{emails}:active-limits``, derived from the
 queue's base stream (one hash for all its partitions and bands, in the base
 stream's slot). A field is ``["group", "consumer"]`` (JSON); its value is
 ``{"active": 3, "max": 8, "at": <ms since the epoch>}`` (JSON).
@@ -44,7 +44,7 @@ KEY_TTL = 60.0
 
 def limits_key(stream: str) -> str:
     """The hash of the active limits of the queue whose (base) stream is ``stream``."""
-    return derived_key(stream, "concurrency")
+    return derived_key(stream, "active-limits")
 
 
 def limit_field(group: str, consumer: str) -> str:

@@ -272,3 +272,35 @@ def test_adaptive_concurrency_must_be_a_bool(client: redis.Redis, bad: object) -
 
 def thread_named(prefix: str) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def test_a_running_queue_publishes_its_active_limit_and_withdraws_it_on_stop(
+    client: redis.Redis, stream: str
+) -> None:
+    # Given an adaptive queue that has read a message (so Redis lists its consumer)
+    done = threading.Event()
+    _backlog(client, stream, 1)
+    queue = flowd.Queue(
+        client,
+        stream=stream,
+        group="g",
+        job=Step,
+        worker=lambda task: done.set(),
+        concurrency=8,
+        consumer="adaptive-1",
+    )
+    handle = queue.run()
+    try:
+        assert done.wait(10)
+
+        def listed() -> tuple[int | None, int | None]:
+            (group,) = flowd.stream_info(client, stream).groups
+            (consumer,) = group.consumers
+            return consumer.active_limit, consumer.concurrency
+
+        # Then flowd info sees its active limit and concurrency
+        wait_until(lambda: listed() == (8, 8), timeout=10)
+    finally:
+        assert handle.stop(timeout=10)
+    # and after a clean stop, no longer
+    assert listed() == (None, None)

@@ -50,8 +50,8 @@ def consumers_of(info: Any, group: str) -> dict[str, ConsumerInfo]:
 
 
 def test_key_is_the_queues_and_in_its_slot() -> None:
-    assert limits_key("emails") == "{emails}:concurrency"
-    assert limits_key("{shop}:emails") == "{shop}:emails:concurrency"
+    assert limits_key("emails") == "{emails}:active-limits"
+    assert limits_key("{shop}:emails") == "{shop}:emails:active-limits"
 
 
 def test_publish_read_withdraw(flow_client: Any, stream: str) -> None:
