@@ -11,7 +11,7 @@ acquires the leases of a whole read batch, another extends those of running jobs
 
 With ``max_per_key=1`` (the common case) a key is a string in the stream's slot,
 ``{stream}:concurrency:<group>:<key>``, holding the id of the message that holds it and
-expiring at the lease's deadline (GET, then SET PX for a free key). With more, a
+expiring at the lease's deadline (GET, then PSETEX for a free key). With more, a
 key is a sorted set, ``{stream}:concurrency-set:<group>:<key>``: one member per
 running job (its message id), scored with the lease's deadline in ms on Redis's clock,
 the set expiring with its newest lease.
@@ -75,7 +75,7 @@ for j = 1, #KEYS - 1 do
   local holder = redis.call('GET', k)
   if not holder or holder == id or holder == acked
     or #redis.call('XPENDING', KEYS[1], group, holder, holder, 1) == 0 then
-    redis.call('SET', k, id, 'PX', ttl)
+    redis.call('PSETEX', k, ttl, id)
   else
     busy[#busy + 1] = j
   end
