@@ -49,6 +49,8 @@ logger = logging.getLogger("flowd.adaptive")
 # Each unit of concurrency is a worker thread: past this, a typo, not a plan.
 MAX_CONCURRENCY = 4096
 
+#: Seconds a stop waits for the thread to withdraw its published limit.
+WITHDRAW_WAIT = 0.2
 #: Seconds between two looks at the pool.
 TICK = 0.025
 #: Shortest window, seconds; and the completions a window needs to count.
@@ -339,15 +341,11 @@ class AdaptiveLoop:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the thread and wait for it (a look takes microseconds)."""
+        """End the thread, which withdraws the published limit as it goes. Waits for
+        that only briefly: a stop must keep its deadline while Redis does not answer."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
-        if self._reporter is not None:
-            try:
-                self._reporter.withdraw()
-            except Exception as exc:  # it goes stale on its own
-                logger.debug("adaptive concurrency: could not withdraw the limit: %s", exc)
+            self._thread.join(WITHDRAW_WAIT)
 
     def _run(self) -> None:
         reported = -self.REPORT_EVERY
@@ -372,6 +370,11 @@ class AdaptiveLoop:
                     self._send_report()
             except Exception:  # the pool runs on at its last limit; this thread lives on
                 logger.exception("adaptive concurrency: a look at the pool failed")
+        if self._reporter is not None:
+            try:
+                self._reporter.withdraw()
+            except Exception as exc:  # it goes stale on its own
+                logger.debug("adaptive concurrency: could not withdraw the limit: %s", exc)
 
     def _send_report(self) -> None:
         assert self._reporter is not None
