@@ -341,8 +341,8 @@ class AdaptiveLoop:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the thread, which withdraws the published limit as it goes. Waits for
-        that only briefly: a stop must keep its deadline while Redis does not answer."""
+        """End the thread (a look takes microseconds; a report in flight is not waited for
+        beyond WITHDRAW_WAIT: a stop keeps its deadline while Redis does not answer)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(WITHDRAW_WAIT)
@@ -370,11 +370,8 @@ class AdaptiveLoop:
                     self._send_report()
             except Exception:  # the pool runs on at its last limit; this thread lives on
                 logger.exception("adaptive concurrency: a look at the pool failed")
-        if self._reporter is not None:
-            try:
-                self._reporter.withdraw()
-            except Exception as exc:  # it goes stale on its own
-                logger.debug("adaptive concurrency: could not withdraw the limit: %s", exc)
+        # No withdraw on the way out: with Redis down it could outlive stop()'s deadline.
+        # The entry goes stale (limits.STALE_AFTER) and the next start prunes it.
 
     def _send_report(self) -> None:
         assert self._reporter is not None

@@ -11,7 +11,8 @@ stream's slot). A field is ``["group", "consumer"]`` (JSON); its value is
 A publisher writes again at least every few seconds, limit changed or not: a
 reader skips an entry older than :data:`STALE_AFTER` seconds (its consumer has
 stopped or lost Redis), and the whole hash expires :data:`KEY_TTL` seconds
-after the last write of any consumer. A clean stop withdraws its entry.
+after the last write of any consumer. A stop does not withdraw its entry (Redis
+may be down then); the next consumer to start prunes stale entries.
 """
 
 from __future__ import annotations
