@@ -49,8 +49,8 @@ logger = logging.getLogger("flowd.adaptive")
 # Each unit of concurrency is a worker thread: past this, a typo, not a plan.
 MAX_CONCURRENCY = 4096
 
-#: Seconds a stop waits for the thread to withdraw its published limit.
-WITHDRAW_WAIT = 0.2
+#: Seconds a stop waits for the thread, which may be in a report to Redis.
+STOP_WAIT = 0.2
 #: Seconds between two looks at the pool.
 TICK = 0.025
 #: Shortest window, seconds; and the completions a window needs to count.
@@ -112,8 +112,6 @@ class Reporter(Protocol):
 
     def publish(self, active: int, maximum: int) -> None: ...
 
-    def withdraw(self) -> None: ...
-
 
 class LimitReporter:
     """Publishes a consumer's active limit in Redis (:mod:`flowd.flow.limits`), where
@@ -130,9 +128,6 @@ class LimitReporter:
             limits.prune(self._where[0], self._where[1], now_ms)
             self._pruned = True
         limits.publish(*self._where, active, maximum, now_ms)
-
-    def withdraw(self) -> None:
-        limits.withdraw(*self._where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +307,8 @@ class AdaptiveLoop:
     :param job_seconds: the moving average of job durations.
     :param apply: sets the active limit (permits and read-ahead).
     :param reporter: told the (active limit, concurrency) on each change and every
-        :data:`REPORT_EVERY` seconds, and withdrawn on stop; its errors are logged.
+        :data:`REPORT_EVERY` seconds; its errors are logged. Nothing is withdrawn on
+        stop (Redis may be down then): the entry goes stale (limits.STALE_AFTER).
     """
 
     REPORT_EVERY = 5.0
@@ -342,10 +338,10 @@ class AdaptiveLoop:
 
     def stop(self) -> None:
         """End the thread (a look takes microseconds; a report in flight is not waited for
-        beyond WITHDRAW_WAIT: a stop keeps its deadline while Redis does not answer)."""
+        beyond STOP_WAIT: a stop keeps its deadline while Redis does not answer)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(WITHDRAW_WAIT)
+            self._thread.join(STOP_WAIT)
 
     def _run(self) -> None:
         reported = -self.REPORT_EVERY
@@ -370,8 +366,6 @@ class AdaptiveLoop:
                     self._send_report()
             except Exception:  # the pool runs on at its last limit; this thread lives on
                 logger.exception("adaptive concurrency: a look at the pool failed")
-        # No withdraw on the way out: with Redis down it could outlive stop()'s deadline.
-        # The entry goes stale (limits.STALE_AFTER) and the next start prunes it.
 
     def _send_report(self) -> None:
         assert self._reporter is not None

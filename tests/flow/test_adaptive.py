@@ -180,6 +180,17 @@ class Step(flowd.Job):
     n: int
 
 
+def _serial_worker() -> Callable[[flowd.Task[Step]], None]:
+    """Jobs that each hold one shared lock for 2 ms: more threads cannot help."""
+    lock = threading.Lock()
+
+    def worker(task: flowd.Task[Step]) -> None:
+        with lock:
+            time.sleep(0.002)
+
+    return worker
+
+
 def _backlog(client: redis.Redis, stream: str, n: int) -> None:
     flowd.Producer(client, stream).enqueue_bulk([Step(i) for i in range(n)])
 
@@ -188,14 +199,10 @@ def test_jobs_that_cannot_run_in_parallel_settle_low_on_a_real_queue(
     client: redis.Redis, stream: str
 ) -> None:
     # Given jobs that each hold one shared lock for 2 ms: more threads cannot help
-    lock = threading.Lock()
-
-    def worker(task: flowd.Task[Step]) -> None:
-        with lock:
-            time.sleep(0.002)
-
     _backlog(client, stream, 20_000)
-    queue = flowd.Queue(client, stream=stream, group="g", job=Step, worker=worker, concurrency=8)
+    queue = flowd.Queue(
+        client, stream=stream, group="g", job=Step, worker=_serial_worker(), concurrency=8
+    )
     handle = queue.run()
     try:
         # Then the active limit comes down from 8 while the backlog lasts
@@ -232,19 +239,13 @@ def test_sleeping_jobs_keep_every_thread_on_a_real_queue(client: redis.Redis, st
 def test_adaptive_concurrency_off_keeps_the_limit_and_starts_no_thread(
     client: redis.Redis, stream: str
 ) -> None:
-    lock = threading.Lock()
-
-    def worker(task: flowd.Task[Step]) -> None:
-        with lock:
-            time.sleep(0.002)
-
     _backlog(client, stream, 2_000)
     queue = flowd.Queue(
         client,
         stream=stream,
         group="g",
         job=Step,
-        worker=worker,
+        worker=_serial_worker(),
         concurrency=8,
         adaptive_concurrency=False,
     )
